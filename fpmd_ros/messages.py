@@ -1,0 +1,266 @@
+"""numpy <-> ROS message conversions: the one place where fpmd_ros builds or parses messages.
+
+Segment layouts
+---------------
+A ``std_msgs/*MultiArray`` here always carries a flat vector made of consecutive labelled
+segments (the observation terms of a task, or the fields of a transition). Each
+``layout.dim[i]`` describes one segment: ``label`` is its name, ``size`` its length and
+``stride`` equals ``size`` (the stride of a one-dimensional block); ``data_offset`` is 0 and the
+sizes sum to ``len(data)``. This makes the observation and transition topics self-describing.
+
+Transition
+----------
+``transition`` is a ``std_msgs/Float64MultiArray`` with exactly these segments, in this order::
+
+    observation (obs_dim) | reward (1) | terminated (1) | truncated (1) | step (1) | episode (1)
+
+``terminated``/``truncated`` are 0.0 or 1.0; ``step`` (index within the episode, 0 for the
+observation right after a reset) and ``episode`` are non-negative integers. float64 carries the
+float32 observation and the float64 reward bit-exactly.
+
+Every ``decode_*``/``parse_*`` function validates what it is given (it comes from another
+process) and raises ``ValueError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension, MultiArrayLayout
+
+TRANSITION_LABELS = ('observation', 'reward', 'terminated', 'truncated', 'step', 'episode')
+COMMAND_LABEL = 'action'
+
+Segments = Sequence[tuple[str, int]]
+
+
+# --- labelled segment layouts -----------------------------------------------------------------
+
+def segment_layout(segments: Segments) -> MultiArrayLayout:
+    """A layout with one ``MultiArrayDimension(label, size, stride=size)`` per segment."""
+    layout = MultiArrayLayout()
+    layout.data_offset = 0
+    for label, size in segments:
+        size = int(size)
+        if size < 0:
+            raise ValueError(f'segment {label!r}: negative size {size}')
+        layout.dim.append(MultiArrayDimension(label=str(label), size=size, stride=size))
+    return layout
+
+
+def parse_segment_layout(layout: MultiArrayLayout, data_len: int) -> list[tuple[str, int]]:
+    """The (label, size) segments of ``layout``, checked against a vector of ``data_len``.
+
+    An empty layout is read as one unlabelled segment covering the whole vector.
+    """
+    if layout.data_offset != 0:
+        raise ValueError(f'layout: data_offset {layout.data_offset}, expected 0')
+    if not layout.dim:
+        return [('', int(data_len))]
+    segments = []
+    for i, dim in enumerate(layout.dim):
+        if dim.stride != dim.size:
+            raise ValueError(f'layout dim {i} ({dim.label!r}): stride {dim.stride} != size '
+                             f'{dim.size}; expected consecutive one-dimensional segments')
+        segments.append((dim.label, int(dim.size)))
+    total = sum(size for _, size in segments)
+    if total != data_len:
+        raise ValueError(f'layout sizes sum to {total} but the data has {data_len} values')
+    return segments
+
+
+def _packed(values: np.ndarray) -> array.array:
+    # array.array is taken by the generated message setters as is (no per-element checks).
+    packed = array.array('f' if values.dtype == np.float32 else 'd')
+    packed.frombytes(np.ascontiguousarray(values).tobytes())
+    return packed
+
+
+def _fill(msg, values, segments: Segments | None, dtype):
+    values = np.asarray(values, dtype=dtype).ravel()
+    if segments is None:
+        segments = [('', values.size)] if values.size else []
+    msg.layout = segment_layout(segments)
+    total = sum(int(size) for _, size in segments)
+    if total != values.size:
+        raise ValueError(f'segments sum to {total} but {values.size} values were given')
+    msg.data = _packed(values)
+    return msg
+
+
+def to_float32_multiarray(values, segments: Segments | None = None) -> Float32MultiArray:
+    """A Float32MultiArray of ``values`` with labelled segments (one unlabelled if None)."""
+    return _fill(Float32MultiArray(), values, segments, np.float32)
+
+
+def to_float64_multiarray(values, segments: Segments | None = None) -> Float64MultiArray:
+    """A Float64MultiArray of ``values`` with labelled segments (one unlabelled if None)."""
+    return _fill(Float64MultiArray(), values, segments, np.float64)
+
+
+def from_multiarray(msg, expected_segments: Segments | None = None, dtype=np.float64,
+                    allow_nonfinite: bool = False) -> np.ndarray:
+    """The data of a Float32/Float64MultiArray as a 1-D array of ``dtype``, validated.
+
+    ``expected_segments`` (if given) must equal the message's (label, size) segments exactly.
+    """
+    data = np.asarray(msg.data, dtype=dtype)
+    segments = parse_segment_layout(msg.layout, data.size)
+    if expected_segments is not None:
+        expected = [(str(label), int(size)) for label, size in expected_segments]
+        if segments != expected:
+            raise ValueError(f'layout segments {segments}, expected {expected}')
+    if not allow_nonfinite and not np.all(np.isfinite(data)):
+        raise ValueError(f'non-finite value (NaN/Inf) at index {_first_nonfinite(data)}')
+    return data
+
+
+def _first_nonfinite(data: np.ndarray) -> int:
+    return int(np.flatnonzero(~np.isfinite(data))[0])
+
+
+# --- commands (forward_command_controller contract) ----------------------------------------------
+
+def encode_command(action) -> Float64MultiArray:
+    """An action in env units as a command: one segment labelled ``action``."""
+    action = np.asarray(action, dtype=np.float64).ravel()
+    return to_float64_multiarray(action, [(COMMAND_LABEL, action.size)])
+
+
+def decode_command(msg: Float64MultiArray, act_dim: int) -> np.ndarray:
+    """A command's action (float64, length ``act_dim``, all finite), or ValueError.
+
+    The layout is optional (forward_command_controller ignores it); if present it must be
+    consistent with the data.
+    """
+    data = np.asarray(msg.data, dtype=np.float64)
+    if data.size != act_dim:
+        raise ValueError(f'command has {data.size} values, expected {act_dim} '
+                         '(one per actuator, in actuator order)')
+    if msg.layout.dim:
+        parse_segment_layout(msg.layout, data.size)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f'command value {_first_nonfinite(data)} is not finite '
+                         f'({data[_first_nonfinite(data)]})')
+    return data
+
+
+# --- transitions -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Transition:
+    observation: np.ndarray
+    """float32 observation (after the step; the initial one when ``step`` is 0)."""
+    reward: float
+    terminated: bool
+    truncated: bool
+    step: int
+    episode: int
+
+
+def encode_transition(observation, reward: float, terminated: bool, truncated: bool,
+                      step: int, episode: int) -> Float64MultiArray:
+    observation = np.asarray(observation, dtype=np.float64).ravel()
+    values = np.concatenate([
+        observation,
+        [float(reward), float(bool(terminated)), float(bool(truncated)), float(step),
+         float(episode)],
+    ])
+    sizes = (observation.size, 1, 1, 1, 1, 1)
+    return to_float64_multiarray(values, list(zip(TRANSITION_LABELS, sizes, strict=True)))
+
+
+def decode_transition(msg: Float64MultiArray, obs_dim: int | None = None) -> Transition:
+    """A validated Transition; ValueError names what is wrong (labels, sizes, values)."""
+    data = np.asarray(msg.data, dtype=np.float64)
+    segments = parse_segment_layout(msg.layout, data.size)
+    labels = tuple(label for label, _ in segments)
+    if labels != TRANSITION_LABELS:
+        missing = [label for label in TRANSITION_LABELS if label not in labels]
+        raise ValueError(f'transition labels {list(labels)}, expected {list(TRANSITION_LABELS)}'
+                         + (f' (missing: {", ".join(missing)})' if missing else ''))
+    sizes = dict(segments)
+    for label in TRANSITION_LABELS[1:]:
+        if sizes[label] != 1:
+            raise ValueError(f'transition field {label!r} has size {sizes[label]}, expected 1')
+    n_obs = sizes['observation']
+    if obs_dim is not None and n_obs != obs_dim:
+        raise ValueError(f'transition observation has {n_obs} values, expected {obs_dim}')
+    if not np.all(np.isfinite(data)):
+        index = _first_nonfinite(data)
+        field = 'observation' if index < n_obs else TRANSITION_LABELS[index - n_obs + 1]
+        raise ValueError(f'transition field {field!r} is not finite ({data[index]})')
+    reward, terminated, truncated, step, episode = data[n_obs:]
+    for label, value in (('terminated', terminated), ('truncated', truncated)):
+        if value not in (0.0, 1.0):
+            raise ValueError(f'transition field {label!r} is {value}, expected 0 or 1')
+    for label, value in (('step', step), ('episode', episode)):
+        if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
+            raise ValueError(f'transition field {label!r} is {value}, '
+                             'expected a non-negative integer')
+    return Transition(
+        observation=data[:n_obs].astype(np.float32),
+        reward=float(reward),
+        terminated=bool(terminated),
+        truncated=bool(truncated),
+        step=int(step),
+        episode=int(episode),
+    )
+
+
+# --- joint states ------------------------------------------------------------------------------
+
+def stamp_from_ns(msg_stamp, nanoseconds: int):
+    """Fill a builtin_interfaces/Time from integer nanoseconds; returns it."""
+    nanoseconds = int(nanoseconds)
+    if nanoseconds < 0:
+        raise ValueError(f'negative time {nanoseconds} ns')
+    msg_stamp.sec, msg_stamp.nanosec = divmod(nanoseconds, 1_000_000_000)
+    return msg_stamp
+
+
+def joint_state(stamp_ns: int, names: Sequence[str], position=(), velocity=(), effort=(),
+                frame_id: str = '') -> JointState:
+    """A JointState stamped ``stamp_ns``; each array is empty or one value per name."""
+    msg = JointState()
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.name = [str(n) for n in names]
+    for field, values in (('position', position), ('velocity', velocity), ('effort', effort)):
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.size not in (0, len(msg.name)):
+            raise ValueError(f'joint_state {field}: {values.size} values for '
+                             f'{len(msg.name)} joints')
+        setattr(msg, field, _packed(values))
+    return msg
+
+
+def parse_joint_state(msg: JointState, names: Sequence[str] | None = None,
+                      fields: Sequence[str] = ('position', 'velocity', 'effort'),
+                      ) -> dict[str, np.ndarray]:
+    """``{field: array}`` for ``fields`` of a JointState, ordered as ``names`` (default: the
+    message's order), validated: every requested name present, arrays full length, finite."""
+    index = {name: i for i, name in enumerate(msg.name)}
+    if len(index) != len(msg.name):
+        raise ValueError('joint_state has duplicate joint names')
+    names = list(msg.name) if names is None else list(names)
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f'joint_state lacks joints: {", ".join(missing)}')
+    order = [index[n] for n in names]
+    result = {}
+    for field in fields:
+        values = np.asarray(getattr(msg, field), dtype=np.float64)
+        if values.size != len(msg.name):
+            raise ValueError(f'joint_state {field}: {values.size} values for '
+                             f'{len(msg.name)} joints')
+        values = values[order]
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f'joint_state {field} of {names[_first_nonfinite(values)]!r} '
+                             'is not finite')
+        result[field] = values
+    return result
