@@ -1,0 +1,373 @@
+"""A Gymnasium vector env whose sub-environments are lockstep ``mujoco_sim`` nodes.
+
+``RosVectorEnv`` is the trainer's view of ROS: it publishes one command per sim on
+``<ns>/commands`` and collects the matching ``<ns>/transition``, so any code written against
+``gymnasium.vector.VectorEnv`` (the fpmd_core trainer included) runs unchanged over DDS.
+
+* Actions are in [-1, 1]; they are mapped to env units with ``fpmd_core.tasks.scale_action``
+  and the bounds of the task's ``TaskSpec`` (built locally from ``make_env``; never stepped).
+* Transitions are matched by their ``(episode, step)`` indices, never by arrival order.
+* Autoreset is Gymnasium's SAME_STEP: when sub-env ``i`` ends an episode, ``obs[i]`` is the next
+  episode's first observation and ``infos["final_obs"][i]`` (mask ``infos["_final_obs"]``) the
+  terminal one, as in ``SyncVectorEnv(..., autoreset_mode=AutoresetMode.SAME_STEP)``. The sims
+  reset themselves, so no service call is made per episode.
+* ``reset(seed=None)`` calls every sim's ``~/reset`` and waits for step 0. ``reset(seed=s)``
+  first sets each sim's ``seed`` parameter (int ``s``: sim ``i`` gets ``s + i * seed_stride``; a
+  list: one seed per sim), so sim ``i``'s episodes from then on use seeds ``seed_i + 0, 1, ...``.
+* Everything waits against the wall clock: sims missing at startup are named after
+  ``connect_timeout_s``; a sim that stops answering raises :class:`SimTimeoutError` naming its
+  namespace and the ``(episode, step)`` awaited, after ``step_timeout_s``. Nothing hangs.
+
+The env owns an rclpy node and executor (on its own context unless one is given) and spins them
+only inside ``reset``/``step``; it is not thread-safe, like any Gymnasium env.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+
+from fpmd_core.tasks import make_env, scale_action, task_spec
+from fpmd_ros import messages
+from fpmd_ros.sim_node import LOCKSTEP_QOS, NODE_NAME
+
+_RESET_REPLY = re.compile(r'^episode (\d+) seed (-?\d+)$')
+_INBOX_LIMIT = 1024  # transitions kept per sim that nobody asked for (stale or foreign)
+
+
+class SimError(RuntimeError):
+    """A sim misbehaved (wrong task, malformed transitions, skipped a step)."""
+
+    def __init__(self, namespace: str, message: str):
+        super().__init__(f'sim {namespace}: {message}')
+        self.namespace = namespace
+
+
+class SimTimeoutError(SimError, TimeoutError):
+    """A sim did not answer in time. ``namespace`` names it; ``awaited`` is the
+    ``(episode, step)`` of the transition waited for (None for service calls)."""
+
+    def __init__(self, namespace: str, message: str,
+                 awaited: tuple[int, int] | None = None):
+        super().__init__(namespace, message)
+        self.awaited = awaited
+
+
+class _Sim:
+    """Endpoints and inbox of one sim node."""
+
+    def __init__(self, env: RosVectorEnv, index: int, namespace: str):
+        node = env._node
+        self.index = index
+        self.name = namespace.strip('/')
+        self.ns = '/' + self.name
+        self.node_path = f'{self.ns}/{env._sim_node_name}'
+        self.command_pub = node.create_publisher(Float64MultiArray, f'{self.ns}/commands',
+                                                 LOCKSTEP_QOS)
+        self.transition_sub = node.create_subscription(
+            Float64MultiArray, f'{self.ns}/transition', self._on_transition, LOCKSTEP_QOS)
+        self.reset_client = node.create_client(Trigger, f'{self.node_path}/reset')
+        self.get_params_client = node.create_client(GetParameters,
+                                                    f'{self.node_path}/get_parameters')
+        self.set_params_client = node.create_client(SetParameters,
+                                                    f'{self.node_path}/set_parameters')
+        self._obs_dim = env.task_spec.obs_dim
+        self.inbox: dict[tuple[int, int], messages.Transition] = {}
+        self.error: str | None = None
+        self.episode = -1
+        self.step = 0
+
+    def _on_transition(self, msg: Float64MultiArray) -> None:
+        try:
+            transition = messages.decode_transition(msg, self._obs_dim)
+        except ValueError as error:
+            self.error = f'malformed transition: {error}'
+            return
+        if len(self.inbox) >= _INBOX_LIMIT:
+            self.inbox.pop(min(self.inbox))
+        self.inbox[(transition.episode, transition.step)] = transition
+
+    def missing_endpoints(self) -> list[str]:
+        missing = []
+        if self.command_pub.get_subscription_count() == 0:
+            missing.append(f'no subscriber on {self.ns}/commands')
+        if self.transition_sub.get_publisher_count() == 0:
+            missing.append(f'no publisher on {self.ns}/transition')
+        for client in (self.reset_client, self.get_params_client, self.set_params_client):
+            if not client.service_is_ready():
+                missing.append(f'no service {client.service_name}')
+        return missing
+
+    def take(self, key: tuple[int, int]) -> messages.Transition | None:
+        """The transition ``key`` if it has arrived; drops everything older."""
+        transition = self.inbox.pop(key, None)
+        if transition is not None:
+            for old in [k for k in self.inbox if k < key]:
+                del self.inbox[old]
+        return transition
+
+    def skipped(self, key: tuple[int, int]) -> bool:
+        """True if a later episode has begun while ``key`` is still missing."""
+        return any(k[0] > key[0] for k in self.inbox)
+
+
+class RosVectorEnv(gym.vector.VectorEnv):
+    """N lockstep ``mujoco_sim`` nodes as one Gymnasium vector env (SAME_STEP autoreset).
+
+    Args:
+        task_id: the task the sims run (checked against their ``task`` parameter).
+        num_envs: number of sims, in namespaces ``env_0 ... env_{num_envs-1}``; or
+        namespaces: explicit sim namespaces (one sub-env each, in this order).
+        sim_node_name: the sims' node name (services are ``<ns>/<sim_node_name>/reset`` ...).
+        max_episode_steps: as given to the sims; only used for the local ``task_spec``.
+        step_timeout_s: wall-clock limit for one step or reset of all sims.
+        connect_timeout_s: wall-clock limit for finding all sims at construction.
+        seed_stride: ``reset(seed=s)`` gives sim ``i`` the seed ``s + i * seed_stride``. The
+            default keeps the per-episode seed sequences (``seed_i + k``) of different sims
+            disjoint for a million episodes each; 1 gives Gymnasium's ``s + i``.
+        context: an initialised rclpy context to use; default: a private one, shut down by
+            ``close()``.
+    """
+
+    metadata = {'autoreset_mode': gym.vector.AutoresetMode.SAME_STEP}
+
+    def __init__(self, task_id: str, num_envs: int | None = None,
+                 namespaces: Sequence[str] | None = None, *,
+                 sim_node_name: str = NODE_NAME, max_episode_steps: int = 0,
+                 step_timeout_s: float = 10.0, connect_timeout_s: float = 30.0,
+                 seed_stride: int = 1_000_000, context: Context | None = None,
+                 node_name: str = 'ros_vector_env'):
+        if namespaces is None:
+            if num_envs is None or num_envs < 1:
+                raise ValueError('RosVectorEnv needs num_envs >= 1 or a list of namespaces')
+            namespaces = [f'env_{i}' for i in range(num_envs)]
+        namespaces = [str(ns) for ns in namespaces]
+        if num_envs is not None and num_envs != len(namespaces):
+            raise ValueError(f'num_envs={num_envs} but {len(namespaces)} namespaces given')
+        if not namespaces or len(set(namespaces)) != len(namespaces):
+            raise ValueError(f'namespaces must be non-empty and distinct: {namespaces}')
+        if step_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError('step_timeout_s and connect_timeout_s must be positive')
+
+        local = make_env(task_id, max_episode_steps, normalized_actions=False)
+        try:
+            self.task_spec = task_spec(local, task_id)
+        finally:
+            local.close()
+        spec = self.task_spec
+        self.task_id = task_id
+        self.num_envs = len(namespaces)
+        self.namespaces = tuple(ns.strip('/') for ns in namespaces)
+        self.step_timeout_s = float(step_timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.seed_stride = int(seed_stride)
+        self._low = np.asarray(spec.action_low, dtype=np.float64)
+        self._high = np.asarray(spec.action_high, dtype=np.float64)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,),
+                                                       np.float32)
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (spec.act_dim,), np.float32)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
+                                                              self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space,
+                                                         self.num_envs)
+        self.closed = False
+        self._needs_reset = True
+
+        self._own_context = context is None
+        if self._own_context:
+            context = Context()
+            rclpy.init(context=context)
+        self._context = context
+        self._sim_node_name = sim_node_name
+        self._node = rclpy.create_node(node_name, context=context)
+        self._executor = SingleThreadedExecutor(context=context)
+        self._executor.add_node(self._node)
+        self._sims = [_Sim(self, i, ns) for i, ns in enumerate(self.namespaces)]
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    def _spin_until(self, done: Callable[[], bool], deadline: float) -> bool:
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return done()
+            self._executor.spin_once(timeout_sec=min(0.05, remaining))
+        return True
+
+    def _connect(self) -> None:
+        deadline = time.monotonic() + self.connect_timeout_s
+        self._spin_until(lambda: not any(s.missing_endpoints() for s in self._sims), deadline)
+        missing = {s.name: s.missing_endpoints() for s in self._sims if s.missing_endpoints()}
+        if missing:
+            names = ', '.join(missing)
+            details = '; '.join(f'{name}: {", ".join(m)}' for name, m in missing.items())
+            raise SimTimeoutError(
+                next(iter(missing)),
+                f'not found after {self.connect_timeout_s:g} s (missing sims: {names}). '
+                f'Details: {details}. Are the mujoco_sim nodes running, in lockstep mode, with '
+                'the same ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE?')
+        replies = self._call_all(
+            {s.index: (s.get_params_client,
+                       GetParameters.Request(names=['task', 'mode'])) for s in self._sims},
+            'get_parameters', deadline)
+        for sim in self._sims:
+            values = replies[sim.index].values
+            if len(values) != 2:
+                raise SimError(sim.name, 'does not declare the parameters task and mode')
+            task, mode = values[0].string_value, values[1].string_value
+            if task != self.task_id:
+                raise SimError(sim.name, f'runs task {task!r}, expected {self.task_id!r}')
+            if mode != 'lockstep':
+                raise SimError(sim.name, f'runs in {mode!r} mode; RosVectorEnv needs lockstep')
+
+    def _call_all(self, requests: dict, what: str, deadline: float) -> dict:
+        futures = {i: client.call_async(request) for i, (client, request) in requests.items()}
+        self._spin_until(lambda: all(f.done() for f in futures.values()), deadline)
+        late = [self._sims[i].name for i, f in futures.items() if not f.done()]
+        for future in futures.values():
+            if not future.done():
+                future.cancel()
+        if late:
+            raise SimTimeoutError(late[0], f'{what} not answered within the timeout '
+                                  f'(sims not answering: {", ".join(late)})')
+        results = {}
+        for i, future in futures.items():
+            if future.exception() is not None or future.result() is None:
+                raise SimError(self._sims[i].name, f'{what} failed: {future.exception()!r}')
+            results[i] = future.result()
+        return results
+
+    def _collect(self, expected: dict[int, tuple[int, int]]) -> dict[int, messages.Transition]:
+        """Wait until sim ``i`` has published transition ``expected[i]`` for every ``i``."""
+        deadline = time.monotonic() + self.step_timeout_s
+        got: dict[int, messages.Transition] = {}
+
+        def done() -> bool:
+            for i, key in expected.items():
+                sim = self._sims[i]
+                if i not in got:
+                    transition = sim.take(key)
+                    if transition is not None:
+                        got[i] = transition
+                    elif sim.error or sim.skipped(key):
+                        return True
+            return len(got) == len(expected)
+
+        self._spin_until(done, deadline)
+        for i, key in expected.items():
+            if i in got:
+                continue
+            sim = self._sims[i]
+            self._needs_reset = True
+            if sim.error:
+                error, sim.error = sim.error, None
+                raise SimError(sim.name, error)
+            if sim.skipped(key):
+                raise SimError(sim.name, f'began a new episode while (episode {key[0]}, step '
+                               f'{key[1]}) was awaited; the sim reset itself (see its log)')
+            raise SimTimeoutError(
+                sim.name, f'no transition (episode {key[0]}, step {key[1]}) within '
+                f'{self.step_timeout_s:g} s; the sim stopped answering or rejected the command '
+                '(see its log)', awaited=key)
+        return got
+
+    # --- the Gymnasium API ---------------------------------------------------------------------
+
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
+        if seed is not None:
+            if isinstance(seed, int | np.integer):
+                super().reset(seed=int(seed))
+                seeds = [int(seed) + i * self.seed_stride for i in range(self.num_envs)]
+            else:
+                seeds = [int(s) for s in seed]
+                if len(seeds) != self.num_envs:
+                    raise ValueError(f'{len(seeds)} seeds for {self.num_envs} envs')
+            self._set_seeds(seeds)
+        deadline = time.monotonic() + self.step_timeout_s
+        replies = self._call_all(
+            {s.index: (s.reset_client, Trigger.Request()) for s in self._sims}, 'reset',
+            deadline)
+        expected = {}
+        for sim in self._sims:
+            match = _RESET_REPLY.match(replies[sim.index].message)
+            if not replies[sim.index].success or not match:
+                raise SimError(sim.name, f'reset refused: {replies[sim.index].message!r}')
+            expected[sim.index] = (int(match.group(1)), 0)
+        got = self._collect(expected)
+        for i, transition in got.items():
+            self._sims[i].episode, self._sims[i].step = transition.episode, 0
+        self._needs_reset = False
+        return np.stack([got[i].observation for i in range(self.num_envs)]), {}
+
+    def _set_seeds(self, seeds: list[int]) -> None:
+        requests = {}
+        for sim, seed in zip(self._sims, seeds, strict=True):
+            value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=seed)
+            requests[sim.index] = (sim.set_params_client, SetParameters.Request(
+                parameters=[ParameterMsg(name='seed', value=value)]))
+        replies = self._call_all(requests, 'set_parameters(seed)',
+                                 time.monotonic() + self.step_timeout_s)
+        for i, reply in replies.items():
+            result = reply.results[0]
+            if not result.successful:
+                raise ValueError(f'sim {self._sims[i].name} refused seed {seeds[i]}: '
+                                 f'{result.reason}')
+
+    def step(self, actions):
+        if self._needs_reset:
+            raise RuntimeError('RosVectorEnv.step before reset() (or after a sim error); '
+                               'call reset() first')
+        actions = np.asarray(actions, dtype=np.float64)
+        expected_shape = (self.num_envs, self.task_spec.act_dim)
+        if actions.shape != expected_shape:
+            raise ValueError(f'actions have shape {actions.shape}, expected {expected_shape}')
+        if not np.all(np.isfinite(actions)):
+            raise ValueError('actions contain NaN or Inf')
+        for sim, action in zip(self._sims, actions, strict=True):
+            command = scale_action(action, self._low, self._high)
+            sim.command_pub.publish(messages.encode_command(command))
+        got = self._collect({s.index: (s.episode, s.step + 1) for s in self._sims})
+
+        observations = np.stack([got[i].observation for i in range(self.num_envs)])
+        rewards = np.array([got[i].reward for i in range(self.num_envs)], dtype=np.float64)
+        terminated = np.array([got[i].terminated for i in range(self.num_envs)], dtype=np.bool_)
+        truncated = np.array([got[i].truncated for i in range(self.num_envs)], dtype=np.bool_)
+        for sim in self._sims:
+            sim.step += 1
+        infos: dict = {}
+        ended = [i for i in range(self.num_envs) if terminated[i] or truncated[i]]
+        if ended:
+            first = self._collect({i: (self._sims[i].episode + 1, 0) for i in ended})
+            for i in ended:
+                infos = self._add_info(
+                    infos, {'final_obs': observations[i].copy(), 'final_info': {}}, i)
+                observations[i] = first[i].observation
+                self._sims[i].episode, self._sims[i].step = first[i].episode, 0
+        return observations, rewards, terminated, truncated, infos
+
+    def close_extras(self, **kwargs) -> None:
+        node = getattr(self, '_node', None)
+        if node is not None:
+            self._executor.remove_node(node)
+            node.destroy_node()
+            self._executor.shutdown(timeout_sec=1.0)
+            self._node = None
+        if getattr(self, '_own_context', False) and self._context.ok():
+            rclpy.shutdown(context=self._context)

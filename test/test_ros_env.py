@@ -1,0 +1,184 @@
+"""RosVectorEnv over 2 lockstep sims (real DDS) against gymnasium's SyncVectorEnv in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sim_helpers import RunningSim, SeedPerEpisode  # noqa: E402
+
+from fpmd_core.tasks import make_env  # noqa: E402
+from fpmd_ros.ros_env import RosVectorEnv, SimError, SimTimeoutError  # noqa: E402
+
+TASK = 'InvertedPendulum-v5'
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPISODE_STEPS = 6  # short, so that 25 steps cross several terminations and truncations
+
+
+@pytest.fixture
+def sims():
+    running = [RunningSim(f'env_{i}', task=TASK, max_episode_steps=EPISODE_STEPS)
+               for i in range(2)]
+    yield running
+    for sim in running:
+        sim.stop()
+
+
+def _reference(seeds):
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: SeedPerEpisode(make_env(TASK, EPISODE_STEPS)) for _ in seeds],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return envs
+
+
+def test_matches_sync_vector_env(sims):
+    env = RosVectorEnv(TASK, num_envs=2, max_episode_steps=EPISODE_STEPS, step_timeout_s=5.0)
+    try:
+        assert env.metadata['autoreset_mode'] == gym.vector.AutoresetMode.SAME_STEP
+        assert env.single_action_space == gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        assert env.observation_space.shape == (2, 4)
+        seeds = [11, 11 + env.seed_stride]
+        reference = _reference(seeds)
+        obs, _ = env.reset(seed=11)
+        ref_obs, _ = reference.reset(seed=seeds)
+        np.testing.assert_array_equal(obs, ref_obs)
+        assert obs.dtype == np.float32
+
+        rng = np.random.default_rng(1)
+        ends = np.zeros(2, dtype=int)
+        for _ in range(25):
+            # float32, as a policy emits them; out-of-range values are clipped
+            actions = rng.uniform(-1.2, 1.2, size=(2, 1)).astype(np.float32)
+            obs, rewards, terminated, truncated, infos = env.step(actions)
+            ref = reference.step(actions)
+            np.testing.assert_array_equal(obs, ref[0])
+            np.testing.assert_array_equal(rewards, ref[1])
+            np.testing.assert_array_equal(terminated, ref[2])
+            np.testing.assert_array_equal(truncated, ref[3])
+            assert rewards.dtype == np.float64 and terminated.dtype == np.bool_
+            ref_infos = ref[4]
+            if '_final_obs' in ref_infos:
+                np.testing.assert_array_equal(infos['_final_obs'], ref_infos['_final_obs'])
+                for i in np.flatnonzero(ref_infos['_final_obs']):
+                    np.testing.assert_array_equal(infos['final_obs'][i],
+                                                  ref_infos['final_obs'][i])
+            else:
+                assert '_final_obs' not in infos
+            ends += terminated | truncated
+        assert (ends >= 2).all(), f'episode ends per env: {ends}'
+
+        # reset without a seed continues each sim's seed sequence, like the reference.
+        obs, _ = env.reset()
+        np.testing.assert_array_equal(obs, reference.reset()[0])
+        # The sims published (episode, step)-indexed transitions in order; nothing left over.
+        assert all(not sim.inbox for sim in env._sims)
+    finally:
+        env.close()
+        reference.close()
+
+
+def test_single_env_action_actually_reaches_the_sim(sims):
+    """Scaled commands arrive in env units: the sim applied scale_action(a) (gear 100 motor)."""
+    env = RosVectorEnv(TASK, namespaces=['env_1'], step_timeout_s=5.0)
+    try:
+        env.reset()
+        env.step(np.array([[0.5]]))
+        assert sims[1].node.applied_action.tolist() == [1.5]  # [-3, 3] bounds
+    finally:
+        env.close()
+
+
+def test_killed_sim_is_named_not_a_hang(sims):
+    timeout_s = 1.0
+    env = RosVectorEnv(TASK, num_envs=2, step_timeout_s=timeout_s)
+    try:
+        env.reset(seed=0)
+        for _ in range(3):
+            env.step(np.zeros((2, 1)))
+        episode, step = env._sims[1].episode, env._sims[1].step
+        sims[1].stop()
+        start = time.monotonic()
+        with pytest.raises(SimTimeoutError, match='env_1') as caught:
+            env.step(np.zeros((2, 1)))
+        assert time.monotonic() - start < timeout_s + 1.0
+        assert caught.value.namespace == 'env_1'
+        assert caught.value.awaited == (episode, step + 1)
+        assert f'episode {episode}, step {step + 1}' in str(caught.value)
+        with pytest.raises(RuntimeError, match='reset'):
+            env.step(np.zeros((2, 1)))
+        with pytest.raises(SimTimeoutError, match='env_1'):  # and reset names it too
+            env.reset()
+    finally:
+        env.close()
+
+
+def test_missing_and_mismatched_sims_are_named(sims):
+    start = time.monotonic()
+    with pytest.raises(SimTimeoutError, match='ghost'):
+        RosVectorEnv(TASK, namespaces=['env_0', 'ghost'], connect_timeout_s=1.5)
+    assert time.monotonic() - start < 5.0
+    with pytest.raises(SimError, match="env_0: runs task 'InvertedPendulum-v5'"):
+        RosVectorEnv('Hopper-v5', namespaces=['env_0'], connect_timeout_s=10.0)
+
+
+def test_bad_actions_are_refused(sims):
+    env = RosVectorEnv(TASK, num_envs=2, step_timeout_s=5.0)
+    try:
+        with pytest.raises(RuntimeError, match='reset'):
+            env.step(np.zeros((2, 1)))
+        env.reset()
+        with pytest.raises(ValueError, match='shape'):
+            env.step(np.zeros((3, 1)))
+        with pytest.raises(ValueError, match='NaN'):
+            env.step(np.array([[0.0], [np.nan]]))
+        env.step(np.zeros((2, 1)))  # still usable
+    finally:
+        env.close()
+
+
+def _sim_process(namespace: str, *params: str) -> subprocess.Popen:
+    """``python -m fpmd_ros.sim_node`` as its own process (what the console script runs)."""
+    args = [sys.executable, '-m', 'fpmd_ros.sim_node', '--ros-args', '-r', f'__ns:=/{namespace}']
+    for param in params:
+        args += ['-p', param]
+    return subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_sim_process_killed_mid_run_is_named():
+    proc = _sim_process('env_proc', f'task:={TASK}', 'seed:=5')
+    try:
+        env = RosVectorEnv(TASK, namespaces=['env_proc'], step_timeout_s=1.0,
+                           connect_timeout_s=30.0)
+        try:
+            obs, _ = env.reset()
+            reference = make_env(TASK)
+            np.testing.assert_array_equal(obs[0], reference.reset(seed=5 + 1)[0])
+            env.step(np.zeros((1, 1)))
+            proc.kill()
+            proc.wait(timeout=10)
+            start = time.monotonic()
+            with pytest.raises(SimTimeoutError, match='env_proc'):
+                env.step(np.zeros((1, 1)))
+            assert time.monotonic() - start < 2.5
+        finally:
+            env.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_sim_process_refuses_bad_parameters():
+    proc = _sim_process('env_bad', 'mode:=fast')
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, output
+    assert "parameter 'mode' is 'fast'; expected one of: lockstep, realtime" in output
