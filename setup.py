@@ -49,6 +49,7 @@ data_files = [
 # ---------------------------------------------------------------------------
 CONSOLE_SCRIPTS = [
     'fpmd-train = fpmd_core.cli:main',
+    'mujoco_sim = fpmd_ros.sim_node:main',
 ]
 
 setup(
