@@ -31,7 +31,7 @@ fi
 
 # --- interpreter -----------------------------------------------------------------------------------
 # Look for interpreters outside our own venv (it may be activated).
-search_path="$(printf '%s' "$PATH" | tr ':' '\n' | grep -v -x -F "$VENV/bin" | paste -sd: -)"
+search_path="$(printf '%s' "$PATH" | tr ':' '\n' | { grep -v -x -F "$VENV/bin" || true; } | paste -sd: -)"
 
 py_desc() {  # "CPython 3.11.7" or empty when the command does not run
     PATH="$search_path" "$1" -c \
