@@ -404,6 +404,11 @@ def main(args=None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGTERM/SIGINT shut the context down; spin may then fail inside the wait set instead
+        # of raising ExternalShutdownException. That is a normal stop, anything else is not.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
