@@ -1,0 +1,159 @@
+"""Flow Policy Mirror Descent (FPMD-R, FPMD-M) and the DPMD baseline: one update rule.
+
+The three differ only in the generative policy (rectified flow, MeanFlow, DDPM): each policy
+brings `generate` and `weighted_loss`; the mirror-descent weights, the temperature and the
+schedule are the same (ALGORITHM.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from ..config import training_steps
+from ..policies import DiffusionPolicy, FlowPolicy, MeanFlowPolicy
+from .base import Agent
+from .critic import check_finite, polyak, td_target, update_critic
+from .sampling import sample_actions
+
+ONE_STEP_REFERENCE_STEPS = 20
+
+
+def exploration_entropy(alpha: torch.Tensor, act_dim: int, explore_noise: float) -> torch.Tensor:
+    """H = 0.5 d log(2 pi e (explore_noise * alpha)^2): entropy of the exploration noise."""
+    return 0.5 * act_dim * torch.log(2 * math.pi * math.e * (explore_noise * alpha) ** 2)
+
+
+def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
+                           alpha: torch.Tensor, clip: float, form: str) -> torch.Tensor:
+    """w = exp(clip((Q - mu) / sigma, -c, c) / lambda); `released` keeps Q - mu / sigma."""
+    z = (q - q_mean) / q_std if form == "normalized" else q - q_mean / q_std
+    return torch.exp(z.clamp(-clip, clip) / alpha)
+
+
+class MirrorDescentAgent(Agent):
+    POLICIES = {"fpmd_r": FlowPolicy, "fpmd_m": MeanFlowPolicy, "dpmd": DiffusionPolicy}
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device: torch.device):
+        super().__init__(obs_dim, act_dim, cfg, device)
+        self.algo = cfg.algo
+        extra = {"steps": cfg.diffusion_steps} if cfg.algo == "dpmd" else {}
+        self.policy = self.POLICIES[cfg.algo](obs_dim, act_dim, cfg.hidden, cfg.layers,
+                                              output_bound=cfg.output_bound, **extra)
+        self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.alpha_init)))
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.register_buffer("q_mean", torch.tensor(0.0))
+        self.register_buffer("q_std", torch.tensor(1.0))
+        self.steps = training_steps(cfg)
+        self.target_entropy = -cfg.target_entropy_scale * act_dim
+        self.to(device)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    def optimizers(self):
+        return {"critic": self.critic.optimizer, "policy": self.policy_optimizer,
+                "alpha": self.alpha_optimizer}
+
+    # --- sampling ------------------------------------------------------------------------
+    def _sample(self, policy, obs, explore: bool):
+        cfg = self.cfg
+        std = cfg.explore_noise * self.alpha if explore else 0.0
+        return sample_actions(policy, self.critic.online, obs, self.steps, cfg.particles,
+                              cfg.noise_scale_init, std)
+
+    def explore(self, obs):
+        return self._sample(self.ema_policy, obs, explore=True)
+
+    def evaluate(self, obs):
+        return self._sample(self.ema_policy, obs, explore=False)
+
+    def deploy_policy(self) -> torch.nn.Module:
+        return DeployGenerator(self.ema_policy, self.algo)
+
+    # --- the update ----------------------------------------------------------------------
+    def update(self, batch: dict) -> dict[str, float]:
+        """One gradient step: critic; every `actor_interval`: actor and Polyak; every
+        `alpha_interval`: temperature."""
+        cfg = self.cfg
+        next_actions = self._sample(self.policy, batch["next_obs"], explore=True)
+        metrics = update_critic(self.critic, batch, td_target(self.critic, batch, 0.0,
+                                                              next_actions, cfg))
+        self.gradient_steps += 1
+        if self.gradient_steps % cfg.actor_interval == 0:
+            metrics |= self.update_actor(batch["next_obs"], next_actions)
+            polyak(self.critic.target, self.critic.online, cfg.tau)
+            polyak(self.ema_policy, self.policy, cfg.tau)
+        if self.gradient_steps % cfg.alpha_interval == 0:
+            metrics |= self.update_temperature()
+        return metrics
+
+    def update_actor(self, obs, actions) -> dict[str, float]:
+        """Weighted generative loss on the policy's own samples, w = exp(Q_norm / alpha)."""
+        cfg = self.cfg
+        with torch.no_grad():
+            q = self.critic.online.min_q(obs, actions)
+            self.q_mean.lerp_(q.mean(), cfg.q_stat_rate)
+            self.q_std.lerp_(q.std(), cfg.q_stat_rate)
+            weights = mirror_descent_weights(q, self.q_mean, self.q_std, self.alpha,
+                                             cfg.weight_clip, cfg.weight_form)
+        loss = self.policy.weighted_loss(obs, actions, weights, cfg)
+        check_finite("actor_loss", loss)
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.policy_optimizer.step()
+        self.actor_updates += 1
+        for group in self.policy_optimizer.param_groups:
+            group["lr"] = actor_learning_rate(self.actor_updates, cfg)
+        return {"loss/actor": loss.item(), "weights/std": weights.std().item(),
+                "weights/max": weights.max().item(), "weights/min": weights.min().item(),
+                "grad_norm/actor": grad_norm.item()}
+
+    def update_temperature(self) -> dict[str, float]:
+        """One Adam step on -log(alpha) * (-H + H_target), H held constant."""
+        cfg = self.cfg
+        entropy = exploration_entropy(self.alpha, self.act_dim, cfg.explore_noise)
+        loss = -self.log_alpha * (-entropy + self.target_entropy)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.alpha_optimizer.step()
+        return {"alpha": self.alpha.item()}
+
+    @torch.no_grad()
+    def one_step_error(self, obs: torch.Tensor) -> float | None:
+        """Mean ||a(NFE=1) - a(NFE=20)|| from x0 = 0 with the EMA policy (straightness)."""
+        if self.algo == "dpmd":
+            return None
+        zeros = torch.zeros(obs.shape[0], self.act_dim, device=obs.device)
+        one = self.ema_policy.generate(obs, zeros, 1).clamp(-1, 1)
+        many = self.ema_policy.generate(obs, zeros, ONE_STEP_REFERENCE_STEPS).clamp(-1, 1)
+        return (one - many).norm(dim=-1).mean().item()
+
+
+def actor_learning_rate(actor_updates: int, cfg) -> float:
+    """actor_lr, then linear decay to actor_lr_final over lr_decay_length actor updates."""
+    progress = (actor_updates - cfg.lr_decay_start) / cfg.lr_decay_length
+    progress = min(max(progress, 0.0), 1.0)
+    return cfg.actor_lr + progress * (cfg.actor_lr_final - cfg.actor_lr)
+
+
+class DeployGenerator(torch.nn.Module):
+    """Deploy mode: x0 = 0 (or the given noise), one generator call (DPMD: its 20 steps)."""
+
+    def __init__(self, policy, algo: str):
+        super().__init__()
+        self.policy = policy
+        self.steps = policy.steps if algo == "dpmd" else 1
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        x0 = torch.zeros(obs.shape[0], self.policy.act_dim, dtype=obs.dtype, device=obs.device)
+        if noise is not None:
+            x0 = noise
+        return self.policy.generate(obs, x0, self.steps).clamp(-1.0, 1.0)

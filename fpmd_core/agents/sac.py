@@ -1,0 +1,80 @@
+"""SAC baseline: tanh-Gaussian actor, automatic entropy tuning, the shared critic."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..policies import GaussianPolicy
+from .base import Agent
+from .critic import check_finite, polyak, td_target, update_critic
+
+
+class SACAgent(Agent):
+    algo = "sac"
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device: torch.device):
+        super().__init__(obs_dim, act_dim, cfg, device)
+        self.policy = GaussianPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers)
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.sac_alpha_init)))
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.actor_lr)
+        self.target_entropy = -cfg.sac_target_entropy_scale * act_dim
+        self.to(device)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    def optimizers(self):
+        return {"critic": self.critic.optimizer, "policy": self.policy_optimizer,
+                "alpha": self.alpha_optimizer}
+
+    def explore(self, obs):
+        return self.policy.sample(obs)[0]
+
+    def evaluate(self, obs):
+        return self.policy.mean_action(obs)
+
+    def deploy_policy(self) -> torch.nn.Module:
+        return MeanAction(self.policy)
+
+    def update(self, batch: dict) -> dict[str, float]:
+        cfg = self.cfg
+        with torch.no_grad():
+            next_actions, next_log_prob = self.policy.sample(batch["next_obs"])
+        target = td_target(self.critic, batch, -self.alpha * next_log_prob, next_actions, cfg)
+        metrics = update_critic(self.critic, batch, target)
+        self.gradient_steps += 1
+        if self.gradient_steps % cfg.actor_interval == 0:
+            metrics |= self.update_actor_and_temperature(batch["obs"])
+            polyak(self.critic.target, self.critic.online, cfg.tau)
+        return metrics
+
+    def update_actor_and_temperature(self, obs) -> dict[str, float]:
+        actions, log_prob = self.policy.sample(obs)
+        loss = (self.alpha * log_prob - self.critic.online.min_q(obs, actions)).mean()
+        check_finite("actor_loss", loss)
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.policy_optimizer.step()
+        self.actor_updates += 1
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+        return {"loss/actor": loss.item(), "alpha": self.alpha.item(),
+                "entropy": -log_prob.mean().item()}
+
+    def one_step_error(self, obs) -> None:
+        return None
+
+
+class MeanAction(torch.nn.Module):
+    def __init__(self, policy: GaussianPolicy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.policy.mean_action(obs)

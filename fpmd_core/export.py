@@ -1,0 +1,110 @@
+"""Export of the deploy-mode sampler to ONNX, with its metadata stored inside the model.
+
+The graph maps a raw observation to an action in the env's units: observation normalisation,
+one generator call from x0 = 0 (or an optional `noise` input), clip to [-1, 1] and rescaling
+to the action bounds all happen inside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config
+
+METADATA_KEY = "fpmd_metadata"
+METADATA_FORMAT = "fpmd_ros.policy/1"
+NFE = {"fpmd_r": 1, "fpmd_m": 1, "sac": 1}
+
+
+class DeployGraph(nn.Module):
+    """raw observation -> action in env units (the exported computation)."""
+
+    def __init__(self, deploy_module: nn.Module, obs_dim: int, action_low, action_high,
+                 obs_mean=None, obs_std=None):
+        super().__init__()
+        self.deploy = deploy_module
+        self.register_buffer("obs_mean", torch.as_tensor(
+            obs_mean if obs_mean is not None else [0.0] * obs_dim, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(
+            obs_std if obs_std is not None else [1.0] * obs_dim, dtype=torch.float32))
+        self.register_buffer("low", torch.as_tensor(action_low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(action_high, dtype=torch.float32))
+
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor | None = None):
+        normalized = (observation - self.obs_mean) / self.obs_std
+        action = self.deploy(normalized, noise).clamp(-1.0, 1.0)
+        return self.low + (action + 1.0) * 0.5 * (self.high - self.low)
+
+
+def nfe(cfg: Config) -> int:
+    return NFE.get(cfg.agent.algo, cfg.agent.diffusion_steps)
+
+
+def policy_metadata(cfg: Config, spec, noise_input: bool, env_steps: int) -> dict:
+    """What a consumer needs to check a policy against its robot before running it."""
+    spec_dict = dataclasses.asdict(spec)
+    return {
+        "format": METADATA_FORMAT,
+        "algorithm": cfg.agent.algo,
+        "task": spec.id,
+        "obs_dim": spec.obs_dim,
+        "obs_terms": [[name, size] for name, size in spec_dict["obs_terms"]],
+        "act_dim": spec.act_dim,
+        "action_low": list(spec.action_low),
+        "action_high": list(spec.action_high),
+        "actuator_names": list(spec.actuator_names),
+        "joint_names": list(spec.joint_names),
+        "control_period_s": spec.control_dt,
+        "nfe": nfe(cfg),
+        "noise_input": noise_input,
+        "config_hash": cfg.hash(),
+        "env_steps": env_steps,
+    }
+
+
+def deploy_graph(agent, spec) -> DeployGraph:
+    return DeployGraph(agent.deploy_policy(), spec.obs_dim, spec.action_low, spec.action_high)
+
+
+def export_onnx(agent, spec, cfg: Config, path: str | Path, env_steps: int = 0,
+                noise_input: bool = False) -> Path:
+    """Write the deploy graph to `path` atomically; returns the path."""
+    import onnx
+
+    path = Path(path)
+    graph = deploy_graph(agent, spec).to("cpu").eval()
+    obs = torch.zeros(1, spec.obs_dim)
+    args = (obs, torch.zeros(1, spec.act_dim)) if noise_input else (obs,)
+    names = ["observation", "noise"] if noise_input else ["observation"]
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            graph, args, buffer, dynamo=False, opset_version=17, input_names=names,
+            output_names=["action"],
+            dynamic_axes={name: {0: "batch"} for name in names + ["action"]},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    meta = policy_metadata(cfg, spec, noise_input, env_steps)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+    graph.to(agent.device)
+    return path
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,81 @@
+"""Run outputs with stable names: TensorBoard scalars, CSV files, the learning-curve PNG."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+EVAL_FIELDS = ("env_steps", "updates", "wall_time_s", "return_deploy", "return_best_of_n",
+               "length_deploy", "length_best_of_n")
+TRAIN_FIELDS = ("env_steps", "updates", "loss/critic", "loss/actor", "alpha", "q/mean",
+                "weights/std", "weights/max", "weights/min", "grad_norm/actor", "entropy",
+                "one_step_error", "train/episode_return", "perf/updates_per_s",
+                "perf/env_steps_per_s")
+
+
+class RunLogger:
+    def __init__(self, out_dir: Path, tensorboard: bool = True):
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+        self.eval_csv = out_dir / "eval.csv"
+        self.train_csv = out_dir / "train.csv"
+
+    def scalars(self, values: dict[str, float], env_steps: int) -> None:
+        if self.writer:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, env_steps)
+        self._append(self.train_csv, {"env_steps": env_steps, **values}, TRAIN_FIELDS)
+
+    def evaluation(self, row: dict[str, float]) -> None:
+        if self.writer:
+            for key in ("return_deploy", "return_best_of_n", "length_deploy"):
+                if row.get(key) is not None:
+                    self.writer.add_scalar(f"eval/{key}", row[key], row["env_steps"])
+        self._append(self.eval_csv, row, EVAL_FIELDS)
+
+    @staticmethod
+    def _append(path: Path, row: dict, fields) -> None:
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore",
+                                    restval="")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def plot_learning_curve(eval_csv: Path, out_png: Path, title: str) -> Path | None:
+    """Deploy-mode (NFE = 1) and best-of-N returns against env steps."""
+    if not eval_csv.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(eval_csv.open()))
+    steps = [int(r["env_steps"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("return_deploy", "deploy (NFE = 1)"), ("return_best_of_n", "best-of-N")):
+        values = [float(r[key]) if r.get(key) not in (None, "") else None for r in rows]
+        points = [(s, v) for s, v in zip(steps, values, strict=True) if v is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

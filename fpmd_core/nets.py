@@ -1,0 +1,39 @@
+"""Network building blocks shared by critics and policies."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    """`layers` hidden layers of width `hidden` with mish, linear output."""
+    dims = [in_dim] + [hidden] * layers
+    blocks: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        blocks += [nn.Linear(a, b), nn.Mish()]
+    blocks.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*blocks)
+
+
+class TimeEmbedding(nn.Module):
+    """sinusoidal(16) -> Linear(32) -> mish -> Linear(16), for t in [0, 1]."""
+
+    def __init__(self, dim: int = 16, scale: float = 1000.0):
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half) / half)
+        self.register_buffer("freqs", freqs * scale, persistent=False)
+        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Mish(), nn.Linear(2 * dim, dim))
+        self.out_dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.reshape(-1, 1) * self.freqs
+        return self.net(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+def bound(x: torch.Tensor, limit: float) -> torch.Tensor:
+    """Soft bound |x| < limit (identity near 0); limit 0 leaves x unbounded."""
+    return limit * torch.tanh(x / limit) if limit > 0 else x

@@ -1,0 +1,180 @@
+"""Running an exported policy: `OnnxPolicy` (onnxruntime) and `CheckpointPolicy` (torch).
+
+Both validate the model against its metadata when loaded and every observation when called,
+and expose the same interface: `metadata`, `model_hash`, `__call__(observation)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .export import METADATA_FORMAT, METADATA_KEY, file_hash
+
+REQUIRED_METADATA = {
+    "format": str, "algorithm": str, "task": str, "obs_dim": int, "obs_terms": list,
+    "act_dim": int, "action_low": list, "action_high": list, "actuator_names": list,
+    "joint_names": list, "control_period_s": float, "nfe": int, "noise_input": bool,
+    "config_hash": str,
+}
+
+
+class PolicyError(ValueError):
+    """A policy file is missing, corrupt, or does not match what it is used for."""
+
+
+class ObservationError(ValueError):
+    """An observation has the wrong shape or is not finite."""
+
+
+def validate_metadata(meta: object, source: str) -> dict:
+    if not isinstance(meta, dict):
+        raise PolicyError(f"{source}: metadata is not a JSON object")
+    for key, kind in REQUIRED_METADATA.items():
+        value = meta.get(key)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if kind is int and isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise PolicyError(f"{source}: metadata field {key!r} is {value!r}, "
+                              f"expected {kind.__name__}")
+    if meta["format"] != METADATA_FORMAT:
+        raise PolicyError(f"{source}: metadata format {meta['format']!r}, "
+                          f"expected {METADATA_FORMAT!r}")
+    if len(meta["action_low"]) != meta["act_dim"] or len(meta["action_high"]) != meta["act_dim"]:
+        raise PolicyError(f"{source}: action bounds do not have act_dim={meta['act_dim']} values")
+    if sum(size for _, size in meta["obs_terms"]) != meta["obs_dim"]:
+        raise PolicyError(f"{source}: obs_terms sizes do not sum to obs_dim={meta['obs_dim']}")
+    return meta
+
+
+def check_expected(meta: dict, source: str, expected: dict) -> None:
+    """Each expected key (obs_dim, act_dim, joint_names, control_period_s, ...) must match."""
+    for key, value in expected.items():
+        have = meta.get(key)
+        if isinstance(value, float) and isinstance(have, (int, float)):
+            same = abs(have - value) <= 1e-9 * max(1.0, abs(value))
+        else:
+            same = have == value
+        if not same:
+            raise PolicyError(f"{source}: {key} is {have!r} in the model, expected {value!r}")
+
+
+class _Policy:
+    metadata: dict
+    model_hash: str
+
+    def _observation(self, observation) -> np.ndarray:
+        obs = np.asarray(observation, dtype=np.float32)
+        dim = self.metadata["obs_dim"]
+        if obs.ndim == 1:
+            obs = obs[None]
+        if obs.ndim != 2 or obs.shape[1] != dim or obs.shape[0] == 0:
+            raise ObservationError(f"observation: expected shape ({dim},) or (B, {dim}), "
+                                   f"got {np.shape(observation)}")
+        if not np.isfinite(obs).all():
+            raise ObservationError("observation: contains NaN or Inf")
+        return obs
+
+    def __call__(self, observation, noise=None) -> np.ndarray:
+        """Action(s) in env units; a single observation gives shape (act_dim,)."""
+        single = np.ndim(observation) == 1
+        obs = self._observation(observation)
+        actions = self._run(obs, noise)
+        return actions[0] if single else actions
+
+
+class OnnxPolicy(_Policy):
+    def __init__(self, path: str | Path, threads: int = 1, expected: dict | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PolicyError(f"policy {self.path}: file not found")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise PolicyError(f"policy {self.path}: not a loadable ONNX model "
+                              f"({type(err).__name__})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise PolicyError(f"policy {self.path}: no {METADATA_KEY!r} metadata; "
+                              "export it with fpmd_core.export")
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError:
+            raise PolicyError(f"policy {self.path}: metadata is not valid JSON") from None
+        self.metadata = validate_metadata(meta, f"policy {self.path}")
+        self._check_graph()
+        check_expected(self.metadata, f"policy {self.path}", expected or {})
+        self.model_hash = file_hash(self.path)
+
+    def _check_graph(self) -> None:
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        source = f"policy {self.path}"
+        if "observation" not in inputs or inputs["observation"][-1] != self.metadata["obs_dim"]:
+            raise PolicyError(f"{source}: graph input 'observation' {inputs.get('observation')} "
+                              f"does not match obs_dim={self.metadata['obs_dim']}")
+        if "action" not in outputs or outputs["action"][-1] != self.metadata["act_dim"]:
+            raise PolicyError(f"{source}: graph output 'action' {outputs.get('action')} "
+                              f"does not match act_dim={self.metadata['act_dim']}")
+        if ("noise" in inputs) != self.metadata["noise_input"]:
+            raise PolicyError(f"{source}: noise input presence disagrees with metadata")
+
+    def _run(self, obs: np.ndarray, noise) -> np.ndarray:
+        feed = {"observation": obs}
+        if self.metadata["noise_input"]:
+            feed["noise"] = (np.zeros((len(obs), self.metadata["act_dim"]), np.float32)
+                             if noise is None else np.asarray(noise, np.float32))
+        return self.session.run(["action"], feed)[0]
+
+
+class CheckpointPolicy(_Policy):
+    """The same deploy graph run by torch from a training checkpoint."""
+
+    def __init__(self, path: str | Path, expected: dict | None = None, threads: int = 1):
+        import torch
+
+        from .agents import make_agent
+        from .checkpoint import load_checkpoint
+        from .config import config_from_dict
+        from .export import deploy_graph, policy_metadata
+        from .tasks import TaskSpec
+
+        self.path = Path(path)
+        payload = load_checkpoint(self.path)
+        cfg = config_from_dict(payload["config"])
+        spec_dict = dict(payload["task_spec"])
+        spec_dict["obs_terms"] = tuple(tuple(t) for t in spec_dict["obs_terms"])
+        spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in spec_dict.items()})
+        torch.set_num_threads(threads)
+        agent = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device("cpu"))
+        agent.load_full_state(payload["agent"])
+        self.graph = deploy_graph(agent, spec).eval()
+        self.metadata = validate_metadata(
+            policy_metadata(cfg, spec, False, int(payload["counters"]["env_steps"])),
+            f"checkpoint {self.path}")
+        check_expected(self.metadata, f"checkpoint {self.path}", expected or {})
+        self.model_hash = file_hash(self.path)
+
+    def _run(self, obs: np.ndarray, noise) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            noise_t = None if noise is None else torch.as_tensor(noise, dtype=torch.float32)
+            return self.graph(torch.as_tensor(obs), noise_t).numpy()
+
+
+def load_policy(path: str | Path, expected: dict | None = None, threads: int = 1):
+    """An ONNX file (the deploy path) or a training checkpoint (.pt)."""
+    if Path(path).suffix == ".onnx":
+        return OnnxPolicy(path, threads=threads, expected=expected)
+    return CheckpointPolicy(path, expected=expected, threads=threads)

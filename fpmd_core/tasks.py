@@ -1,0 +1,288 @@
+"""Task factories: Gymnasium MuJoCo ids and dm_control suite tasks behind one Gymnasium API.
+
+Agents always act in [-1, 1]^d; `NormalizedActions` maps to the env's own bounds. Every task
+is described by a `TaskSpec` (sizes, bounds, observation terms, actuator and joint names,
+control period) that exports and ROS nodes use as metadata.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+_DMC_PATTERN = re.compile(r"^([a-z_]+)-([a-z_]+)$")
+
+
+class TaskError(ValueError):
+    """Unknown or unusable task id."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: str
+    obs_dim: int
+    act_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    obs_terms: tuple[tuple[str, int], ...]
+    """Observation layout: (term name, size) in order; sizes sum to obs_dim."""
+    actuator_names: tuple[str, ...]
+    joint_names: tuple[str, ...]
+    control_dt: float
+    """Seconds of simulated time per env step."""
+    max_episode_steps: int
+
+
+class NormalizedActions(gym.ActionWrapper):
+    """The agent's [-1, 1] actions -> the env's bounds (clipped first, so never out of range)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.low = env.action_space.low.astype(np.float64)
+        self.high = env.action_space.high.astype(np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, np.float32)
+
+    def action(self, action):
+        return scale_action(action, self.low, self.high)
+
+
+def scale_action(action, low, high) -> np.ndarray:
+    """[-1, 1] -> [low, high], clipping first; the one place this mapping is defined."""
+    action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+    return low + (action + 1.0) * 0.5 * (np.asarray(high) - np.asarray(low))
+
+
+class Float32Observations(gym.ObservationWrapper):
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        shape = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape, np.float32)
+
+    def observation(self, observation):
+        return np.asarray(observation, dtype=np.float32)
+
+
+class DMControlEnv(gym.Env):
+    """A dm_control suite task with flattened state observations, as a Gymnasium env.
+
+    A step whose time step is last with discount 0 is `terminated`; a time-limit end is
+    `truncated`, so the critic keeps bootstrapping through it.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, domain: str, task: str):
+        from dm_control import suite
+
+        self.domain, self.task_name = domain, task
+        self._suite = suite
+        self._env = suite.load(domain, task, task_kwargs={"random": 0})
+        spec = self._env.observation_spec()
+        self.obs_terms = tuple((k, int(np.prod(v.shape))) for k, v in spec.items())
+        dim = sum(size for _, size in self.obs_terms)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64)
+        aspec = self._env.action_spec()
+        self.action_space = gym.spaces.Box(
+            aspec.minimum.astype(np.float32), aspec.maximum.astype(np.float32), aspec.shape,
+            np.float32,
+        )
+        self.steps_per_episode = int(round(self._env._step_limit))
+
+    @property
+    def physics(self):
+        return self._env.physics
+
+    def _flatten(self, observation: OrderedDict) -> np.ndarray:
+        parts = [np.asarray(v, dtype=np.float64).ravel() for v in observation.values()]
+        return np.concatenate(parts)
+
+    def reset(self, *, seed: int | None = None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._env.task._random = np.random.RandomState(seed)
+        time_step = self._env.reset()
+        return self._flatten(time_step.observation), {}
+
+    def step(self, action):
+        time_step = self._env.step(action)
+        terminated = bool(time_step.last() and time_step.discount == 0.0)
+        truncated = bool(time_step.last() and not terminated)
+        return self._flatten(time_step.observation), float(time_step.reward or 0.0), \
+            terminated, truncated, {}
+
+    def render(self):
+        return self.physics.render(84, 84, camera_id=0)
+
+
+def _is_dm_control(task_id: str) -> bool:
+    return "-" in task_id and not re.search(r"-v\d+$", task_id)
+
+
+def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool = True) -> gym.Env:
+    """One env with float32 observations and [-1, 1] actions (env units if not
+    `normalized_actions`, as a sim node receives them). Raises TaskError if unknown."""
+    if _is_dm_control(task_id):
+        match = _DMC_PATTERN.match(task_id)
+        from dm_control import suite
+
+        if not match or (match.group(1), match.group(2)) not in suite.ALL_TASKS:
+            raise TaskError(
+                f"task {task_id!r}: not a dm_control suite task; expected `domain-task`, one of "
+                + ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS[:8]) + ", ..."
+            )
+        env: gym.Env = DMControlEnv(match.group(1), match.group(2))
+        # dm_control ends its episodes itself; a shorter limit is added as a TimeLimit.
+        if max_episode_steps and max_episode_steps < env.steps_per_episode:
+            env = gym.wrappers.TimeLimit(env, max_episode_steps)
+    else:
+        if task_id not in gym.registry:
+            close = [k for k in gym.registry if k.split("-")[0] == task_id.split("-")[0]]
+            raise TaskError(
+                f"task {task_id!r}: unknown Gymnasium id"
+                + (f" (registered: {', '.join(close)})" if close else "")
+                + "; expected e.g. Hopper-v5 or a dm_control `domain-task`"
+            )
+        kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+        env = gym.make(task_id, **kwargs)
+        if not isinstance(env.unwrapped, gym.envs.mujoco.MujocoEnv):
+            raise TaskError(f"task {task_id!r}: not a MuJoCo task")
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise TaskError(f"task {task_id!r}: expected a continuous (Box) action space")
+    if normalized_actions:
+        env = NormalizedActions(env)
+    return Float32Observations(env)
+
+
+def mujoco_handles(env: gym.Env) -> tuple[mujoco.MjModel, mujoco.MjData]:
+    """The MuJoCo model and data behind an env made by `make_env`."""
+    inner = env.unwrapped
+    if isinstance(inner, DMControlEnv):
+        physics = inner.physics
+        return physics.model.ptr, physics.data.ptr
+    return inner.model, inner.data
+
+
+def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
+    model, _ = mujoco_handles(env)
+    inner = env.unwrapped
+    raw_space = _raw_action_space(env)
+    obs_dim = int(env.observation_space.shape[0])
+    limit = _find_time_limit(env)
+    if isinstance(inner, DMControlEnv):
+        obs_terms = inner.obs_terms
+        control_dt = float(inner.physics.timestep() * inner._env._n_sub_steps)
+        episode_steps = limit._max_episode_steps if limit else inner.steps_per_episode
+    else:
+        obs_terms = (("observation", obs_dim),)
+        control_dt = float(inner.dt)
+        episode_steps = limit._max_episode_steps
+    joints = tuple(
+        model.joint(i).name for i in range(model.njnt)
+        if int(model.jnt_type[i]) in (int(mujoco.mjtJoint.mjJNT_HINGE),
+                                      int(mujoco.mjtJoint.mjJNT_SLIDE))
+    )
+    return TaskSpec(
+        id=task_id,
+        obs_dim=obs_dim,
+        act_dim=int(raw_space.shape[0]),
+        action_low=tuple(float(x) for x in raw_space.low),
+        action_high=tuple(float(x) for x in raw_space.high),
+        obs_terms=tuple(obs_terms),
+        actuator_names=actuator_names(model),
+        joint_names=joints,
+        control_dt=control_dt,
+        max_episode_steps=int(episode_steps),
+    )
+
+
+def actuator_names(model: mujoco.MjModel) -> tuple[str, ...]:
+    """Actuator names; unnamed actuators take their joint's name (older models name none)."""
+    names = []
+    for i in range(model.nu):
+        name = model.actuator(i).name
+        if not name and int(model.actuator_trntype[i]) == int(mujoco.mjtTrn.mjTRN_JOINT):
+            name = model.joint(int(model.actuator_trnid[i, 0])).name
+        names.append(name or f"actuator_{i}")
+    return tuple(names)
+
+
+def _raw_action_space(env: gym.Env) -> gym.spaces.Box:
+    while hasattr(env, "env"):
+        if isinstance(env, NormalizedActions):
+            return env.env.action_space
+        env = env.env
+    return env.action_space
+
+
+def _find_time_limit(env: gym.Env):
+    while True:
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return env
+        if not hasattr(env, "env"):
+            return None
+        env = env.env
+
+
+def make_vector_env(task_id: str, num_envs: int,
+                    max_episode_steps: int = 0) -> gym.vector.VectorEnv:
+    """`num_envs` copies in one process, auto-reset in the same step (final obs in info)."""
+    return gym.vector.SyncVectorEnv(
+        [lambda: make_env(task_id, max_episode_steps) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+# --- exact snapshots of env state, for checkpoints that resume bit-for-bit -----------------
+
+def get_env_state(env: gym.Env) -> dict:
+    """Physics integration state, episode step counter and RNG state of one env."""
+    model, data = mujoco_handles(env)
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    physics = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, data, physics, spec)
+    inner = env.unwrapped
+    limit = _find_time_limit(env)
+    state = {
+        "physics": physics.tolist(),
+        "elapsed_steps": int(limit._elapsed_steps) if limit is not None and
+        limit._elapsed_steps is not None else -1,
+    }
+    if isinstance(inner, DMControlEnv):
+        state["task_random"] = _random_state_to_list(inner._env.task.random.get_state())
+        state["dm_step_count"] = int(inner._env._step_count)
+        state["dm_reset_next"] = bool(inner._env._reset_next_step)
+    else:
+        state["np_random"] = inner.np_random.bit_generator.state
+    return state
+
+
+def set_env_state(env: gym.Env, state: dict) -> None:
+    model, data = mujoco_handles(env)
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mujoco.mj_setState(model, data, np.asarray(state["physics"], dtype=np.float64), spec)
+    mujoco.mj_forward(model, data)
+    limit = _find_time_limit(env)
+    if limit is not None:
+        limit._elapsed_steps = state["elapsed_steps"] if state["elapsed_steps"] >= 0 else None
+    inner = env.unwrapped
+    if isinstance(inner, DMControlEnv):
+        inner._env.task.random.set_state(_random_state_from_list(state["task_random"]))
+        inner._env._step_count = state["dm_step_count"]
+        inner._env._reset_next_step = state["dm_reset_next"]
+    else:
+        inner.np_random.bit_generator.state = state["np_random"]
+
+
+def _random_state_to_list(state: tuple) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _random_state_from_list(state: list) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)

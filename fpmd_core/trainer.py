@@ -1,0 +1,287 @@
+"""The training loop: collect, update, evaluate, log, checkpoint, export.
+
+    for each vector step:
+        a ~ uniform during warm-up, else best-of-N from the EMA policy + exploration noise
+        step all envs; store (s, a, r, s', terminated) (s' = final obs at episode ends)
+        updates_per_step gradient steps (critic; actor, Polyak every 2; alpha every 250)
+        evaluate in deploy mode (NFE = 1) and best-of-N; checkpoint; log
+    export the one-step policy to ONNX; plot the learning curve
+
+Works on any Gymnasium vector env with SAME_STEP autoreset: in-process envs, or the ROS
+vector env of fpmd_ros (whose sims cannot be snapshotted, so its resume restarts episodes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .agents import NonFiniteLossError, make_agent
+from .checkpoint import check_matches, load_checkpoint, save_checkpoint
+from .config import Config, config_from_dict
+from .export import export_onnx
+from .logger import RunLogger, plot_learning_curve
+from .replay import ReplayBuffer
+from .tasks import get_env_state, make_env, make_vector_env, set_env_state, task_spec
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped on a NaN/Inf loss; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    env_steps: int
+    updates: int
+    final_return_deploy: float | None
+    final_return_best_of_n: float | None
+    checkpoint: Path | None
+    policy: Path | None
+    curve: Path | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, envs=None, eval_env=None, resume: str | Path | None = None,
+                 on_progress=None):
+        """`envs`: a SAME_STEP-autoreset vector env (default: in-process `task.num_envs`
+        copies). `on_progress(trainer)` is called after every vector step (ROS diagnostics)."""
+        self.cfg, tc = cfg, cfg.trainer
+        if tc.torch_threads:
+            torch.set_num_threads(tc.torch_threads)
+        seed_everything(tc.seed, tc.deterministic)
+        self.device = resolve_device(tc.device)
+        self.output_dir = Path(tc.output_dir)
+        self.eval_env = eval_env or make_env(cfg.task.id, cfg.task.max_episode_steps)
+        self.spec = task_spec(self.eval_env, cfg.task.id)
+        self.envs = envs or make_vector_env(cfg.task.id, cfg.task.num_envs,
+                                            cfg.task.max_episode_steps)
+        if self.envs.num_envs != cfg.task.num_envs:
+            raise ValueError(f"task.num_envs is {cfg.task.num_envs} but the vector env has "
+                             f"{self.envs.num_envs}")
+        self.agent = make_agent(self.spec.obs_dim, self.spec.act_dim, cfg.agent, self.device)
+        self.replay = ReplayBuffer(tc.replay_size, self.spec.obs_dim, self.spec.act_dim,
+                                   tc.seed + 1)
+        self.rng = np.random.default_rng(tc.seed + 2)  # warm-up actions
+        self.env_steps = 0
+        self.episode_returns = np.zeros(cfg.task.num_envs)
+        self.recent_returns: list[float] = []
+        self.last_eval: dict = {}
+        self.last_checkpoint: Path | None = None
+        self.on_progress = on_progress
+        self.obs = None
+        if resume is not None:
+            self._restore(resume)
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, tc = self.cfg, self.cfg.trainer
+        logger = RunLogger(self.output_dir)
+        if self.obs is None:
+            self.obs, _ = self.envs.reset(seed=tc.seed)
+        progress = _progress_bar(tc, self.env_steps)
+        window_start, window_updates, window_steps = time.perf_counter(), 0, 0
+        self.start_time = time.perf_counter()
+        metrics: dict[str, float] = {}
+        try:
+            while self.env_steps < tc.total_steps:
+                before = self.env_steps
+                self._collect()
+                if self.env_steps >= tc.warmup_steps:
+                    for _ in range(tc.updates_per_step):
+                        batch = self.replay.sample(cfg.agent.batch_size, self.device)
+                        metrics |= self.agent.update(batch)
+                        window_updates += 1
+                window_steps += self.env_steps - before
+                if _crossed(before, self.env_steps, tc.log_interval):
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    self._log_updates(logger, metrics, window_updates / elapsed,
+                                      window_steps / elapsed)
+                    window_start, window_updates, window_steps = time.perf_counter(), 0, 0
+                if _crossed(before, self.env_steps, tc.eval_interval):
+                    self._evaluate(logger)
+                if _crossed(before, self.env_steps, tc.checkpoint_interval):
+                    self.save(self.output_dir / "checkpoints" / f"step_{self.env_steps}.pt")
+                if progress is not None:
+                    progress.update(self.env_steps - before)
+                    progress.set_postfix(self._postfix(), refresh=False)
+                if self.on_progress is not None:
+                    self.on_progress(self)
+        except NonFiniteLossError as err:
+            logger.close()
+            kept = self.last_checkpoint or "none written yet"
+            raise TrainingDiverged(f"{err} at env step {self.env_steps}; last good checkpoint: "
+                                   f"{kept}") from err
+        finally:
+            if progress is not None:
+                progress.close()
+        if not self.last_eval or self.last_eval["env_steps"] != self.env_steps:
+            self._evaluate(logger)
+        checkpoint = self.save(self.output_dir / "checkpoints" / "final.pt")
+        policy = export_onnx(self.agent, self.spec, cfg, self.output_dir / "policy.onnx",
+                             env_steps=self.env_steps)
+        logger.close()
+        curve = plot_learning_curve(logger.eval_csv, self.output_dir / "learning_curve.png",
+                                    f"{cfg.agent.algo} on {cfg.task.id}")
+        return TrainResult(self.output_dir, self.env_steps, self.agent.gradient_steps,
+                           self.last_eval.get("return_deploy"),
+                           self.last_eval.get("return_best_of_n"), checkpoint, policy, curve)
+
+    def _collect(self) -> None:
+        """One vector step into the replay buffer."""
+        if self.env_steps < self.cfg.trainer.warmup_steps:
+            actions = self.rng.uniform(-1.0, 1.0, (self.envs.num_envs, self.spec.act_dim))
+        else:
+            actions = self.agent.act(self.obs, "explore")
+        actions = actions.astype(np.float32)
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+        real_next_obs = np.array(next_obs, copy=True)
+        if "_final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
+        self.replay.add(self.obs, actions, rewards, real_next_obs, terminated)
+        self.episode_returns += rewards
+        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+            self.recent_returns = (self.recent_returns + [float(self.episode_returns[i])])[-20:]
+            self.episode_returns[i] = 0.0
+        self.obs = next_obs
+        self.env_steps += self.envs.num_envs
+
+    # --- evaluation and logging --------------------------------------------------------
+    def evaluate(self, mode: str, episodes: int) -> tuple[float, float]:
+        """Mean return and length over `episodes` (seeds fixed per episode index)."""
+        returns, lengths = [], []
+        for episode in range(episodes):
+            obs, _ = self.eval_env.reset(seed=10_000 + self.cfg.trainer.seed * 1000 + episode)
+            total, length, done = 0.0, 0, False
+            while not done:
+                action = self.agent.act(obs[None], mode)[0]
+                obs, reward, terminated, truncated, _ = self.eval_env.step(action)
+                total, length = total + float(reward), length + 1
+                done = terminated or truncated
+            returns.append(total)
+            lengths.append(length)
+        return float(np.mean(returns)), float(np.mean(lengths))
+
+    def _evaluate(self, logger: RunLogger) -> None:
+        tc = self.cfg.trainer
+        row = {"env_steps": self.env_steps, "updates": self.agent.gradient_steps,
+               "wall_time_s": round(time.perf_counter() - self.start_time, 2)}
+        row["return_deploy"], row["length_deploy"] = self.evaluate("deploy", tc.eval_episodes)
+        if tc.eval_best_of_n and self.cfg.agent.algo != "sac":
+            row["return_best_of_n"], row["length_best_of_n"] = self.evaluate(
+                "best_of_n", tc.eval_episodes)
+        self.last_eval = row
+        logger.evaluation(row)
+
+    def _log_updates(self, logger: RunLogger, metrics: dict, updates_per_s: float,
+                     env_steps_per_s: float) -> None:
+        values = dict(metrics)
+        values["updates"] = self.agent.gradient_steps
+        values["perf/updates_per_s"] = updates_per_s
+        values["perf/env_steps_per_s"] = env_steps_per_s
+        if self.recent_returns:
+            values["train/episode_return"] = float(np.mean(self.recent_returns))
+        if self.replay.size >= 64:
+            obs = self.replay.sample(64, self.device)["obs"]
+            error = self.agent.one_step_error(obs)
+            if error is not None:
+                values["one_step_error"] = error
+        logger.scalars(values, self.env_steps)
+
+    def _postfix(self) -> dict:
+        post = {}
+        if self.recent_returns:
+            post["train_return"] = f"{np.mean(self.recent_returns):.1f}"
+        if self.last_eval:
+            post["eval_deploy"] = f"{self.last_eval['return_deploy']:.1f}"
+        return post
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save(self, path: Path) -> Path:
+        envs = getattr(self.envs, "envs", None)
+        payload = {
+            "config": self.cfg.to_dict(),
+            "task_spec": dataclasses.asdict(self.spec),
+            "agent": self.agent.full_state(),
+            "replay": self.replay.state_dict(),
+            "counters": {"env_steps": self.env_steps},
+            "rng": {"torch": torch.get_rng_state(), "numpy_warmup": self.rng.bit_generator.state,
+                    "python": list(random.getstate()[1]),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "envs": {
+                "obs": torch.as_tensor(np.asarray(self.obs)),
+                "episode_returns": torch.as_tensor(self.episode_returns),
+                "states": [get_env_state(env) for env in envs] if envs is not None else None,
+            },
+        }
+        self.last_checkpoint = save_checkpoint(payload, path)
+        return self.last_checkpoint
+
+    def _restore(self, path: str | Path) -> None:
+        payload = load_checkpoint(path, map_location=self.device)
+        saved = config_from_dict(payload["config"])
+        for field in ("task.id", "task.num_envs", "agent.algo", "agent.hidden", "agent.layers",
+                      "trainer.replay_size"):
+            section, name = field.split(".")
+            have, want = getattr(getattr(saved, section), name), \
+                getattr(getattr(self.cfg, section), name)
+            if have != want:
+                from .checkpoint import CheckpointError
+
+                raise CheckpointError(f"checkpoint {path}: {field} is {have!r}, "
+                                      f"the run is configured with {want!r}")
+        check_matches(payload, path, obs_dim=self.spec.obs_dim, act_dim=self.spec.act_dim)
+        self.agent.load_full_state(payload["agent"])
+        self.replay.load_state_dict(payload["replay"])
+        self.env_steps = int(payload["counters"]["env_steps"])
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.rng.bit_generator.state = rng["numpy_warmup"]
+        random.setstate((3, tuple(rng["python"]), None))
+        envs = payload["envs"]
+        states = envs["states"]
+        if states is not None and hasattr(self.envs, "envs"):
+            for env, state in zip(self.envs.envs, states, strict=True):
+                set_env_state(env, state)
+            self.obs = envs["obs"].cpu().numpy()
+            self.episode_returns = envs["episode_returns"].cpu().numpy()
+        # else: remote envs start new episodes (self.obs stays None -> reset in run()).
+        self.last_checkpoint = Path(path)
+
+
+def _crossed(before: int, after: int, interval: int) -> bool:
+    return interval > 0 and after // interval > before // interval
+
+
+def _progress_bar(tc, initial: int):
+    if not tc.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=tc.total_steps, initial=initial, unit="step", desc="env steps",
+                dynamic_ncols=True)
