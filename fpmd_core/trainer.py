@@ -266,6 +266,9 @@ class Trainer:
         envs = payload["envs"]
         states = envs["states"]
         if states is not None and hasattr(self.envs, "envs"):
+            # Reset first: gymnasium's order enforcement refuses step() on a never-reset env;
+            # the saved states then overwrite everything the reset changed.
+            self.envs.reset(seed=self.cfg.trainer.seed)
             for env, state in zip(self.envs.envs, states, strict=True):
                 set_env_state(env, state)
             self.obs = envs["obs"].cpu().numpy()
