@@ -20,12 +20,14 @@ from fpmd_ros.ros_env import RosVectorEnv, SimError, SimTimeoutError  # noqa: E4
 
 TASK = 'InvertedPendulum-v5'
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Unique per run: another test run that happens to share the DDS domain cannot answer for them.
+NAMES = [f'env_{i}_p{os.getpid()}' for i in range(2)]
 EPISODE_STEPS = 6  # short, so that 25 steps cross several terminations and truncations
 
 
 @pytest.fixture
 def sims():
-    running = [RunningSim(f'env_{i}', task=TASK, max_episode_steps=EPISODE_STEPS)
+    running = [RunningSim(NAMES[i], task=TASK, max_episode_steps=EPISODE_STEPS)
                for i in range(2)]
     yield running
     for sim in running:
@@ -40,7 +42,8 @@ def _reference(seeds):
 
 
 def test_matches_sync_vector_env(sims):
-    env = RosVectorEnv(TASK, num_envs=2, max_episode_steps=EPISODE_STEPS, step_timeout_s=5.0)
+    env = RosVectorEnv(TASK, namespaces=NAMES, max_episode_steps=EPISODE_STEPS,
+                       step_timeout_s=5.0)
     try:
         assert env.metadata['autoreset_mode'] == gym.vector.AutoresetMode.SAME_STEP
         assert env.single_action_space == gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -87,7 +90,7 @@ def test_matches_sync_vector_env(sims):
 
 def test_single_env_action_actually_reaches_the_sim(sims):
     """Scaled commands arrive in env units: the sim applied scale_action(a) (gear 100 motor)."""
-    env = RosVectorEnv(TASK, namespaces=['env_1'], step_timeout_s=5.0)
+    env = RosVectorEnv(TASK, namespaces=NAMES[1:], step_timeout_s=5.0)
     try:
         env.reset()
         env.step(np.array([[0.5]]))
@@ -98,7 +101,7 @@ def test_single_env_action_actually_reaches_the_sim(sims):
 
 def test_killed_sim_is_named_not_a_hang(sims):
     timeout_s = 1.0
-    env = RosVectorEnv(TASK, num_envs=2, step_timeout_s=timeout_s)
+    env = RosVectorEnv(TASK, namespaces=NAMES, step_timeout_s=timeout_s)
     try:
         env.reset(seed=0)
         for _ in range(3):
@@ -106,15 +109,15 @@ def test_killed_sim_is_named_not_a_hang(sims):
         episode, step = env._sims[1].episode, env._sims[1].step
         sims[1].stop()
         start = time.monotonic()
-        with pytest.raises(SimTimeoutError, match='env_1') as caught:
+        with pytest.raises(SimTimeoutError, match=NAMES[1]) as caught:
             env.step(np.zeros((2, 1)))
         assert time.monotonic() - start < timeout_s + 1.0
-        assert caught.value.namespace == 'env_1'
+        assert caught.value.namespace == NAMES[1]
         assert caught.value.awaited == (episode, step + 1)
         assert f'episode {episode}, step {step + 1}' in str(caught.value)
         with pytest.raises(RuntimeError, match='reset'):
             env.step(np.zeros((2, 1)))
-        with pytest.raises(SimTimeoutError, match='env_1'):  # and reset names it too
+        with pytest.raises(SimTimeoutError, match=NAMES[1]):  # and reset names it too
             env.reset()
     finally:
         env.close()
@@ -123,14 +126,14 @@ def test_killed_sim_is_named_not_a_hang(sims):
 def test_missing_and_mismatched_sims_are_named(sims):
     start = time.monotonic()
     with pytest.raises(SimTimeoutError, match='ghost'):
-        RosVectorEnv(TASK, namespaces=['env_0', 'ghost'], connect_timeout_s=1.5)
+        RosVectorEnv(TASK, namespaces=[NAMES[0], 'ghost'], connect_timeout_s=1.5)
     assert time.monotonic() - start < 5.0
-    with pytest.raises(SimError, match="env_0: runs task 'InvertedPendulum-v5'"):
-        RosVectorEnv('Hopper-v5', namespaces=['env_0'], connect_timeout_s=10.0)
+    with pytest.raises(SimError, match=f"{NAMES[0]}: runs task 'InvertedPendulum-v5'"):
+        RosVectorEnv('Hopper-v5', namespaces=NAMES[:1], connect_timeout_s=10.0)
 
 
 def test_bad_actions_are_refused(sims):
-    env = RosVectorEnv(TASK, num_envs=2, step_timeout_s=5.0)
+    env = RosVectorEnv(TASK, namespaces=NAMES, step_timeout_s=5.0)
     try:
         with pytest.raises(RuntimeError, match='reset'):
             env.step(np.zeros((2, 1)))
@@ -154,9 +157,10 @@ def _sim_process(namespace: str, *params: str) -> subprocess.Popen:
 
 
 def test_sim_process_killed_mid_run_is_named():
-    proc = _sim_process('env_proc', f'task:={TASK}', 'seed:=5')
+    name = f'env_proc_p{os.getpid()}'
+    proc = _sim_process(name, f'task:={TASK}', 'seed:=5')
     try:
-        env = RosVectorEnv(TASK, namespaces=['env_proc'], step_timeout_s=1.0,
+        env = RosVectorEnv(TASK, namespaces=[name], step_timeout_s=1.0,
                            connect_timeout_s=30.0)
         try:
             obs, _ = env.reset()
@@ -166,7 +170,7 @@ def test_sim_process_killed_mid_run_is_named():
             proc.kill()
             proc.wait(timeout=10)
             start = time.monotonic()
-            with pytest.raises(SimTimeoutError, match='env_proc'):
+            with pytest.raises(SimTimeoutError, match=name):
                 env.step(np.zeros((1, 1)))
             assert time.monotonic() - start < 2.5
         finally:
@@ -178,7 +182,7 @@ def test_sim_process_killed_mid_run_is_named():
 
 
 def test_sim_process_refuses_bad_parameters():
-    proc = _sim_process('env_bad', 'mode:=fast')
+    proc = _sim_process(f'env_bad_p{os.getpid()}', 'mode:=fast')
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2, output
     assert "parameter 'mode' is 'fast'; expected one of: lockstep, realtime" in output

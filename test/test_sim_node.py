@@ -31,6 +31,7 @@ from fpmd_core.tasks import make_env, mujoco_handles  # noqa: E402
 from fpmd_ros import messages  # noqa: E402
 from fpmd_ros.sim_node import LOCKSTEP_QOS, MujocoSimNode, SimParameterError  # noqa: E402
 
+PID = os.getpid()  # in namespaces: another run sharing the DDS domain cannot interfere
 TASK = 'InvertedPendulum-v5'  # control period 0.04 s; random actions end episodes in ~5 steps
 
 
@@ -92,13 +93,13 @@ class SimClient:
 
 @pytest.fixture
 def lockstep_sim():
-    sim = RunningSim('sim_lockstep', task=TASK, seed=7, max_episode_steps=8)
+    sim = RunningSim(f'sim_lockstep_p{PID}', task=TASK, seed=7, max_episode_steps=8)
     yield sim
     sim.stop()
 
 
 def test_reset_and_step_over_dds(ros_context, ros_executor, lockstep_sim):
-    client = SimClient(ros_context, ros_executor, 'sim_lockstep')
+    client = SimClient(ros_context, ros_executor, f'sim_lockstep_p{PID}')
     first = client.reset()
     assert first.step == 0 and first.reward == 0.0
     assert not first.terminated and not first.truncated
@@ -126,7 +127,7 @@ def test_reset_and_step_over_dds(ros_context, ros_executor, lockstep_sim):
 
 def test_lockstep_equals_in_process_stepping(ros_context, ros_executor, lockstep_sim):
     """Over ROS == in-process, value for value, across episode boundaries (seed + k rule)."""
-    client = SimClient(ros_context, ros_executor, 'sim_lockstep')
+    client = SimClient(ros_context, ros_executor, f'sim_lockstep_p{PID}')
     first = client.reset()  # the node reset once at start (episode 0, seed 7): now episode 1
     assert first.episode == 1
 
@@ -162,7 +163,7 @@ def test_lockstep_equals_in_process_stepping(ros_context, ros_executor, lockstep
 
 
 def test_malformed_commands_are_rejected(ros_context, ros_executor, lockstep_sim):
-    client = SimClient(ros_context, ros_executor, 'sim_lockstep')
+    client = SimClient(ros_context, ros_executor, f'sim_lockstep_p{PID}')
     first = client.reset()
     bad_layout = Float64MultiArray()
     bad_layout.data = [0.1]
@@ -200,9 +201,9 @@ def test_invalid_parameters_are_refused_with_reason(ros_context, ros_executor):
                                                for k, v in overrides.items()])
 
     # At runtime, through the node's parameter service over DDS.
-    sim = RunningSim('sim_params', task=TASK, mode='realtime')
+    sim = RunningSim(f'sim_params_p{PID}', task=TASK, mode='realtime')
     try:
-        client = SimClient(ros_context, ros_executor, 'sim_params', lockstep=False)
+        client = SimClient(ros_context, ros_executor, f'sim_params_p{PID}', lockstep=False)
 
         def set_param(name, value, type_, field):
             request = SetParameters.Request(parameters=[ParameterMsg(
@@ -222,7 +223,7 @@ def test_invalid_parameters_are_refused_with_reason(ros_context, ros_executor):
 
 
 def test_seed_parameter_restarts_the_seed_sequence(ros_context, ros_executor, lockstep_sim):
-    client = SimClient(ros_context, ros_executor, 'sim_lockstep')
+    client = SimClient(ros_context, ros_executor, f'sim_lockstep_p{PID}')
     request = SetParameters.Request(parameters=[ParameterMsg(name='seed', value=ParameterValue(
         type=ParameterType.PARAMETER_INTEGER, integer_value=100))])
     assert client.call(client.params_client, request).results[0].successful
@@ -237,9 +238,9 @@ def test_seed_parameter_restarts_the_seed_sequence(ros_context, ros_executor, lo
 
 
 def test_realtime_advances_at_the_task_rate(ros_context, ros_executor):
-    sim = RunningSim('sim_rt', task=TASK, mode='realtime', publish_clock=True)
+    sim = RunningSim(f'sim_rt_p{PID}', task=TASK, mode='realtime', publish_clock=True)
     try:
-        client = SimClient(ros_context, ros_executor, 'sim_rt', lockstep=False)
+        client = SimClient(ros_context, ros_executor, f'sim_rt_p{PID}', lockstep=False)
         client.joint_states.clear()
         spin_until(ros_executor, lambda: False, 1.2)
         (t0, first), (t1, last) = client.joint_states[0], client.joint_states[-1]
@@ -269,9 +270,9 @@ def test_realtime_advances_at_the_task_rate(ros_context, ros_executor):
 def test_realtime_holds_then_zeroes_the_command(ros_context, ros_executor):
     # HalfCheetah never terminates (1000-step episodes of 0.05 s): no reset in the window.
     task, timeout_s, command = 'HalfCheetah-v5', 0.4, 0.5
-    sim = RunningSim('sim_hold', task=task, mode='realtime', command_timeout_s=timeout_s)
+    sim = RunningSim(f'sim_hold_p{PID}', task=task, mode='realtime', command_timeout_s=timeout_s)
     try:
-        client = SimClient(ros_context, ros_executor, 'sim_hold', lockstep=False)
+        client = SimClient(ros_context, ros_executor, f'sim_hold_p{PID}', lockstep=False)
         env = make_env(task, normalized_actions=False)
         model, _ = mujoco_handles(env)
         # effort of an actuated hinge = the motor's force = gear * ctrl
