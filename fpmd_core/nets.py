@@ -19,9 +19,14 @@ def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
 
 
 class TimeEmbedding(nn.Module):
-    """sinusoidal(16) -> Linear(32) -> mish -> Linear(16), for t in [0, 1]."""
+    """sinusoidal(16) -> Linear(32) -> mish -> Linear(16), for t in [0, 1].
 
-    def __init__(self, dim: int = 16, scale: float = 1000.0):
+    Frequencies go up to `scale` rad per unit of t. A diffusion-style scale of 1000 makes
+    du/dt huge at initialisation, and MeanFlow's target v - (t - r) du/dt then feeds the net
+    its own noise (the prototype's divergence); t in [0, 1] needs no more than about 10.
+    """
+
+    def __init__(self, dim: int = 16, scale: float = 10.0):
         super().__init__()
         half = dim // 2
         freqs = torch.exp(-math.log(10_000.0) * torch.arange(half) / half)
