@@ -25,7 +25,7 @@ process) and raises ``ValueError`` naming the problem.
 from __future__ import annotations
 
 import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -264,3 +264,75 @@ def parse_joint_state(msg: JointState, names: Sequence[str] | None = None,
                              'is not finite')
         result[field] = values
     return result
+
+
+# --- controller inputs (policy_controller) -------------------------------------------------------
+
+def decode_observation(msg, obs_dim: int, obs_terms: Segments | None = None) -> np.ndarray:
+    """The observation vector of a Float32/Float64MultiArray (float32, length ``obs_dim``, all
+    finite), or ValueError.
+
+    The layout is optional (a bare vector, or unlabelled segments, is accepted); if the message
+    labels its segments they must be ``obs_terms`` (when given) exactly, so a topic wired to the
+    wrong task is refused.
+    """
+    size = len(msg.data)
+    if size != obs_dim:
+        raise ValueError(f'observation has {size} values, expected {obs_dim}')
+    labelled = any(dim.label for dim in msg.layout.dim)
+    expected = obs_terms if labelled else None
+    data = from_multiarray(msg, expected_segments=expected, dtype=np.float64)
+    return data.astype(np.float32)
+
+
+def joint_state_observation(msg: JointState, joints: Sequence[str],
+                            position_joints: Sequence[str] | None = None) -> np.ndarray:
+    """An observation vector from a JointState, mapped by joint name (float32), or ValueError.
+
+    Layout: the positions of ``position_joints`` (default: ``joints``), then the velocities of
+    ``joints``, each in the order given (the message's own order does not matter; extra joints
+    in the message are ignored). Every listed joint must be in the message with a finite
+    position and velocity.
+    """
+    joints = list(joints)
+    position_joints = joints if position_joints is None else list(position_joints)
+    names = list(dict.fromkeys([*position_joints, *joints]))
+    fields = parse_joint_state(msg, names, fields=('position', 'velocity'))
+    slot = {name: i for i, name in enumerate(names)}
+    positions = fields['position'][[slot[n] for n in position_joints]]
+    velocities = fields['velocity'][[slot[n] for n in joints]]
+    return np.concatenate([positions, velocities]).astype(np.float32)
+
+
+# --- diagnostics -------------------------------------------------------------------------------
+
+def diagnostic_status(name: str, level: int, message: str, hardware_id: str = '',
+                      values: Mapping[str, object] | None = None):
+    """A ``diagnostic_msgs/DiagnosticStatus``; ``level`` is 0 OK, 1 WARN, 2 ERROR, 3 STALE and
+    ``values`` become key/value pairs (floats with 6 significant digits)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus()
+    status.level = bytes([int(level)])
+    status.name = str(name)
+    status.message = str(message)
+    status.hardware_id = str(hardware_id)
+    for key, value in (values or {}).items():
+        text = f'{value:.6g}' if isinstance(value, float) else str(value)
+        status.values.append(KeyValue(key=str(key), value=text))
+    return status
+
+
+def diagnostic_array(stamp_ns: int, statuses: Sequence):
+    """A ``diagnostic_msgs/DiagnosticArray`` stamped ``stamp_ns`` holding ``statuses``."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    msg = DiagnosticArray()
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.status = list(statuses)
+    return msg
+
+
+def diagnostic_values(status) -> dict[str, str]:
+    """The key/value pairs of a DiagnosticStatus as a dict."""
+    return {kv.key: kv.value for kv in status.values}
