@@ -50,6 +50,7 @@ data_files = [
 CONSOLE_SCRIPTS = [
     'fpmd-train = fpmd_core.cli:main',
     'mujoco_sim = fpmd_ros.sim_node:main',
+    'policy_controller = fpmd_ros.controller_node:main',
 ]
 
 setup(
