@@ -51,6 +51,7 @@ CONSOLE_SCRIPTS = [
     'fpmd-train = fpmd_core.cli:main',
     'mujoco_sim = fpmd_ros.sim_node:main',
     'policy_controller = fpmd_ros.controller_node:main',
+    'trainer = fpmd_ros.trainer_node:main',
 ]
 
 setup(
