@@ -1,0 +1,466 @@
+"""The launch files declare exactly graph.py's arguments and start exactly its nodes.
+
+``launch`` / ``launch_ros`` cannot be installed here, so small stand-in modules that record their
+constructor arguments are put into ``sys.modules`` for the duration of each test; the real launch
+files are then executed (``generate_launch_description()`` and their ``OpaqueFunction``) and what
+they built is compared with :mod:`fpmd_ros.graph`. Also: the specs' parameters exist in the
+nodes' declarations with the same types, argument validation, and the runner's command lines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from fpmd_ros import graph, runner
+from fpmd_ros.graph import (
+    DEPLOY_ARGUMENTS,
+    SEED_STRIDE,
+    TRAIN_SIM_ARGUMENTS,
+    GraphArgumentError,
+    NodeSpec,
+    deploy_graph,
+    train_sim_graph,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCH_DIR = REPO_ROOT / 'launch'
+TASK = 'InvertedPendulum-v5'
+
+
+# --- stand-ins for launch / launch_ros -----------------------------------------------------------
+
+class Recorded:
+    """Records how it was constructed."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+
+
+class LaunchConfiguration(Recorded):
+    def perform(self, context) -> str:
+        return context.launch_configurations[self.args[0]]
+
+
+def _matches_action(action):
+    return ('matches_action', action)
+
+
+def _module(name: str, **attributes) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+    return module
+
+
+def _kind(name: str, base=Recorded) -> type:
+    return type(name, (base,), {})
+
+
+@pytest.fixture
+def fake_launch(monkeypatch):
+    """``launch`` and ``launch_ros`` stand-ins; returns their classes by name."""
+    node = _kind('Node')
+    kinds = {name: _kind(name) for name in (
+        'LaunchDescription', 'DeclareLaunchArgument', 'EmitEvent', 'OpaqueFunction',
+        'RegisterEventHandler', 'OnProcessExit', 'Shutdown', 'ChangeState', 'OnStateTransition')}
+    kinds['Node'] = node
+    kinds['LifecycleNode'] = _kind('LifecycleNode', node)
+    modules = {
+        'launch': _module('launch', LaunchDescription=kinds['LaunchDescription']),
+        'launch.actions': _module('launch.actions', **{k: kinds[k] for k in (
+            'DeclareLaunchArgument', 'EmitEvent', 'OpaqueFunction', 'RegisterEventHandler')}),
+        'launch.substitutions': _module('launch.substitutions',
+                                        LaunchConfiguration=LaunchConfiguration),
+        'launch.event_handlers': _module('launch.event_handlers',
+                                         OnProcessExit=kinds['OnProcessExit']),
+        'launch.events': _module('launch.events', Shutdown=kinds['Shutdown'],
+                                 matches_action=_matches_action),
+        'launch_ros': _module('launch_ros'),
+        'launch_ros.actions': _module('launch_ros.actions', Node=node,
+                                      LifecycleNode=kinds['LifecycleNode']),
+        'launch_ros.events': _module('launch_ros.events'),
+        'launch_ros.events.lifecycle': _module('launch_ros.events.lifecycle',
+                                               ChangeState=kinds['ChangeState']),
+        'launch_ros.event_handlers': _module('launch_ros.event_handlers',
+                                             OnStateTransition=kinds['OnStateTransition']),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return kinds
+
+
+def _load_launch_file(name: str):
+    path = LAUNCH_DIR / name
+    spec = importlib.util.spec_from_file_location(f'_launch_under_test_{name[:-3]}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _describe(kinds, name, table):
+    """Execute the launch file; check its declarations; return its OpaqueFunction's function."""
+    description = _load_launch_file(name).generate_launch_description()
+    assert isinstance(description, kinds['LaunchDescription'])
+    entities = description.args[0]
+    declared = [e for e in entities if isinstance(e, kinds['DeclareLaunchArgument'])]
+    opaque = [e for e in entities if isinstance(e, kinds['OpaqueFunction'])]
+    assert len(declared) + len(opaque) == len(entities)
+    assert [(d.args[0], d.kwargs['default_value'], d.kwargs['description']) for d in declared] \
+        == [(row.name, row.default, row.description) for row in table]
+    assert all(row.description.strip() for row in table)
+    assert len(opaque) == 1
+    return opaque[0].kwargs['function']
+
+
+def _context(table, **values):
+    launch_configurations = {row.name: row.default for row in table}
+    launch_configurations.update(values)
+    return types.SimpleNamespace(launch_configurations=launch_configurations)
+
+
+def _assert_node_matches(action, spec: NodeSpec):
+    kwargs = action.kwargs
+    assert action.args == ()
+    assert kwargs['package'] == spec.package == 'fpmd_ros'
+    assert kwargs['executable'] == spec.executable
+    assert kwargs['name'] == spec.name
+    assert kwargs['namespace'] == spec.namespace
+    assert kwargs['parameters'] == [spec.parameters]
+    assert [tuple(r) for r in kwargs['remappings']] == spec.remappings
+    assert kwargs.get('respawn', False) == spec.respawn
+    if spec.respawn:
+        assert kwargs['respawn_delay'] == spec.respawn_delay_s
+    assert kwargs['output'] == 'screen'
+    # Typed values, as the launch file hands them to launch_ros unchanged.
+    for value in spec.parameters.values():
+        assert isinstance(value, (bool, int, float, str, list))
+
+
+# --- train_sim.launch.py -------------------------------------------------------------------------
+
+def _train_sim_actions(kinds, **values):
+    function = _describe(kinds, 'train_sim.launch.py', TRAIN_SIM_ARGUMENTS)
+    context = _context(TRAIN_SIM_ARGUMENTS, **values)
+    actions = function(context)
+    specs = train_sim_graph(dict(context.launch_configurations))
+    nodes = [a for a in actions if isinstance(a, kinds['Node'])]
+    assert not any(isinstance(a, kinds['LifecycleNode']) for a in nodes)
+    assert len(nodes) == len(specs)
+    for action, spec in zip(nodes, specs, strict=True):
+        _assert_node_matches(action, spec)
+    # The launch ends when the trainer exits.
+    handlers = [a for a in actions if isinstance(a, kinds['RegisterEventHandler'])]
+    assert len(handlers) == 1 and len(actions) == len(nodes) + 1
+    on_exit = handlers[0].args[0]
+    assert isinstance(on_exit, kinds['OnProcessExit'])
+    trainer_action = nodes[[s.ends_launch for s in specs].index(True)]
+    assert on_exit.kwargs['target_action'] is trainer_action
+    [emit] = on_exit.kwargs['on_exit']
+    assert isinstance(emit, kinds['EmitEvent'])
+    assert isinstance(emit.kwargs['event'], kinds['Shutdown'])
+    return specs
+
+
+def test_train_sim_launch_defaults(fake_launch):
+    specs = _train_sim_actions(fake_launch)
+    # config/train_sim.yaml: one env, InvertedPendulum-v5, fpmd_m, 10000 steps, seed 0.
+    assert [(s.executable, s.name, s.namespace) for s in specs] == [
+        ('mujoco_sim', 'mujoco_sim', 'env_0'), ('trainer', 'trainer', '')]
+    sim, trainer = specs
+    assert sim.parameters == {'task': TASK, 'mode': 'lockstep', 'seed': 0,
+                              'max_episode_steps': 0}
+    assert sim.respawn and not sim.ends_launch and not sim.lifecycle
+    assert trainer.ends_launch and not trainer.respawn
+    params = trainer.parameters
+    assert params['config'] == graph.default_config_path()
+    assert Path(params['config']).is_file()
+    assert (params['task'], params['algo'], params['num_envs'], params['env_namespaces'],
+            params['total_steps'], params['seed']) == (TASK, 'fpmd_m', 1, ['env_0'], 10000, 0)
+    assert params['output_dir'] == os.path.abspath('runs/fpmd')
+    assert params['step_timeout_s'] == 10.0 and isinstance(params['step_timeout_s'], float)
+    assert params['connect_timeout_s'] == 60.0 and isinstance(params['connect_timeout_s'], float)
+    assert params['max_recoveries'] == 3 and params['resume'] == ''
+
+
+def test_train_sim_launch_arguments_override_the_config(fake_launch, tmp_path):
+    specs = _train_sim_actions(
+        fake_launch, task='Hopper-v5', algo='sac', num_envs='3', total_steps='500', seed='7',
+        output_dir=str(tmp_path / 'out'), remote_envs='lab/env_9, env_10',
+        step_timeout_s='2.5', connect_timeout_s='30', max_recoveries='0')
+    sims, trainer = specs[:-1], specs[-1]
+    assert [s.namespace for s in sims] == ['env_0', 'env_1', 'env_2']  # remote ones: not here
+    for i, sim in enumerate(sims):
+        assert sim.parameters == {'task': 'Hopper-v5', 'mode': 'lockstep',
+                                  'seed': 7 + i * SEED_STRIDE, 'max_episode_steps': 0}
+    params = trainer.parameters
+    assert params['env_namespaces'] == ['env_0', 'env_1', 'env_2', 'lab/env_9', 'env_10']
+    assert params['num_envs'] == 5
+    assert (params['task'], params['algo'], params['total_steps'], params['seed']) == (
+        'Hopper-v5', 'sac', 500, 7)
+    assert params['output_dir'] == str(tmp_path / 'out')
+    assert params['step_timeout_s'] == 2.5
+    assert params['connect_timeout_s'] == 30.0 and isinstance(params['connect_timeout_s'], float)
+    assert params['max_recoveries'] == 0
+
+
+def test_train_sim_config_file_values(tmp_path):
+    config = tmp_path / 'mine.yaml'
+    config.write_text('profile: cpu\ntask: {id: cheetah-run, num_envs: 2, max_episode_steps: 50}'
+                      '\ntrainer: {seed: 3, output_dir: ' + str(tmp_path / 'o') + '}\n')
+    sims = train_sim_graph({'config': str(config)})[:-1]
+    assert [s.parameters for s in sims] == [
+        {'task': 'cheetah-run', 'mode': 'lockstep', 'seed': 3 + i * SEED_STRIDE,
+         'max_episode_steps': 50} for i in range(2)]
+    resume = tmp_path / 'ckpt.pt'
+    resume.write_bytes(b'')
+    trainer = train_sim_graph({'config': str(config), 'resume': str(resume),
+                               'num_envs': '0', 'remote_envs': 'far_0'})
+    assert len(trainer) == 1  # only the trainer: its sim runs elsewhere
+    assert trainer[0].parameters['env_namespaces'] == ['far_0']
+    assert trainer[0].parameters['resume'] == str(resume)
+    assert trainer[0].parameters['output_dir'] == str(tmp_path / 'o')
+
+
+# --- deploy.launch.py ----------------------------------------------------------------------------
+
+# Hopper: fpmd_core's ONNX export of a 1-actuator task (InvertedPendulum) currently has a
+# symbolic action dimension that load_policy refuses.
+POLICY_TASK = 'Hopper-v5'
+
+
+def export_untrained_policy(path: Path, task: str = POLICY_TASK) -> Path:
+    """A real exported policy (untrained: its metadata is what matters here)."""
+    import torch
+
+    from fpmd_core.agents import make_agent
+    from fpmd_core.config import make_config
+    from fpmd_core.export import export_onnx
+    from fpmd_core.tasks import make_env, task_spec
+
+    cfg = make_config('cpu', overrides={'task.id': task, 'agent.hidden': 16})
+    env = make_env(task)
+    spec = task_spec(env, task)
+    env.close()
+    agent = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device('cpu'))
+    return export_onnx(agent, spec, cfg, path)
+
+
+@pytest.fixture(scope='module')
+def policy_file(tmp_path_factory) -> Path:
+    return export_untrained_policy(tmp_path_factory.mktemp('policy') / 'policy.onnx')
+
+
+def _deploy_actions(kinds, **values):
+    function = _describe(kinds, 'deploy.launch.py', DEPLOY_ARGUMENTS)
+    context = _context(DEPLOY_ARGUMENTS, **values)
+    actions = function(context)
+    specs = deploy_graph(dict(context.launch_configurations))
+    nodes = [a for a in actions if isinstance(a, kinds['Node'])]
+    assert len(nodes) == len(specs)
+    for action, spec in zip(nodes, specs, strict=True):
+        _assert_node_matches(action, spec)
+        assert isinstance(action, kinds['LifecycleNode']) == spec.lifecycle
+    from lifecycle_msgs.msg import Transition
+
+    for spec, node in zip(specs, nodes, strict=True):
+        if not spec.lifecycle:
+            continue
+        # [activate handler, node, configure]: configure on start, activate once inactive.
+        at = actions.index(node)
+        handler, configure = actions[at - 1], actions[at + 1]
+        assert isinstance(handler, kinds['RegisterEventHandler'])
+        transition = handler.args[0]
+        assert isinstance(transition, kinds['OnStateTransition'])
+        assert transition.kwargs['target_lifecycle_node'] is node
+        assert transition.kwargs['goal_state'] == 'inactive'
+        [activate] = transition.kwargs['entities']
+        assert activate.kwargs['event'].kwargs == {
+            'lifecycle_node_matcher': ('matches_action', node),
+            'transition_id': Transition.TRANSITION_ACTIVATE}
+        assert isinstance(configure, kinds['EmitEvent'])
+        assert configure.kwargs['event'].kwargs == {
+            'lifecycle_node_matcher': ('matches_action', node),
+            'transition_id': Transition.TRANSITION_CONFIGURE}
+    return specs
+
+
+def test_deploy_launch_defaults(fake_launch, policy_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default policy is runs/fpmd/policy.onnx
+    (tmp_path / 'runs' / 'fpmd').mkdir(parents=True)
+    (tmp_path / 'runs' / 'fpmd' / 'policy.onnx').write_bytes(policy_file.read_bytes())
+    [controller] = _deploy_actions(fake_launch)
+    assert (controller.executable, controller.name, controller.namespace) == (
+        'policy_controller', 'policy_controller', '')
+    assert controller.lifecycle and not controller.ends_launch
+    assert controller.parameters == {
+        'policy': str(tmp_path / 'runs' / 'fpmd' / 'policy.onnx'),
+        'observation_mode': 'observation', 'control_rate_hz': 0.0, 'use_sim_time': False}
+    assert isinstance(controller.parameters['control_rate_hz'], float)
+    assert controller.remappings == [('commands', 'commands')]
+
+
+def test_deploy_launch_with_sim(fake_launch, policy_file):
+    sim, controller = _deploy_actions(
+        fake_launch, policy=str(policy_file), observation_mode='joint_states',
+        control_rate_hz='50', sim='true', command_topic='/robot/commands', namespace='/lab/r1',
+        use_sim_time='True')
+    assert (sim.executable, sim.namespace, sim.lifecycle) == ('mujoco_sim', 'lab/r1', False)
+    assert sim.parameters == {'task': POLICY_TASK, 'mode': 'realtime', 'publish_clock': True}
+    assert controller.namespace == 'lab/r1'  # same namespace: observation/joint_states wired
+    assert controller.parameters['control_rate_hz'] == 50.0
+    assert isinstance(controller.parameters['control_rate_hz'], float)
+    assert controller.parameters['use_sim_time'] is True
+    assert controller.parameters['observation_mode'] == 'joint_states'
+    # The controller's commands reach the sim on the chosen topic.
+    assert controller.remappings == sim.remappings == [('commands', '/robot/commands')]
+
+
+# --- the specs' parameters exist in the nodes, with the same types ------------------------------
+
+def _declared_types(module) -> dict[str, type]:
+    from rclpy.parameter import Parameter
+
+    types_by_kind = {Parameter.Type.STRING_ARRAY: list, Parameter.Type.DOUBLE_ARRAY: list}
+    declared = {}
+    for name, (default, _) in module.PARAMETERS.items():
+        declared[name] = types_by_kind.get(default, type(default))
+    declared['use_sim_time'] = bool  # declared by every rclpy node
+    return declared
+
+
+def test_spec_parameters_are_declared_by_the_nodes(policy_file):
+    from fpmd_ros import controller_node, sim_node, trainer_node
+
+    declared = {'mujoco_sim': _declared_types(sim_node),
+                'trainer': _declared_types(trainer_node),
+                'policy_controller': _declared_types(controller_node)}
+    specs = [*train_sim_graph({'num_envs': '2', 'remote_envs': 'x'}),
+             *deploy_graph({'policy': str(policy_file), 'sim': 'true'})]
+    assert {s.executable for s in specs} == set(declared)
+    for spec in specs:
+        for name, value in spec.parameters.items():
+            assert name in declared[spec.executable], f'{spec.executable} has no {name!r}'
+            assert type(value) is declared[spec.executable][name], (spec.executable, name)
+    # The runner knows a module for every executable, matching setup.py's console scripts.
+    setup_py = (REPO_ROOT / 'setup.py').read_text()
+    for executable, module in runner.MODULES.items():
+        assert f"'{executable} = {module}:main'" in setup_py
+
+
+# --- argument validation -----------------------------------------------------------------------
+
+@pytest.mark.parametrize('args, argument, expected', [
+    ({'num_envs': 'two'}, 'num_envs', 'expected an integer >= 1'),
+    ({'num_envs': '0'}, 'num_envs', 'expected an integer >= 1'),
+    ({'algo': 'ppo'}, 'algo', 'expected one of: fpmd_r, fpmd_m, dpmd, sac'),
+    ({'task': 'CartPole-v1'}, 'task', 'neither a Gymnasium MuJoCo id'),
+    ({'total_steps': '-5'}, 'total_steps', 'expected an integer >= 1'),
+    ({'seed': '1.5'}, 'seed', 'expected an integer >= 0'),
+    ({'config': '/no/such.yaml'}, 'config', 'file not found'),
+    ({'step_timeout_s': '0'}, 'step_timeout_s', 'expected a number > 0'),
+    ({'connect_timeout_s': 'soon'}, 'connect_timeout_s', 'expected a number > 0'),
+    ({'max_recoveries': '-1'}, 'max_recoveries', 'expected an integer >= 0'),
+    ({'remote_envs': 'env_0'}, 'remote_envs', 'expected distinct namespaces'),
+    ({'remote_envs': 'bad name!'}, 'remote_envs', 'not a ROS namespace'),
+    ({'resume': '/no/such.pt'}, 'resume', 'file not found'),
+    ({'tsak': 'Hopper-v5'}, 'tsak', 'unknown argument; expected one of: task, algo'),
+])
+def test_train_sim_argument_errors(args, argument, expected):
+    with pytest.raises(GraphArgumentError, match=expected) as caught:
+        train_sim_graph(args)
+    assert caught.value.argument == argument
+    assert str(caught.value).startswith(f"argument '{argument}': ")
+
+
+def test_train_sim_config_errors_name_the_field(tmp_path):
+    config = tmp_path / 'bad.yaml'
+    config.write_text('agent: {hiden: 32}\n')
+    with pytest.raises(GraphArgumentError, match=r"argument 'config': agent.hiden: unknown "
+                       r'field \(did you mean agent.hidden\?\)'):
+        train_sim_graph({'config': str(config)})
+
+
+@pytest.mark.parametrize('args, argument, expected', [
+    ({'policy': '/no/such.onnx'}, 'policy', 'file not found'),
+    ({'observation_mode': 'lidar'}, 'observation_mode',
+     'expected one of: observation, joint_states, image'),
+    ({'observation_mode': 'image', 'sim': 'true'}, 'observation_mode', 'no camera images'),
+    ({'control_rate_hz': '-1'}, 'control_rate_hz', 'expected a number >= 0'),
+    ({'control_rate_hz': 'nan'}, 'control_rate_hz', 'expected a number >= 0'),
+    ({'sim': 'maybe'}, 'sim', 'expected true or false'),
+    ({'use_sim_time': '2'}, 'use_sim_time', 'expected true or false'),
+    ({'command_topic': 'bad topic'}, 'command_topic', 'expected a ROS topic name'),
+    ({'namespace': 'a//b'}, 'namespace', 'expected a ROS namespace'),
+    ({'polcy': 'x'}, 'polcy', 'unknown argument'),
+])
+def test_deploy_argument_errors(args, argument, expected, policy_file):
+    args = {'policy': str(policy_file), **args}
+    with pytest.raises(GraphArgumentError, match=expected) as caught:
+        deploy_graph(args)
+    assert caught.value.argument == argument
+
+
+def test_deploy_unreadable_policy_is_named(tmp_path):
+    broken = tmp_path / 'broken.onnx'
+    broken.write_bytes(b'not a model')
+    deploy_graph({'policy': str(broken)})  # without the sim, the controller checks it
+    with pytest.raises(GraphArgumentError, match="argument 'policy': cannot read the policy"):
+        deploy_graph({'policy': str(broken), 'sim': 'true'})
+
+
+# --- runner command lines ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('value, text', [
+    (True, 'true'), (False, 'false'), (3, '3'), (-2, '-2'), (2.0, '2.0'), (0.25, '0.25'),
+    (1e-05, '1.0e-05'), (1e20, '1.0e+20'), ('Hopper-v5', "'Hopper-v5'"), ('123', "'123'"),
+    ('true', "'true'"), ('', "''"), ("it's", "'it''s'"), (['env_0', 'env_1'], "['env_0','env_1']"),
+    ([1, 2.5], '[1.0,2.5]'), ([1, 2], '[1,2]'),
+])
+def test_format_parameter(value, text):
+    assert runner.format_parameter(value) == text
+
+
+def test_format_parameter_refuses_untyped_values():
+    with pytest.raises(ValueError, match='empty array'):
+        runner.format_parameter([])
+    with pytest.raises(TypeError):
+        runner.format_parameter(['a', 1])
+    with pytest.raises(TypeError):
+        runner.format_parameter({'a': 1})
+
+
+def test_node_commands_of_the_train_sim_graph():
+    sim, trainer = train_sim_graph({'seed': '4'})
+    assert runner.node_command(sim, 'python') == [
+        'python', '-m', 'fpmd_ros.sim_node', '--ros-args', '-r', '__node:=mujoco_sim',
+        '-r', '__ns:=/env_0', '-p', "task:='InvertedPendulum-v5'", '-p', "mode:='lockstep'",
+        '-p', 'seed:=4', '-p', 'max_episode_steps:=0']
+    command = runner.node_command(trainer, 'python')
+    assert command[:6] == ['python', '-m', 'fpmd_ros.trainer_node', '--ros-args', '-r',
+                           '__node:=trainer']
+    assert '__ns:=' not in ' '.join(command)
+    assert "env_namespaces:=['env_0']" in command
+    assert 'step_timeout_s:=10.0' in command and 'num_envs:=1' in command
+    remapped = NodeSpec('policy_controller', 'policy_controller', 'a/b', {'x': 1.0},
+                        [('commands', '/c')])
+    assert runner.node_command(remapped, 'p')[4:] == [
+        '-r', '__node:=policy_controller', '-r', '__ns:=/a/b', '-p', 'x:=1.0', '-r',
+        'commands:=/c']
+
+
+def test_runner_command_line_errors(capsys):
+    assert runner.main(['train_sim', 'num_envs=2']) == 2
+    assert 'expected name:=value' in capsys.readouterr().err
+    assert runner.main(['train_sim', 'num_envs:=x']) == 2
+    assert "argument 'num_envs': 'x'; expected an integer >= 1" in capsys.readouterr().err
+    assert runner.main(['fly']) == 2
+    assert "unknown graph 'fly'" in capsys.readouterr().err
+    assert runner.main(['deploy', '--show-args']) == 0
+    shown = capsys.readouterr().out
+    assert all(row.name in shown and row.description in shown for row in DEPLOY_ARGUMENTS)
