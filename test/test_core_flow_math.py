@@ -1,0 +1,215 @@
+"""Loss mathematics of the generative policies (ALGORITHM.md, "Why one step works").
+
+A flow trained by (weighted) flow matching on a fixed Gaussian target lands on the target's
+(weighted) mean in ONE Euler step from x0 = 0; the MeanFlow JVP target equals a finite
+difference; the DDPM sampler inverts the forward process exactly given a perfect noise predictor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fpmd_core.config import make_config
+from fpmd_core.policies import DiffusionPolicy, FlowPolicy, MeanFlowPolicy
+from fpmd_core.policies.diffusion import cosine_alpha_bars
+
+OBS_DIM, ACT_DIM = 3, 2
+MU = torch.tensor([0.5, -0.3])
+SIGMA = 0.1
+
+
+def loss_cfg(**overrides):
+    """The agent section of a config, with the MeanFlow extras switched off by default."""
+    values = {'agent.adaptive_loss': False, 'agent.p_equal': 0.0}
+    values.update({f'agent.{k}': v for k, v in overrides.items()})
+    return make_config('cpu', overrides=values).agent
+
+
+def train_on_gaussian(policy, steps: int, lr: float, batch: int = 256, weights_of=None,
+                      sample=None) -> None:
+    """Adam on policy.weighted_loss for a constant observation and a fixed target."""
+    cfg = loss_cfg()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    obs = torch.full((batch, OBS_DIM), 0.2)
+    for step in range(steps):
+        if step == steps * 3 // 4:  # a smaller last quarter lr: less Adam noise in the result
+            for group in optimizer.param_groups:
+                group['lr'] = lr / 10
+        actions = sample(batch) if sample else MU + SIGMA * torch.randn(batch, ACT_DIM)
+        weights = weights_of(actions) if weights_of else torch.ones(batch)
+        loss = policy.weighted_loss(obs, actions, weights, cfg)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def one_step_action(policy) -> torch.Tensor:
+    with torch.no_grad():
+        return policy.generate(torch.full((1, OBS_DIM), 0.2), torch.zeros(1, ACT_DIM), 1)[0]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets: one thread is fastest and avoids oversubscription
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- rectified flow (FPMD-R) ---------------------------------------------------------------
+
+def test_flow_one_euler_step_returns_target_mean():
+    policy = FlowPolicy(OBS_DIM, ACT_DIM, hidden=64, layers=2)
+    before = one_step_action(policy)
+    assert (before - MU).abs().max() > 0.1  # untrained: not already at the answer
+    train_on_gaussian(policy, steps=300, lr=3e-3)
+    after = one_step_action(policy)
+    assert torch.allclose(after, MU, atol=0.05), after
+
+
+def test_flow_exponential_weights_tilt_the_one_step_mean():
+    """The mirror-descent target pi_old(a) exp(Q(a) / lambda) with a linear Q = c . a and
+    pi_old = N(m, s^2 I) is N(m + s^2 c, s^2 I): trained with w = exp(c . (a - m)) on samples of
+    pi_old, one step lands on the tilted mean m + s^2 c, not on m."""
+    m, s, c = torch.tensor([0.1, -0.1]), 0.3, torch.tensor([2.0, -2.0])
+    policy = FlowPolicy(OBS_DIM, ACT_DIM, hidden=64, layers=2)
+    train_on_gaussian(policy, steps=400, lr=3e-3,
+                      sample=lambda n: m + s * torch.randn(n, ACT_DIM),
+                      weights_of=lambda a: torch.exp((a - m) @ c))
+    tilted = m + s * s * c
+    action = one_step_action(policy)
+    assert torch.allclose(action, tilted, atol=0.06), (action, tilted)
+    assert (action - m).norm() > 0.2
+
+
+def test_flow_generate_is_k_euler_steps():
+    """generate(K) = K steps x <- x + v(x, k/K) / K from t = 0 (checked against a hand loop)."""
+    policy = FlowPolicy(OBS_DIM, ACT_DIM, hidden=16, layers=1)
+    obs, x0 = torch.randn(5, OBS_DIM), torch.randn(5, ACT_DIM)
+    with torch.no_grad():
+        x = x0.clone()
+        for k in range(4):
+            x = x + 0.25 * policy.velocity(obs, x, torch.full((5,), k / 4))
+        torch.testing.assert_close(policy.generate(obs, x0, 4), x)
+
+
+# --- MeanFlow (FPMD-M) -------------------------------------------------------------------
+
+def test_meanflow_jvp_target_matches_central_difference():
+    """du/dt along (dz, dr, dt) = (v, 0, 1) vs (u(z + h v, r, t + h) - u(z - h v, r, t - h)) / 2h,
+    in float64; target = v - (t - r) du/dt."""
+    policy = MeanFlowPolicy(OBS_DIM, ACT_DIM, hidden=32, layers=2).double()
+    n = 16
+    obs = torch.randn(n, OBS_DIM, dtype=torch.float64)
+    z = torch.randn(n, ACT_DIM, dtype=torch.float64)
+    r, t = torch.rand(n, 2, dtype=torch.float64).sort(dim=1).values.unbind(1)
+    v = torch.randn(n, ACT_DIM, dtype=torch.float64)
+    u, target = policy.jvp_target(obs, z, r, t, v)
+    h = 1e-7
+    with torch.no_grad():
+        u_plus = policy.average_velocity(obs, z + h * v, r, t + h)
+        u_minus = policy.average_velocity(obs, z - h * v, r, t - h)
+        du_dt = (u_plus - u_minus) / (2 * h)
+        torch.testing.assert_close(u, policy.average_velocity(obs, z, r, t), rtol=0, atol=1e-12)
+    expected = v - (t - r)[:, None] * du_dt
+    torch.testing.assert_close(target, expected, rtol=1e-6, atol=1e-6)
+    assert not target.requires_grad  # stop-gradient on the target
+    assert (target - v).abs().max() > 1e-3  # the JVP term is not trivially zero
+
+
+def test_meanflow_time_sampling_orders_r_le_t():
+    policy = MeanFlowPolicy(OBS_DIM, ACT_DIM, hidden=8, layers=1)
+    r, t = policy.sample_times(4096, 0.0, 'cpu')
+    assert (r <= t).all() and (r >= 0).all() and (t <= 1).all()
+    assert (r < t).float().mean() > 0.99
+    r, t = policy.sample_times(4096, 0.25, 'cpu')
+    assert abs((r == t).float().mean().item() - 0.25) < 0.04
+
+
+def test_meanflow_one_step_is_z1_minus_u():
+    policy = MeanFlowPolicy(OBS_DIM, ACT_DIM, hidden=16, layers=1)
+    obs, z1 = torch.randn(5, OBS_DIM), torch.randn(5, ACT_DIM)
+    with torch.no_grad():
+        expected = z1 - policy.average_velocity(obs, z1, torch.zeros(5), torch.ones(5))
+        torch.testing.assert_close(policy.generate(obs, z1, 1), expected)
+
+
+def test_meanflow_learns_gaussian_mean_in_one_step():
+    """Trained by the MeanFlow loss (JVP target), one step a = z1 - u(z1, 0, 1) from z1 = 0
+    lands on the target mean."""
+    policy = MeanFlowPolicy(OBS_DIM, ACT_DIM, hidden=64, layers=2)
+    before = one_step_action(policy)
+    assert (before - MU).abs().max() > 0.1
+    train_on_gaussian(policy, steps=300, lr=2e-3, batch=128)
+    assert torch.allclose(one_step_action(policy), MU, atol=0.05), one_step_action(policy)
+
+
+# --- DDPM (DPMD) ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('steps', [5, 20])
+def test_cosine_alpha_bars_decrease_inside_unit_interval(steps):
+    ab = cosine_alpha_bars(steps)
+    assert ab.shape == (steps,)
+    assert (ab > 0).all() and (ab <= 1).all()
+    assert (ab[1:] < ab[:-1]).all()
+    assert ab[0] > 0.85 and ab[-1] < 0.01  # nearly clean at k = 1, nearly pure noise at k = K
+    # Nichol & Dhariwal: alpha_bar(k) = f(k) / f(0), f(k) = cos((k / K + s) / (1 + s) * pi / 2)^2
+    s, k = 0.008, torch.arange(1, steps, dtype=torch.float64)
+    f = torch.cos((k / steps + s) / (1 + s) * math.pi / 2) ** 2
+    f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
+    torch.testing.assert_close(ab[:-1].double(), f / f0, rtol=1e-5, atol=1e-7)
+
+
+class OracleDiffusion(DiffusionPolicy):
+    """A perfect noise predictor for a known clean action x0."""
+
+    x0: torch.Tensor
+
+    def predict_noise(self, obs, x, k):
+        ab = self.alpha_bars[k.long() - 1][:, None]
+        return (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+
+
+@pytest.mark.parametrize('noise_scale', [0.0, 1.0])
+def test_ddpm_with_perfect_noise_predictor_recovers_x0(noise_scale):
+    """Every posterior-mean step keeps x on the line through x0, and the last step (alpha_bar_prev
+    = 1) returns x0 exactly, from any x_T, with or without the per-step noise."""
+    policy = OracleDiffusion(OBS_DIM, ACT_DIM, hidden=8, layers=1, steps=20)
+    policy.x0 = torch.rand(6, ACT_DIM) * 1.8 - 0.9
+    x_T = torch.randn(6, ACT_DIM)
+    with torch.no_grad():
+        out = policy.generate(torch.zeros(6, OBS_DIM), x_T, noise_scale=noise_scale)
+    torch.testing.assert_close(out, policy.x0, rtol=0, atol=1e-5)
+
+
+def test_ddpm_posterior_mean_single_step():
+    """The step from k = 2 is the DDPM posterior mean of q(x_1 | x_2, x0): the input the
+    sampler feeds to the k = 1 prediction equals it."""
+    seen = []
+
+    class Recording(OracleDiffusion):
+        def predict_noise(self, obs, x, k):
+            seen.append((int(k[0]), x.clone()))
+            return super().predict_noise(obs, x, k)
+
+    policy = Recording(OBS_DIM, ACT_DIM, hidden=8, layers=1, steps=2)
+    policy.x0 = torch.tensor([[0.3, -0.4]])
+    x2 = torch.tensor([[0.7, 0.1]])
+    with torch.no_grad():
+        policy.generate(torch.zeros(1, OBS_DIM), x2)
+    assert [k for k, _ in seen] == [2, 1]
+    ab1, ab2 = policy.alpha_bars.double()
+    beta2 = 1 - ab2 / ab1
+    mean = (ab1.sqrt() * beta2 / (1 - ab2)) * policy.x0.double() \
+        + ((1 - beta2).sqrt() * (1 - ab1) / (1 - ab2)) * x2.double()
+    torch.testing.assert_close(seen[1][1].double(), mean, rtol=0, atol=1e-6)
+
+
+def test_ddpm_rejects_a_different_step_count():
+    policy = DiffusionPolicy(OBS_DIM, ACT_DIM, hidden=8, layers=1, steps=20)
+    with pytest.raises(ValueError, match='20 steps'):
+        policy.generate(torch.zeros(1, OBS_DIM), torch.zeros(1, ACT_DIM), steps=1)
