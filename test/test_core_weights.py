@@ -1,0 +1,198 @@
+"""Mirror-descent weights, their running Q normalisation, the temperature rule and the actor
+learning-rate schedule (ALGORITHM.md, "Weights and temperature")."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fpmd_core.agents import MirrorDescentAgent
+from fpmd_core.agents.fpmd import (
+    actor_learning_rate,
+    exploration_entropy,
+    mirror_descent_weights,
+)
+from fpmd_core.config import make_config
+
+OBS_DIM = 4
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_agent(act_dim: int = 2, **agent):
+    overrides = {'agent.algo': 'fpmd_r', 'agent.hidden': 32, 'agent.layers': 2,
+                 'agent.particles': 4, 'agent.flow_steps': 2, 'agent.batch_size': 16}
+    overrides.update({f'agent.{k}': v for k, v in agent.items()})
+    cfg = make_config('cpu', overrides=overrides)
+    return MirrorDescentAgent(OBS_DIM, act_dim, cfg.agent, torch.device('cpu'))
+
+
+def make_batch(n: int = 16, act_dim: int = 2) -> dict:
+    return {'obs': torch.randn(n, OBS_DIM), 'actions': torch.rand(n, act_dim) * 2 - 1,
+            'rewards': torch.randn(n), 'next_obs': torch.randn(n, OBS_DIM),
+            'terminated': torch.zeros(n)}
+
+
+# --- weights -------------------------------------------------------------------------------
+
+def test_normalized_weights_equal_the_formula_by_hand():
+    q = np.array([-50.0, -3.0, 0.0, 1.5, 2.0, 7.0, 40.0])
+    mu, sigma, alpha = 1.0, 2.0, 0.7
+    expected = np.exp(np.clip((q - mu) / sigma, -3, 3) / alpha)
+    f64 = dict(dtype=torch.float64)
+    got = mirror_descent_weights(torch.tensor(q), torch.tensor(mu, **f64),
+                                 torch.tensor(sigma, **f64), torch.tensor(alpha, **f64), 3.0,
+                                 'normalized')
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_released_weights_use_q_minus_mu_over_sigma():
+    """The released code's operator precedence: q - mu / sigma, not (q - mu) / sigma."""
+    q = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    mu, sigma, alpha = (torch.tensor(x, dtype=torch.float64) for x in (2.0, 4.0, 2.0))
+    released = mirror_descent_weights(q, mu, sigma, alpha, 3.0, 'released')
+    expected = np.exp(np.clip(q.numpy() - 2.0 / 4.0, -3, 3) / 2.0)
+    np.testing.assert_allclose(released.numpy(), expected, rtol=1e-12)
+    normalized = mirror_descent_weights(q, mu, sigma, alpha, 3.0, 'normalized')
+    assert not torch.allclose(released, normalized)
+
+
+@pytest.mark.parametrize('alpha', [0.5, 5.0])
+def test_weights_saturate_at_exp_of_clip_over_alpha(alpha):
+    q = torch.tensor([-1e9, -1e3, 1e3, 1e9])
+    w = mirror_descent_weights(q, torch.tensor(0.0), torch.tensor(1.0), torch.tensor(alpha),
+                               3.0, 'normalized')
+    lo, hi = math.exp(-3 / alpha), math.exp(3 / alpha)
+    torch.testing.assert_close(w, torch.tensor([lo, lo, hi, hi]))
+    # a different clip moves the saturation level
+    w2 = mirror_descent_weights(q, torch.tensor(0.0), torch.tensor(1.0), torch.tensor(alpha),
+                                1.0, 'normalized')
+    torch.testing.assert_close(w2[-1], torch.tensor(math.exp(1 / alpha)))
+
+
+def test_update_actor_running_q_statistics_follow_the_ema():
+    """mu and sigma start at (0, 1) and move at rate q_stat_rate toward the batch mean and std
+    of min(Q1, Q2); the weights of the same update use the moved statistics."""
+    rate = 0.001
+    agent = make_agent(q_stat_rate=rate)
+    assert agent.q_mean.item() == 0.0 and agent.q_std.item() == 1.0
+    obs, actions = torch.randn(32, OBS_DIM), torch.rand(32, 2) * 2 - 1
+    with torch.no_grad():  # make Q clearly non-standard so the EMA has somewhere to go
+        agent.critic.online.q1[-1].bias.fill_(10.0)
+        agent.critic.online.q2[-1].bias.fill_(10.0)
+        q = agent.critic.online.min_q(obs, actions)
+    mean, std = q.mean().item(), q.std().item()
+    assert mean > 5
+    metrics = agent.update_actor(obs, actions)
+    assert agent.q_mean.item() == pytest.approx(rate * mean, rel=1e-5)
+    assert agent.q_std.item() == pytest.approx((1 - rate) + rate * std, rel=1e-6)
+    weights = torch.exp(((q - agent.q_mean) / agent.q_std).clamp(-3, 3) / agent.alpha)
+    assert metrics['weights/max'] == pytest.approx(weights.max().item(), rel=1e-5)
+    assert metrics['weights/min'] == pytest.approx(weights.min().item(), rel=1e-5)
+    # a second update continues the EMA from the first (critic unchanged by update_actor)
+    m1, s1 = agent.q_mean.item(), agent.q_std.item()
+    agent.update_actor(obs, actions)
+    assert agent.q_mean.item() == pytest.approx((1 - rate) * m1 + rate * mean, rel=1e-5)
+    assert agent.q_std.item() == pytest.approx((1 - rate) * s1 + rate * std, rel=1e-6)
+
+
+def test_q_stat_rate_one_tracks_the_batch_exactly():
+    agent = make_agent(q_stat_rate=1.0)
+    obs, actions = torch.randn(32, OBS_DIM), torch.rand(32, 2) * 2 - 1
+    q = agent.critic.online.min_q(obs, actions).detach()
+    agent.update_actor(obs, actions)
+    assert agent.q_mean.item() == pytest.approx(q.mean().item(), rel=1e-5, abs=1e-7)
+    assert agent.q_std.item() == pytest.approx(q.std().item(), rel=1e-5)
+
+
+# --- temperature ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(('alpha', 'dim'), [(5.0, 1), (0.54, 3), (1.0, 6)])
+def test_exploration_entropy_is_gaussian_entropy(alpha, dim):
+    expected = 0.5 * dim * math.log(2 * math.pi * math.e * (0.1 * alpha) ** 2)
+    got = exploration_entropy(torch.tensor(alpha, dtype=torch.float64), dim, 0.1)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # = the entropy torch computes for N(0, (0.1 alpha)^2 I)
+    normal = torch.distributions.Normal(torch.zeros(dim), torch.full((dim,), 0.1 * alpha))
+    assert normal.entropy().sum().item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_alpha_changes_only_every_alpha_interval_gradient_steps():
+    agent = make_agent(alpha_interval=3, actor_interval=2)
+    alphas = [agent.alpha.item()]
+    batch = make_batch()
+    for _ in range(7):
+        agent.update(batch)
+        alphas.append(agent.alpha.item())
+    changed = [i for i in range(1, 8) if alphas[i] != alphas[i - 1]]
+    assert changed == [3, 6]
+    assert agent.gradient_steps == 7 and agent.actor_updates == 3
+
+
+def test_first_temperature_step_lowers_log_alpha_by_exactly_alpha_lr():
+    """At alpha = 5 the entropy of the noise exceeds the target, so the gradient is positive and
+    Adam's first step (m/sqrt(v) = sign(g)) moves log alpha down by exactly alpha_lr."""
+    agent = make_agent(alpha_init=5.0, alpha_lr=7e-3)
+    before = agent.log_alpha.item()
+    assert before == pytest.approx(math.log(5.0))
+    metrics = agent.update_temperature()
+    assert agent.log_alpha.item() - before == pytest.approx(-7e-3, rel=1e-5)
+    assert metrics['alpha'] == pytest.approx(5.0 * math.exp(-7e-3), rel=1e-6)
+
+
+@pytest.mark.parametrize('act_dim', [1, 3])
+def test_temperature_converges_to_the_closed_form_fixed_point(act_dim):
+    """H(alpha*) = H_target: 0.5 d log(2 pi e (0.1 alpha)^2) = -1.5 d, so
+    alpha* = sqrt(exp(-3) / (2 pi e 0.01)) ~= 0.54, whatever d."""
+    agent = make_agent(act_dim=act_dim, alpha_init=5.0, alpha_lr=7e-3)
+    fixed_point = math.sqrt(math.exp(-2 * 1.5) / (2 * math.pi * math.e * 0.01))
+    assert fixed_point == pytest.approx(0.54, abs=0.005)
+    alphas = np.array([agent.update_temperature()['alpha'] for _ in range(1500)])
+    # an annealing schedule: alpha falls monotonically from 5 ...
+    assert (np.diff(alphas) <= 0).all()
+    assert alphas[300] < 1.2  # ... about 7e-3 in log alpha per step while far from alpha*
+    # ... and settles on alpha* without overshooting it
+    assert alphas.min() > fixed_point * (1 - 1e-3)
+    assert alphas[-1] == pytest.approx(fixed_point, rel=1e-3)
+
+
+def test_sac_agent_is_not_affected_by_mirror_descent_temperature():
+    """SAC keeps its own temperature (initial sac_alpha_init), unrelated to alpha_init."""
+    from fpmd_core.agents import make_agent as make_any
+
+    cfg = make_config('cpu', overrides={'agent.algo': 'sac', 'agent.hidden': 16,
+                                        'agent.sac_alpha_init': 0.3})
+    agent = make_any(OBS_DIM, 2, cfg.agent, torch.device('cpu'))
+    assert agent.alpha.item() == pytest.approx(0.3)
+
+
+# --- actor learning rate -------------------------------------------------------------------
+
+def test_actor_learning_rate_decays_linearly_after_the_start():
+    cfg = make_config('paper').agent
+    assert actor_learning_rate(0, cfg) == pytest.approx(3e-4)
+    assert actor_learning_rate(25_000, cfg) == pytest.approx(3e-4)
+    assert actor_learning_rate(50_000, cfg) == pytest.approx(3e-4 + 0.5 * (3e-5 - 3e-4))
+    assert actor_learning_rate(75_000, cfg) == pytest.approx(3e-5)
+    assert actor_learning_rate(10**7, cfg) == pytest.approx(3e-5)
+
+
+def test_update_actor_applies_the_scheduled_learning_rate():
+    agent = make_agent(lr_decay_start=1, lr_decay_length=2, actor_lr=1e-3,
+                       actor_lr_final=1e-4)
+    obs, actions = torch.randn(8, OBS_DIM), torch.rand(8, 2) * 2 - 1
+    lrs = []
+    for _ in range(4):
+        agent.update_actor(obs, actions)
+        lrs.append(agent.policy_optimizer.param_groups[0]['lr'])
+    assert lrs == pytest.approx([1e-3, 5.5e-4, 1e-4, 1e-4])
