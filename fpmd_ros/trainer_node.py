@@ -306,7 +306,8 @@ class TrainingSession:
         from fpmd_ros.ros_env import RosVectorEnv
 
         node, cfg = self.node, self.node.cfg
-        self.node.set_state('connecting', f'waiting for sims {", ".join(node.namespaces)}')
+        if not node.recoveries:  # while recovering, the state stays 'recovering' (WARN)
+            node.set_state('connecting', f'waiting for sims {", ".join(node.namespaces)}')
         context = Context()
         rclpy.init(args=[], context=context)
         try:
