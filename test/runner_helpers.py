@@ -1,0 +1,127 @@
+"""Helpers for tests that run a graph through ``python -m fpmd_ros.runner`` (real processes,
+real DDS) and watch it from this process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from ros_helpers import reliable_qos, spin_until
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The runner's nodes have fixed names (env_0, /trainer, ...). Their own domain, apart from the
+# 1..100 that conftest gives test runs, keeps a concurrent run of another suite from answering.
+DOMAIN_ID = 101 + os.getpid() % 100
+
+
+def runner_environment() -> dict:
+    env = dict(os.environ)
+    env['ROS_DOMAIN_ID'] = str(DOMAIN_ID)
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+class RunnerProcess:
+    """``python -m fpmd_ros.runner <graph> <args>`` with its output collected line by line."""
+
+    def __init__(self, graph: str, *args: str):
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'fpmd_ros.runner', graph, *args], cwd=REPO_ROOT,
+            env=runner_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return ''.join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout_s: float) -> re.Match | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                return None
+            time.sleep(0.1)
+        return None
+
+    def pid_of(self, node_name: str) -> int:
+        """The pid of the latest process started for ``node_name`` (e.g. /env_1/mujoco_sim)."""
+        pids = re.findall(rf'started {re.escape(node_name)} \(pid (\d+)\)', self.output)
+        assert pids, f'{node_name} was not started:\n{self.output}'
+        return int(pids[-1])
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit code; on timeout the runner is stopped and the test fails (never hangs)."""
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f'runner still running after {timeout_s} s:\n'
+                                 f'{self.output[-5000:]}') from None
+        finally:
+            self._reader.join(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Listener:
+    """Subscriptions on the runner's domain, spun on demand (a separate DDS participant)."""
+
+    def __init__(self):
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node(f'test_listener_{os.getpid()}', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.messages: dict[str, list] = {}
+
+    def subscribe(self, msg_type, topic: str, qos=None) -> list:
+        received = self.messages.setdefault(topic, [])
+        self.node.create_subscription(msg_type, topic, received.append, qos or reliable_qos(50))
+        return received
+
+    def spin_until(self, predicate, timeout_s: float) -> bool:
+        return spin_until(self.executor, predicate, timeout_s, step_s=0.05)
+
+    def close(self) -> None:
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+        self.executor.shutdown(timeout_sec=1.0)
+        rclpy.shutdown(context=self.context)
+
+
+def trainer_statuses(arrays) -> list[tuple[int, str, dict]]:
+    """(level, message, values) of every ``trainer: training`` status in DiagnosticArrays."""
+    found = []
+    for array in arrays:
+        for status in array.status:
+            if status.name == 'trainer: training':
+                level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+                found.append((level, status.message, {kv.key: kv.value for kv in status.values}))
+    return found

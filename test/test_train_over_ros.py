@@ -1,0 +1,135 @@
+"""Training over ROS through the runner: mujoco_sim processes + the trainer process, real DDS.
+
+A short run completes and writes its outputs; a sim killed mid-run is named and the trainer
+either gives up cleanly (exit code 3, with a checkpoint) or recovers once the runner has
+respawned the sim. Every wait is bounded; the bounds are loose on purpose (shared 2-core hosts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from runner_helpers import Listener, RunnerProcess, trainer_statuses
+
+RUN_TIMEOUT_S = 420.0  # a whole run, including process start-up under load
+
+
+def _config(tmp_path, total_steps: int, warmup_steps: int):
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(
+        'profile: cpu\n'
+        'task: {id: InvertedPendulum-v5, num_envs: 1}\n'
+        'agent: {algo: fpmd_m, hidden: 32, batch_size: 32}\n'
+        f'trainer: {{torch_threads: 1, total_steps: {total_steps}, '
+        f'warmup_steps: {warmup_steps}, eval_interval: 0, eval_episodes: 2, '
+        'checkpoint_interval: 0, log_interval: 100, replay_size: 5000}\n')
+    return path
+
+
+@pytest.fixture
+def listener():
+    listener = Listener()
+    yield listener
+    listener.close()
+
+
+def _env_steps(diagnostics) -> int:
+    statuses = trainer_statuses(diagnostics)
+    return max((int(values['env_steps']) for _, _, values in statuses), default=0)
+
+
+def test_short_training_run_over_ros(tmp_path, listener):
+    diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
+    out = tmp_path / 'out'
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 200, 100)}',
+                        f'output_dir:={out}')
+    try:
+        # Collect /diagnostics while it trains (the runner exits on its own).
+        listener.spin_until(lambda: run.proc.poll() is not None, RUN_TIMEOUT_S)
+        code = run.wait(timeout_s=60)
+    finally:
+        run.stop()
+    assert code == 0, run.output[-5000:]
+    elapsed = time.monotonic() - run.started
+    print(f'short training run: {elapsed:.1f} s')
+    for name in ('policy.onnx', 'checkpoints/final.pt', 'learning_curve.png', 'eval.csv'):
+        assert (out / name).is_file(), f'{name} missing:\n{run.output[-3000:]}'
+    assert list((out / 'tensorboard').iterdir())
+    assert f'policy: {out / "policy.onnx"}' in run.output
+    assert f'checkpoint: {out / "checkpoints" / "final.pt"}' in run.output
+    assert 'training finished: 200 env steps, 51 updates' in run.output  # from step 100 on
+    assert '/trainer exited with code 0' in run.output
+
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(out / 'policy.onnx')).metadata_props}
+    meta = json.loads(metadata['fpmd_metadata'])
+    assert (meta['task'], meta['algorithm'], meta['env_steps']) == (
+        'InvertedPendulum-v5', 'fpmd_m', 200)
+
+    statuses = trainer_statuses(diagnostics)
+    assert statuses, 'no trainer status on /diagnostics'
+    values = statuses[-1][2]
+    assert values['sims'] == 'env_0,env_1' and values['task'] == 'InvertedPendulum-v5'
+    assert values['total_steps'] == '200'
+    assert {'env_steps', 'updates', 'env_steps_per_s', 'recoveries'} <= set(values)
+
+
+def _kill_sim_mid_run(run: RunnerProcess, listener: Listener, diagnostics) -> float:
+    """Wait until the trainer has stepped a while, then SIGKILL /env_1/mujoco_sim."""
+    stepping = listener.spin_until(lambda: _env_steps(diagnostics) >= 100, RUN_TIMEOUT_S)
+    assert stepping, f'the trainer never reported 100 env steps:\n{run.output[-5000:]}'
+    assert run.proc.poll() is None, run.output[-5000:]
+    os.kill(run.pid_of('/env_1/mujoco_sim'), signal.SIGKILL)
+    return time.monotonic()
+
+
+def test_killed_sim_is_named_and_the_trainer_exits(tmp_path, listener):
+    diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
+    out = tmp_path / 'out'
+    # Warm-up only (random actions): fast steps, and far more of them than the test needs.
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**6, 10**6)}',
+                        f'output_dir:={out}', 'step_timeout_s:=2.0', 'max_recoveries:=0')
+    try:
+        killed_at = _kill_sim_mid_run(run, listener, diagnostics)
+        code = run.wait(timeout_s=120)
+        took = time.monotonic() - killed_at
+    finally:
+        run.stop()
+    print(f'killed sim -> runner exit: {took:.1f} s')
+    assert code == 3, run.output[-5000:]
+    assert took < 90, f'{took:.1f} s from the kill to the exit'
+    output = run.output
+    assert 'sim env_1: no transition' in output
+    assert 'gave up after 0 recoveries' in output
+    assert (out / 'checkpoints' / 'interrupted.pt').is_file()
+    assert 'checkpoint written at env step' in output
+    assert '/trainer exited with code 3' in output
+
+
+def test_killed_sim_is_respawned_and_training_recovers(tmp_path, listener):
+    diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
+    out = tmp_path / 'out'
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 4000, 4000)}',
+                        f'output_dir:={out}', 'step_timeout_s:=3.0', 'max_recoveries:=3')
+    try:
+        _kill_sim_mid_run(run, listener, diagnostics)
+        listener.spin_until(lambda: run.proc.poll() is not None, RUN_TIMEOUT_S)
+        code = run.wait(timeout_s=60)
+    finally:
+        run.stop()
+    output = run.output
+    assert code == 0, output[-5000:]
+    assert 'sim env_1: no transition' in output
+    assert 'recovery 1/3: reconnecting to the sims' in output
+    assert 'respawning /env_1/mujoco_sim' in output
+    assert 'training finished: 4000 env steps' in output
+    assert (out / 'checkpoints' / 'interrupted.pt').is_file()
+    assert (out / 'policy.onnx').is_file()
+    levels = {(level, values['state']) for level, _, values in trainer_statuses(diagnostics)}
+    assert (1, 'recovering') in levels, levels  # WARN while it reconnected
