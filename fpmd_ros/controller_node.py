@@ -63,7 +63,8 @@ ros2_control ``forward_command_controller``'s ``~/commands``)
     pub ``commands`` (std_msgs/Float64MultiArray, RELIABLE, KEEP_LAST 1, VOLATILE): the action in
         env units, actuator order, one layout segment labelled ``action``.
     pub ``~/action`` (sensor_msgs/JointState, RELIABLE, KEEP_LAST 10): the same command stamped
-        with the node clock at the tick, names = the model's actuator names, position = command.
+        with the node clock at the tick, names = the model's actuator names, position = command;
+        only built and published while someone subscribes (it is for recording).
     pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, ~1 Hz, while configured): achieved
         rate, inference latency p50/p99, input age, safety state and reason, model hash.
 
@@ -853,8 +854,10 @@ class PolicyController(LifecycleNode):
         if not np.all(np.isfinite(action)):  # unreachable by construction; never publish NaN
             action = clip_to_bounds(np.zeros_like(self.low), self.low, self.high)
         self._command_pub.publish(messages.encode_command(action))
-        self._action_pub.publish(messages.joint_state(
-            max(self.get_clock().now().nanoseconds, 0), self.actuator_names, position=action))
+        if self._action_pub.get_subscription_count():  # for recording: built only when wanted
+            self._action_pub.publish(messages.joint_state(
+                max(self.get_clock().now().nanoseconds, 0), self.actuator_names,
+                position=action))
         self.last_command = action
         self.commands_published += 1
 
