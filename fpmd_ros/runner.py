@@ -316,6 +316,8 @@ class Runner:
         for process in processes:
             process.popen.wait()
             process.returncode = process.popen.returncode
+            self.log(f'{process.spec.fully_qualified_name} stopped (exit code '
+                     f'{process.returncode})')
 
     def stop_all(self) -> None:
         first = [p for p in self.processes if p.spec.ends_launch or p.spec.lifecycle]
