@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import rclpy
 from rclpy.context import Context
@@ -125,3 +126,25 @@ def trainer_statuses(arrays) -> list[tuple[int, str, dict]]:
                 level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
                 found.append((level, status.message, {kv.key: kv.value for kv in status.values}))
     return found
+
+
+# Hopper: fpmd_core's ONNX export of a 1-actuator task (InvertedPendulum) currently has a
+# symbolic action dimension that load_policy refuses.
+POLICY_TASK = 'Hopper-v5'
+
+
+def export_untrained_policy(path: Path, task: str = POLICY_TASK) -> Path:
+    """A real exported policy (untrained: its metadata is what matters here)."""
+    import torch
+
+    from fpmd_core.agents import make_agent
+    from fpmd_core.config import make_config
+    from fpmd_core.export import export_onnx
+    from fpmd_core.tasks import make_env, task_spec
+
+    cfg = make_config('cpu', overrides={'task.id': task, 'agent.hidden': 16})
+    env = make_env(task)
+    spec = task_spec(env, task)
+    env.close()
+    agent = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device('cpu'))
+    return export_onnx(agent, spec, cfg, path)

@@ -16,6 +16,7 @@ import types
 from pathlib import Path
 
 import pytest
+from runner_helpers import POLICY_TASK, export_untrained_policy
 
 from fpmd_ros import graph, runner
 from fpmd_ros.graph import (
@@ -228,28 +229,6 @@ def test_train_sim_config_file_values(tmp_path):
 
 
 # --- deploy.launch.py ----------------------------------------------------------------------------
-
-# Hopper: fpmd_core's ONNX export of a 1-actuator task (InvertedPendulum) currently has a
-# symbolic action dimension that load_policy refuses.
-POLICY_TASK = 'Hopper-v5'
-
-
-def export_untrained_policy(path: Path, task: str = POLICY_TASK) -> Path:
-    """A real exported policy (untrained: its metadata is what matters here)."""
-    import torch
-
-    from fpmd_core.agents import make_agent
-    from fpmd_core.config import make_config
-    from fpmd_core.export import export_onnx
-    from fpmd_core.tasks import make_env, task_spec
-
-    cfg = make_config('cpu', overrides={'task.id': task, 'agent.hidden': 16})
-    env = make_env(task)
-    spec = task_spec(env, task)
-    env.close()
-    agent = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device('cpu'))
-    return export_onnx(agent, spec, cfg, path)
-
 
 @pytest.fixture(scope='module')
 def policy_file(tmp_path_factory) -> Path:

@@ -1,0 +1,58 @@
+"""The runner drives the deploy graph: policy_controller (lifecycle: configured, then activated
+through its change_state service) and a realtime mujoco_sim wired to it; Ctrl-C stops both; a
+refused configure stops the graph with exit code 1. Real processes, real DDS."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from runner_helpers import POLICY_TASK, Listener, RunnerProcess, export_untrained_policy
+from std_msgs.msg import Float64MultiArray
+
+from fpmd_ros.sim_node import REALTIME_COMMAND_QOS
+
+START_TIMEOUT_S = 180.0  # process start-up, imports and policy loading on a loaded host
+
+
+def test_deploy_with_sim_runs_the_controller_until_ctrl_c(tmp_path):
+    policy = export_untrained_policy(tmp_path / 'policy.onnx')
+    namespace = f'deploy_p{os.getpid()}'
+    listener = Listener()
+    commands = listener.subscribe(Float64MultiArray, f'/{namespace}/robot_commands',
+                                  REALTIME_COMMAND_QOS)
+    run = RunnerProcess('deploy', f'policy:={policy}', 'sim:=true', f'namespace:={namespace}',
+                        'command_topic:=robot_commands')
+    try:
+        controller = f'/{namespace}/policy_controller'
+        assert run.wait_for_line(f'{controller}: activate done', START_TIMEOUT_S), \
+            run.output[-5000:]
+        assert f'{controller}: configure done' in run.output
+        assert f'started /{namespace}/mujoco_sim' in run.output
+        assert f"task:='{POLICY_TASK}'" in run.output and "mode:='realtime'" in run.output
+        # Active: commands flow on the remapped topic, to the sim (same topic, same namespace).
+        assert listener.spin_until(lambda: len(commands) >= 5, 60.0), run.output[-5000:]
+        assert len(commands[-1].data) == 3  # Hopper: 3 actuators
+        run.proc.send_signal(signal.SIGINT)
+        code = run.wait(timeout_s=90)
+    finally:
+        run.stop()
+        listener.close()
+    assert code == 0, run.output[-5000:]
+    # Stopped in order: the controller first (it publishes its safe action), then the sim.
+    stopped_controller = run.output.index(f'{controller} stopped (exit code 0)')
+    assert stopped_controller < run.output.index(f'/{namespace}/mujoco_sim stopped (exit code 0)')
+
+
+def test_refused_configure_stops_the_graph(tmp_path):
+    policy = export_untrained_policy(tmp_path / 'policy.onnx')
+    namespace = f'deploy_bad_p{os.getpid()}'
+    # 'image' is not supported by the controller yet: configure fails, saying so.
+    run = RunnerProcess('deploy', f'policy:={policy}', 'observation_mode:=image',
+                        f'namespace:={namespace}')
+    try:
+        code = run.wait(timeout_s=START_TIMEOUT_S)
+    finally:
+        run.stop()
+    assert code == 1, run.output[-5000:]
+    assert f'configure refused by /{namespace}/policy_controller' in run.output
