@@ -62,10 +62,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --- fixtures ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope='session')
-def policy_path(tmp_path_factory):
+def policy_files(tmp_path_factory):
+    """(ONNX export, training-style checkpoint) of one small untrained FPMD-M agent."""
+    import dataclasses
+
     import torch
 
     from fpmd_core import agents, config, tasks
+    from fpmd_core.checkpoint import save_checkpoint
     from fpmd_core.export import export_onnx
 
     cfg = config.make_config('cpu', overrides={'task.id': TASK, 'agent.algo': 'fpmd_m',
@@ -75,7 +79,18 @@ def policy_path(tmp_path_factory):
     env.close()
     torch.manual_seed(0)
     agent = agents.make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device('cpu'))
-    return str(export_onnx(agent, spec, cfg, tmp_path_factory.mktemp('policy') / 'hopper.onnx'))
+    directory = tmp_path_factory.mktemp('policy')
+    onnx_path = export_onnx(agent, spec, cfg, directory / 'hopper.onnx')
+    pt_path = save_checkpoint({
+        'config': cfg.to_dict(), 'task_spec': dataclasses.asdict(spec),
+        'agent': agent.full_state(), 'counters': {'env_steps': 0},
+        'rng': {'torch': torch.get_rng_state()}}, directory / 'hopper.pt')
+    return str(onnx_path), str(pt_path)
+
+
+@pytest.fixture(scope='session')
+def policy_path(policy_files):
+    return policy_files[0]
 
 
 @pytest.fixture(scope='session')
@@ -372,6 +387,7 @@ CONFIGURE_FAILURES = {
     'missing': (dict(policy='{dir}/nope.onnx'), r'nope\.onnx: file not found'),
     'empty path': (dict(policy=''), r"parameter 'policy' is empty"),
     'corrupt': (dict(policy='{corrupt}'), r'not a loadable ONNX model'),
+    'corrupt checkpoint': (dict(policy='{corrupt_pt}'), r'corrupt\.pt: cannot be read'),
     'wrong suffix': (dict(policy='{dir}/model.txt'), r'expected a \.onnx or \.pt file'),
     'task mismatch': (dict(expected_task='Walker2d-v5'),
                       r"'expected_task'.*task is 'Hopper-v5' in the model, expected 'Walker2d"),
@@ -395,10 +411,12 @@ def test_configure_fails_with_a_clear_reason(case, make_controller, policy_path,
                                              capfd):
     corrupt = tmp_path / 'corrupt.onnx'
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / 'corrupt.pt').write_bytes(np.random.default_rng(1).bytes(4096))
     (tmp_path / 'model.txt').write_text('not a model')
     overrides, pattern = CONFIGURE_FAILURES[case]
     parameters = {'policy': policy_path}
-    parameters.update({k: v.format(dir=tmp_path, corrupt=corrupt) if isinstance(v, str) else v
+    paths = dict(dir=tmp_path, corrupt=corrupt, corrupt_pt=tmp_path / 'corrupt.pt')
+    parameters.update({k: v.format(**paths) if isinstance(v, str) else v
                        for k, v in overrides.items()})
     node, _ = make_controller(**parameters)
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
@@ -505,6 +523,15 @@ def test_commands_follow_the_policy_at_the_control_rate(make_controller, policy_
     assert float(values['inference_latency_p99_ms']) >= float(values['inference_latency_p50_ms'])
     assert float(values['input_age_ms']) < 1000
     assert values['task'] == TASK and values['lifecycle_state'] == 'active'
+
+
+def test_a_checkpoint_drives_the_same_commands_as_its_export(make_controller, policy_files,
+                                                             reference):
+    node, probe = active(make_controller, policy_files[1])
+    assert node.policy.__class__.__name__ == 'CheckpointPolicy'
+    want = expected_action(reference, obs_a())  # from the ONNX export of the same agent
+    assert probe.spin_until(lambda: probe.commands and np.allclose(
+        probe.commands[-1][1], want, atol=1e-5), feed=probe.publish_obs(obs_a()))
 
 
 def hopper_joint_state(reference, observation, order=None, extra=True, nan_joint=None):
