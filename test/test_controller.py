@@ -705,3 +705,47 @@ def test_main_autostarts_and_stops_with_the_safe_action(policy_path, reference, 
     assert proc.returncode == 0, out
     assert 'active: controlling at 125 Hz' in out
     assert np.array_equal(commands[-1], DEFAULT_ACTION), out  # the robot is left safe
+
+
+# --- against the realtime mujoco_sim ------------------------------------------------------------
+
+@pytest.mark.parametrize('mode', ['observation', 'joint_states'])
+def test_drives_the_realtime_sim(mode, policy_path, reference, ros_context, ros_executor):
+    """The controller in a namespace with a realtime Hopper sim (its own participant): QoS and
+    layouts match, the sim applies the controller's commands, and the joint_states mapping
+    (positions without rootx, then velocities) reproduces the sim's observation."""
+    from sim_helpers import RunningSim
+
+    namespace = f'deploy_{mode}_p{os.getpid()}'
+    sim = RunningSim(namespace, task=TASK, mode='realtime')
+    try:
+        extra = {'exclude_joint_positions': ['rootx']} if mode == 'joint_states' else {}
+        node = PolicyController(context=ros_context, namespace=namespace, parameter_overrides=[
+            Parameter(k, value=v) for k, v in dict(policy=policy_path, observation_mode=mode,
+                                                   **extra).items()])
+        ros_executor.add_node(node)
+        probe = rclpy.create_node('sim_probe', namespace=namespace, context=ros_context)
+        ros_executor.add_node(probe)
+        observations, joint_states = [], []
+        probe.create_subscription(Float32MultiArray, 'observation',
+                                  lambda m: observations.append(np.array(m.data)),
+                                  reliable_qos(100))
+        probe.create_subscription(JointState, 'joint_states', joint_states.append,
+                                  reliable_qos(100))
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.failure_reason
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert spin_until(ros_executor, lambda: node.safety.state is Safety.OK
+                          and node.inferences > 20, 10.0), node.safety.reason
+        assert node.safety.trouble_episodes == 0
+        assert spin_until(ros_executor, lambda: np.array_equal(
+            sim.node.applied_action, node.last_command), 5.0)
+        assert np.any(sim.node.applied_action != 0.0)
+        assert sim.node.rejected_commands == 0
+        if mode == 'joint_states':  # each step's joint_states maps to that step's observation
+            assert len(joint_states) > 10 and len(observations) > 10
+            recent = np.array(observations[-30:])
+            for msg in joint_states[-10:-5]:
+                mapped = messages.joint_state_observation(msg, HOPPER_JOINTS, HOPPER_JOINTS[1:])
+                assert np.min(np.max(np.abs(recent - mapped), axis=1)) < 1e-6
+    finally:
+        sim.stop()
