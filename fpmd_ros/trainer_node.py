@@ -340,7 +340,7 @@ class TrainingSession:
             self.log.error(f'could not write {path}: {error!r}')
             return
         self.log.warning(f'checkpoint written at env step {trainer.env_steps}: {path} '
-                         f'(continue with -p resume:={path})')
+                         f'(continue from it with resume:={path})')
 
     def _close(self, envs) -> None:
         try:
