@@ -133,3 +133,25 @@ def test_killed_sim_is_respawned_and_training_recovers(tmp_path, listener):
     assert (out / 'policy.onnx').is_file()
     levels = {(level, values['state']) for level, _, values in trainer_statuses(diagnostics)}
     assert (1, 'recovering') in levels, levels  # WARN while it reconnected
+
+
+def test_ctrl_c_stops_training_with_a_checkpoint(tmp_path, listener):
+    diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
+    out = tmp_path / 'out'
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**6, 10**6)}',
+                        f'output_dir:={out}')
+    try:
+        assert listener.spin_until(lambda: _env_steps(diagnostics) >= 50, RUN_TIMEOUT_S), \
+            run.output[-5000:]
+        run.proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends the runner
+        code = run.wait(timeout_s=120)
+    finally:
+        run.stop()
+    output = run.output
+    assert code == 130, output[-5000:]  # the trainer's exit code
+    assert (out / 'checkpoints' / 'interrupted.pt').is_file()
+    assert 'training stopped by a signal' in output
+    # The trainer stops first (its sims still answer while it writes the checkpoint).
+    trainer_stopped = output.index('/trainer stopped (exit code 130)')
+    for sim in ('/env_0/mujoco_sim', '/env_1/mujoco_sim'):
+        assert output.index(f'{sim} stopped (exit code 0)') > trainer_stopped
