@@ -93,6 +93,12 @@ def export_onnx(agent, spec, cfg: Config, path: str | Path, env_steps: int = 0,
             dynamic_axes={name: {0: "batch"} for name in names + ["action"]},
         )
     model = onnx.load_from_string(buffer.getvalue())
+    # The exporter names a size-1 action dimension symbolically (it might broadcast), and
+    # OnnxPolicy then refuses the model; the graph always returns (batch, act_dim).
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = spec.act_dim
+    if noise_input and "noise" not in {i.name for i in model.graph.input}:
+        raise ValueError(f"noise_input: the {cfg.agent.algo} deploy action does not use noise; "
+                         "export it without a noise input")
     meta = policy_metadata(cfg, spec, noise_input, env_steps)
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
     onnx.checker.check_model(model)
