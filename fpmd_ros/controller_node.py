@@ -25,9 +25,12 @@ are read by configure; a change at any other time is refused with that reason)
     ``control_rate_hz`` (0 or 1..2000)          0 = the model's rate (1 / control_period_s). A rate
         below the model's is refused (each action would be held longer than in training); a
         faster one is allowed (fresher state; the plant still holds each command).
-    ``state_timeout_s`` (0.001..60)            input older than this (steady clock, from its
-        arrival) is stale.
-    ``safe_action`` (str)                      ``zero`` | ``hold`` | ``default``.
+    ``state_timeout_s`` (0.001..60, 0.2)       input older than this (steady clock, from its
+        arrival) is stale. 0.2 s leaves room for scheduling jitter on a busy host at the 20-125
+        Hz rates of the MuJoCo tasks; lower it for fast real robots.
+    ``safe_action`` (str, ``zero``)            ``zero`` | ``hold`` | ``default``. ``zero`` by
+        default: the tasks' actuators are motors (torques), where holding a command keeps
+        pushing, and mujoco_sim zeroes the controls on its own command timeout too.
     ``default_action`` (double[], env units)   the ``default`` safe action, one value per
         actuator, inside the action bounds. Unset by default.
     ``max_action_delta`` (0..1e6, env units)   largest change of any action component per tick;
@@ -39,8 +42,11 @@ are read by configure; a change at any other time is refused with that reason)
         HalfCheetah/Hopper/Walker2d, whose observation omits the x position. Unset: none.
     ``expected_task`` (str) [unconfigured]     if set, the model's task must equal it.
     ``inference_threads`` (int 1..64) [unconfigured]  onnxruntime / torch intra-op threads.
-    ``autostart`` (bool, read-only)            ``main()`` configures and activates the node at
+    ``autostart`` (bool, read-only, false)     ``main()`` configures and activates the node at
         once (for runs without a lifecycle manager or launch file).
+    Defaults not given above: ``policy`` '', ``observation_mode`` observation,
+    ``control_rate_hz`` 0, ``max_action_delta`` 0, ``expected_task`` '', ``inference_threads`` 1.
+    Unset array parameters are left out (an empty list would be typed as a byte array by rclpy).
 
 Observation from ``joint_states`` (sensor_msgs/JointState), mapped by name
     observation = [position of each joint in ``joint_names`` minus ``exclude_joint_positions``,
@@ -50,8 +56,9 @@ Observation from ``joint_states`` (sensor_msgs/JointState), mapped by name
     equals the model's ``obs_dim``; joint names that differ from the model's are allowed (a real
     robot may name its joints differently) and are logged as a warning with the correspondence.
     This matches tasks whose observation is joint positions then velocities (Gymnasium
-    InvertedPendulum; HalfCheetah, Hopper, Walker2d with ``exclude_joint_positions: [rootx]``);
-    for any other task use ``observation`` mode.
+    InvertedPendulum; HalfCheetah, Hopper, Walker2d with ``exclude_joint_positions: [rootx]``;
+    not Ant/Humanoid, nor dm_control tasks with sin/cos or body terms); for those use
+    ``observation`` mode.
 
 Topics (relative names, so the node can live in a namespace; remap ``commands`` to a
 ros2_control ``forward_command_controller``'s ``~/commands``)
@@ -59,7 +66,8 @@ ros2_control ``forward_command_controller``'s ``~/commands``)
         by mode: sensor-data QoS (BEST_EFFORT, KEEP_LAST 1; matches reliable and best-effort
         publishers). The callback only caches the newest message and its steady-clock arrival
         time; every check happens in the control tick. An ``observation`` message may carry a
-        labelled layout, which must then equal the model's ``obs_terms``.
+        labelled layout, which must then equal the model's ``obs_terms`` (no layout or
+        unlabelled segments: only the size is checked).
     pub ``commands`` (std_msgs/Float64MultiArray, RELIABLE, KEEP_LAST 1, VOLATILE): the action in
         env units, actuator order, one layout segment labelled ``action``.
     pub ``~/action`` (sensor_msgs/JointState, RELIABLE, KEEP_LAST 10): the same command stamped
@@ -67,6 +75,9 @@ ros2_control ``forward_command_controller``'s ``~/commands``)
         only built and published while someone subscribes (it is for recording).
     pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, ~1 Hz, while configured): achieved
         rate, inference latency p50/p99, input age, safety state and reason, model hash.
+        Level: ERROR while the input is stale/malformed or inference fails; WARN while waiting
+        for the first input, after a recovered trouble within the last period, or below 80 % of
+        the target rate; OK otherwise (and while inactive).
 
 Each tick (steady-clock timer)
     1. input freshness (``state_timeout_s``); 2. the observation from the newest message
@@ -78,6 +89,11 @@ Each tick (steady-clock timer)
     last published command; zero if none yet) or ``default`` (``default_action``). Entering and
     leaving trouble is logged once (throttled); diagnostics go to ERROR while in trouble. A
     command is never NaN: a non-finite value anywhere falls back to zero.
+
+Exit
+    ``main()`` handles SIGINT/SIGTERM itself (rclpy's handlers would shut the context down first)
+    so that an active node publishes the safe action before it exits: a forward_command_controller
+    would otherwise hold the last command forever.
 """
 
 from __future__ import annotations
