@@ -149,7 +149,9 @@ def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool 
             )
         kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
         env = gym.make(task_id, **kwargs)
-        if not isinstance(env.unwrapped, gym.envs.mujoco.MujocoEnv):
+        from gymnasium.envs.mujoco import MujocoEnv  # not an attribute of gym.envs until imported
+
+        if not isinstance(env.unwrapped, MujocoEnv):
             raise TaskError(f"task {task_id!r}: not a MuJoCo task")
     if not isinstance(env.action_space, gym.spaces.Box):
         raise TaskError(f"task {task_id!r}: expected a continuous (Box) action space")
