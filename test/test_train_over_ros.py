@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from runner_helpers import Listener, RunnerProcess, trainer_statuses
+from runner_helpers import REPO_ROOT, Listener, RunnerProcess, runner_environment, trainer_statuses
 
 RUN_TIMEOUT_S = 420.0  # a whole run, including process start-up under load
 
@@ -155,3 +157,35 @@ def test_ctrl_c_stops_training_with_a_checkpoint(tmp_path, listener):
     trainer_stopped = output.index('/trainer stopped (exit code 130)')
     for sim in ('/env_0/mujoco_sim', '/env_1/mujoco_sim'):
         assert output.index(f'{sim} stopped (exit code 0)') > trainer_stopped
+
+
+def _trainer_process(*params: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    """``python -m fpmd_ros.trainer_node`` alone (what the console script runs)."""
+    args = [sys.executable, '-m', 'fpmd_ros.trainer_node', '--ros-args']
+    for param in params:
+        args += ['-p', param]
+    return subprocess.run(args, cwd=REPO_ROOT, env=runner_environment(), capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+@pytest.mark.parametrize('params, expected', [
+    (['algo:=ppo'], "agent.algo: expected one of ('fpmd_r', 'fpmd_m', 'dpmd', 'sac'), got 'ppo'"),
+    (['step_timeout_s:=5'], "parameter 'step_timeout_s': Trying to set parameter"),
+    (['num_envs:=2', "env_namespaces:=['a']"], "parameter 'num_envs' is 2 but env_namespaces "
+     'lists 1 sims'),
+    (['max_recoveries:=-1'], "parameter 'max_recoveries'"),
+])
+def test_trainer_node_refuses_bad_parameters(params, expected):
+    result = _trainer_process(*params)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+
+
+def test_trainer_without_its_sims_names_them(tmp_path):
+    ghost = f'ghost_p{os.getpid()}'
+    start = time.monotonic()
+    result = _trainer_process(f"env_namespaces:=['{ghost}']", 'connect_timeout_s:=2.0',
+                              f'output_dir:={tmp_path}')
+    assert result.returncode == 3, result.stderr
+    assert f'sim {ghost}: not found after 2 s (missing sims: {ghost})' in result.stderr
+    assert time.monotonic() - start < 90
