@@ -5,8 +5,7 @@ spinning); all traffic goes through Fast DDS. Rates and latencies are asserted g
 machine is shared): timing targets live in bench/bench_control_loop.py.
 
 The test policy is a small untrained FPMD-M export for Hopper-v5 (obs 11, 3 actuators, model rate
-125 Hz): tasks with a single actuator (InvertedPendulum) currently export an ONNX graph whose
-action dimension is symbolic, which fpmd_core.runtime refuses.
+125 Hz): several actuators, and a joint_states mapping that needs ``exclude_joint_positions``.
 """
 
 from __future__ import annotations
