@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     elif expected is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     elif expected is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - all fields use the four scalar types
