@@ -1,0 +1,244 @@
+"""Typed configuration and `fpmd-train`'s command line: paper defaults, profiles, files and
+overrides; every bad value is an error that names the field, nothing is silently coerced."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import math
+
+import pytest
+
+from fpmd_core import cli, config
+from fpmd_core.config import (
+    AgentConfig,
+    Config,
+    ConfigError,
+    TaskConfig,
+    TrainerConfig,
+    config_from_dict,
+    make_config,
+    parse_override,
+    training_steps,
+)
+
+
+def test_defaults_are_the_papers():
+    cfg = make_config()
+    a, t = cfg.agent, cfg.trainer
+    assert (a.algo, a.hidden, a.layers, a.batch_size) == ('fpmd_r', 256, 3, 256)
+    assert (a.gamma, a.tau, a.reward_scale, a.actor_interval) == (0.99, 0.005, 0.2, 2)
+    assert (a.critic_lr, a.actor_lr, a.actor_lr_final) == (3e-4, 3e-4, 3e-5)
+    assert (a.lr_decay_start, a.lr_decay_length) == (25_000, 50_000)
+    assert (a.flow_steps, a.meanflow_steps, a.particles, a.noise_scale_init) == (20, 1, 32, 0.5)
+    assert (a.alpha_init, a.alpha_lr, a.alpha_interval) == (5.0, 7e-3, 250)
+    assert (a.target_entropy_scale, a.explore_noise, a.q_stat_rate) == (1.5, 0.1, 0.001)
+    assert (a.weight_clip, a.weight_form, a.p_equal, a.diffusion_steps) == (
+        3.0, 'normalized', 0.0, 20)
+    assert (cfg.task.num_envs, t.updates_per_step, t.warmup_steps, t.replay_size) == (
+        5, 1, 30_000, 1_000_000)
+    assert make_config('paper') == cfg
+
+
+def test_every_field_has_a_docstring():
+    """Each dataclass field is followed by its string comment in the source."""
+    for cls in (TaskConfig, AgentConfig, TrainerConfig):
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        documented = {
+            node.target.id for node, after in zip(body, body[1:] + [None], strict=True)
+            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
+            and after.value.value.strip()
+        }
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert fields - documented == set(), cls.__name__
+
+
+def test_cpu_profile_then_overrides():
+    cfg = make_config('cpu')
+    assert (cfg.task.num_envs, cfg.agent.particles, cfg.agent.flow_steps) == (1, 8, 4)
+    assert cfg.trainer.warmup_steps == 2000
+    cfg = make_config('cpu', overrides={'agent.particles': 3, 'trainer.warmup_steps': 10})
+    assert (cfg.agent.particles, cfg.trainer.warmup_steps, cfg.agent.flow_steps) == (3, 10, 4)
+    assert make_config('cpu', overrides=['agent.particles=3']).agent.particles == 3
+
+
+def test_ints_are_accepted_for_floats_and_become_floats():
+    cfg = make_config(overrides={'agent.gamma': 1, 'agent.alpha_init': 2})
+    assert cfg.agent.gamma == 1.0 and type(cfg.agent.gamma) is float
+    assert type(cfg.agent.alpha_init) is float
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match=r"profile: expected one of \['cpu', 'paper'\], "
+                                          r"got 'gpu'"):
+        make_config('gpu')
+
+
+@pytest.mark.parametrize(('key', 'message'), [
+    ('agent.particle', r'agent.particle: unknown field \(did you mean agent.particles\?\)'),
+    ('trainer.total_step', r'did you mean trainer.total_steps\?'),
+    ('agent.zzzz', r'agent.zzzz: unknown field$'),
+    ('agnet.particles', r"section in \['agent', 'task', 'trainer'\] \(did you mean 'agent'\?\)"),
+    ('particles', r'particles: expected section.field'),
+    ('agent.particles.x', r'agent.particles.x: expected section.field'),
+])
+def test_unknown_fields_are_named_with_a_suggestion(key, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(overrides={key: 8})
+
+
+@pytest.mark.parametrize(('key', 'value', 'message'), [
+    ('agent.particles', 8.0, 'agent.particles: expected int, got float 8.0'),
+    ('agent.particles', '8', "agent.particles: expected int, got str '8'"),
+    ('agent.hidden', True, 'agent.hidden: expected int, got bool True'),
+    ('agent.gamma', '0.99', "agent.gamma: expected float, got str '0.99'"),
+    ('agent.gamma', False, 'agent.gamma: expected float, got bool False'),
+    ('trainer.progress', 1, 'trainer.progress: expected bool, got int 1'),
+    ('trainer.progress', 'false', "trainer.progress: expected bool, got str 'false'"),
+    ('task.id', 5, 'task.id: expected str, got int 5'),
+])
+def test_wrong_types_are_refused_not_coerced(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(overrides={key: value})
+
+
+@pytest.mark.parametrize(('key', 'value', 'message'), [
+    ('agent.gamma', 1.5, r'agent.gamma: expected a value in \[0, 1\], got 1.5'),
+    ('agent.q_stat_rate', -0.1, r'agent.q_stat_rate: expected a value in \[0, 1\]'),
+    ('agent.particles', 0, 'agent.particles: expected an integer >= 1, got 0'),
+    ('task.num_envs', 0, 'task.num_envs: expected an integer >= 1'),
+    ('trainer.warmup_steps', -1, 'trainer.warmup_steps: expected an integer >= 0'),
+    ('agent.alpha_init', 0.0, 'agent.alpha_init: expected a positive number, got 0.0'),
+    ('agent.alpha_lr', -1e-3, 'agent.alpha_lr: expected a positive number'),
+    ('agent.explore_noise', -0.1, 'agent.explore_noise: expected a number >= 0'),
+    ('agent.algo', 'td3', "agent.algo: expected one of .*, got 'td3'"),
+    ('agent.weight_form', 'other', "agent.weight_form: expected 'normalized' or 'released'"),
+    ('trainer.device', 'tpu', 'trainer.device: expected auto, cpu or cuda'),
+    ('agent.batch_size', 2_000_000, r'agent.batch_size: expected <= trainer.replay_size'),
+])
+def test_out_of_range_values_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(overrides={key: value})
+
+
+@pytest.mark.parametrize('key', ['agent.gamma', 'agent.alpha_lr', 'agent.alpha_init',
+                                 'agent.grad_clip', 'agent.critic_lr', 'agent.weight_clip',
+                                 'agent.target_entropy_scale'])
+@pytest.mark.parametrize('value', [math.nan, math.inf, -math.inf])
+def test_non_finite_floats_are_refused(key, value):
+    with pytest.raises(ConfigError, match=key):
+        make_config(overrides={key: value})
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def test_yaml_file_with_profile_and_fields(tmp_path):
+    path = tmp_path / 'run.yaml'
+    path.write_text('profile: cpu\nagent:\n  algo: fpmd_m\n  particles: 6\n'
+                    'trainer:\n  seed: 7\n')
+    cfg = make_config(file=path, overrides={'trainer.seed': 8})
+    assert (cfg.agent.algo, cfg.agent.particles, cfg.trainer.seed) == ('fpmd_m', 6, 8)
+    assert cfg.task.num_envs == 1  # from the file's profile
+    assert make_config('paper', file=path).task.num_envs == 5  # the argument wins
+
+
+def test_json_file(tmp_path):
+    path = tmp_path / 'run.json'
+    path.write_text(json.dumps({'task': {'id': 'Walker2d-v5'}, 'agent': {'gamma': 0.98}}))
+    cfg = make_config(file=path)
+    assert cfg.task.id == 'Walker2d-v5' and cfg.agent.gamma == 0.98
+
+
+@pytest.mark.parametrize(('text', 'message'), [
+    ('agnt:\n  particles: 8\n', r"agnt.particles: expected section.field .*did you mean 'agent'"),
+    ('agent:\n  particle: 8\n', r'agent.particle: unknown field \(did you mean agent.particles'),
+    ('agent:\n  particles: 8.5\n', 'agent.particles: expected int, got float 8.5'),
+    ('agent: 5\n', 'agent: expected a mapping of fields, got 5'),
+    ('- agent\n- trainer\n', 'expected a mapping of sections'),
+    ('agent: [unclosed\n', 'not valid YAML/JSON'),
+    ('profile: gpu\n', "profile: expected one of .*got 'gpu'"),
+])
+def test_bad_config_files_are_named(tmp_path, text, message):
+    path = tmp_path / 'bad.yaml'
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        make_config(file=path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match='not found'):
+        make_config(file=tmp_path / 'none.yaml')
+
+
+# --- overrides, round trips, hash ----------------------------------------------------------
+
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('agent.particles=8', ('agent.particles', 8)),
+    ('agent.gamma=0.9', ('agent.gamma', 0.9)),
+    ('trainer.progress=false', ('trainer.progress', False)),
+    ('task.id=Hopper-v5', ('task.id', 'Hopper-v5')),
+    (' agent.algo =sac', ('agent.algo', 'sac')),
+])
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize(('text', 'message'), [
+    ('agent.particles', 'expected section.field=value'),
+    ('agent.particles=[1, 2]', 'expected a scalar value'),
+    ('agent.particles=~', 'expected a scalar value'),
+    ('agent.particles={a: 1}', 'expected a scalar value'),
+])
+def test_bad_override_text(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_override(text)
+
+
+def test_round_trip_and_hash():
+    cfg = make_config('cpu', overrides={'agent.algo': 'dpmd'})
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and again.hash() == cfg.hash()
+    assert len(cfg.hash()) == 16
+    other = make_config('cpu', overrides={'agent.algo': 'dpmd', 'trainer.seed': 1})
+    assert other.hash() != cfg.hash()
+    bad = cfg.to_dict()
+    bad['agent']['particles'] = 'many'
+    with pytest.raises(ConfigError, match='agent.particles: expected int'):
+        config_from_dict(bad)
+
+
+def test_training_steps_per_algorithm():
+    cfg = make_config(overrides={'agent.flow_steps': 7, 'agent.meanflow_steps': 2,
+                                 'agent.diffusion_steps': 9})
+    steps = {}
+    for algo in config.ALGORITHMS:
+        cfg.agent.algo = algo
+        steps[algo] = training_steps(cfg.agent)
+    assert steps == {'fpmd_r': 7, 'fpmd_m': 2, 'dpmd': 9, 'sac': 1}
+    assert Config().agent.algo == 'fpmd_r'
+
+
+# --- command line --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(('argv', 'message'), [
+    (['--set', 'agent.particles=abc'], "agent.particles: expected int, got str 'abc'"),
+    (['--set', 'agent.particle=8'], 'did you mean agent.particles?'),
+    (['--set', 'agent.gamma=2'], 'agent.gamma: expected a value in [0, 1]'),
+    (['--set', 'agent.particles'], 'expected section.field=value'),
+    (['--config', '/nonexistent/run.yaml'], 'not found'),
+])
+def test_cli_returns_2_with_a_message_for_bad_configuration(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('fpmd-train: configuration error: ')
+    assert message in err
+
+
+def test_cli_rejects_unknown_profile_through_argparse(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(['--profile', 'gpu'])
+    assert info.value.code == 2
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
