@@ -232,7 +232,9 @@ def _namespace(values: dict[str, Any], name: str) -> str:
     if not _NAMESPACE.match(value):
         raise GraphArgumentError(name, f'{value!r}; expected a ROS namespace such as robot_1 '
                                  'or /lab/robot_1 (letters, digits, _ and /), or empty')
-    return value.strip('/')
+    # An absolute namespace stays absolute; a relative one nests under an including launch
+    # file's PushRosNamespace, as launch_ros does it.
+    return '' if value == '/' else value.rstrip('/')
 
 
 def _namespace_list(values: dict[str, Any], name: str) -> list[str]:

@@ -289,9 +289,11 @@ def test_deploy_launch_with_sim(fake_launch, policy_file):
         fake_launch, policy=str(policy_file), observation_mode='joint_states',
         control_rate_hz='50', sim='true', command_topic='/robot/commands', namespace='/lab/r1',
         use_sim_time='True')
-    assert (sim.executable, sim.namespace, sim.lifecycle) == ('mujoco_sim', 'lab/r1', False)
+    assert (sim.executable, sim.namespace, sim.lifecycle) == ('mujoco_sim', '/lab/r1', False)
     assert sim.parameters == {'task': POLICY_TASK, 'mode': 'realtime', 'publish_clock': True}
-    assert controller.namespace == 'lab/r1'  # same namespace: observation/joint_states wired
+    assert controller.namespace == '/lab/r1'  # same namespace: observation/joint_states wired
+    assert controller.fully_qualified_name == '/lab/r1/policy_controller'
+    assert runner.node_command(controller, 'p')[6:8] == ['-r', '__ns:=/lab/r1']
     assert controller.parameters['control_rate_hz'] == 50.0
     assert isinstance(controller.parameters['control_rate_hz'], float)
     assert controller.parameters['use_sim_time'] is True
