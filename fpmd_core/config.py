@@ -166,7 +166,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "task.num_envs": 1,
         "agent.hidden": 128,
         "agent.layers": 2,
-        "agent.particles": 8,
+        "agent.particles": 4,
         "agent.flow_steps": 4,
         "agent.alpha_interval": 20,
         "agent.lr_decay_start": 10**9,
