@@ -1,0 +1,176 @@
+"""A short training run writes every output with stable names: eval.csv, train.csv, TensorBoard
+scalars, learning_curve.png, checkpoints/final.pt and policy.onnx; env steps and updates are
+counted as configured (num_envs, updates_per_step, warm-up); `fpmd-train` runs end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fpmd_core import cli
+from fpmd_core.checkpoint import load_checkpoint
+from fpmd_core.config import make_config
+from fpmd_core.logger import EVAL_FIELDS, TRAIN_FIELDS
+from fpmd_core.runtime import OnnxPolicy
+from fpmd_core.trainer import Trainer
+
+TINY = {
+    'task.id': 'InvertedPendulum-v5', 'agent.hidden': 32, 'agent.layers': 2,
+    'agent.batch_size': 32, 'agent.particles': 4, 'agent.flow_steps': 2,
+    'agent.alpha_interval': 20, 'trainer.replay_size': 1000, 'trainer.eval_episodes': 1,
+    'trainer.progress': False, 'trainer.torch_threads': 1,
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(out: Path, **overrides):
+    values = dict(TINY, **{'trainer.output_dir': str(out)})
+    values.update(overrides)
+    return Trainer(make_config('cpu', overrides=values)).run()
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+@pytest.fixture(scope='module')
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('run')
+    values = dict(TINY, **{'trainer.output_dir': str(out), 'agent.algo': 'fpmd_r',
+                           'trainer.total_steps': 300, 'trainer.warmup_steps': 100,
+                           'trainer.eval_interval': 150, 'trainer.log_interval': 50,
+                           'trainer.checkpoint_interval': 0})
+    threads = torch.get_num_threads()
+    try:
+        return Trainer(make_config('cpu', overrides=values)).run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_run_result_and_files(short_run):
+    out = short_run.output_dir
+    assert short_run.env_steps == 300
+    assert short_run.updates == 201  # one gradient step per env step from step 100 on
+    assert short_run.checkpoint == out / 'checkpoints' / 'final.pt'
+    assert short_run.policy == out / 'policy.onnx'
+    assert short_run.curve == out / 'learning_curve.png'
+    assert sorted(p.name for p in out.iterdir()) == [
+        'checkpoints', 'eval.csv', 'learning_curve.png', 'policy.onnx', 'tensorboard',
+        'train.csv']
+    assert [p.name for p in (out / 'checkpoints').iterdir()] == ['final.pt']
+    assert math.isfinite(short_run.final_return_deploy) and short_run.final_return_deploy > 0
+    assert math.isfinite(short_run.final_return_best_of_n)
+
+
+def test_eval_csv_has_stable_columns_and_both_modes(short_run):
+    fields, rows = read_csv(short_run.output_dir / 'eval.csv')
+    assert fields == list(EVAL_FIELDS) == [
+        'env_steps', 'updates', 'wall_time_s', 'return_deploy', 'return_best_of_n',
+        'length_deploy', 'length_best_of_n']
+    assert [int(r['env_steps']) for r in rows] == [150, 300]
+    assert [int(r['updates']) for r in rows] == [51, 201]
+    for row in rows:
+        assert float(row['return_deploy']) > 0 and float(row['return_best_of_n']) > 0
+        # InvertedPendulum-v5 pays 1 per step except a terminating one
+        length = float(row['length_deploy'])
+        assert length - 1 <= float(row['return_deploy']) <= length
+    assert float(rows[-1]['return_deploy']) == short_run.final_return_deploy
+
+
+def test_train_csv_has_stable_columns_and_update_metrics(short_run):
+    fields, rows = read_csv(short_run.output_dir / 'train.csv')
+    assert fields == list(TRAIN_FIELDS) == [
+        'env_steps', 'updates', 'loss/critic', 'loss/actor', 'alpha', 'q/mean', 'weights/std',
+        'weights/max', 'weights/min', 'grad_norm/actor', 'entropy', 'one_step_error',
+        'train/episode_return', 'perf/updates_per_s', 'perf/env_steps_per_s']
+    assert [int(r['env_steps']) for r in rows] == [50, 100, 150, 200, 250, 300]
+    last = rows[-1]
+    for key in ('loss/critic', 'loss/actor', 'alpha', 'weights/std', 'weights/max',
+                'weights/min', 'one_step_error', 'perf/updates_per_s', 'perf/env_steps_per_s'):
+        assert math.isfinite(float(last[key])), key
+    alpha = float(last['alpha'])
+    assert 0 < alpha < 5.0  # annealed from 5 by now (alpha_interval 20)
+    bound = math.exp(3 / alpha) * 1.01  # the alpha of the logged actor update may be older
+    assert 1 / bound <= float(last['weights/min']) <= float(last['weights/max']) <= bound
+    assert last['entropy'] == ''  # a SAC-only column stays empty for FPMD
+    assert rows[0]['loss/critic'] == ''  # still in warm-up at step 50: no update metrics
+
+
+def test_tensorboard_scalars(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = short_run.output_dir / 'tensorboard'
+    assert list(folder.glob('events.out.tfevents.*'))
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    tags = set(events.Tags()['scalars'])
+    assert {'loss/critic', 'loss/actor', 'alpha', 'q/mean', 'one_step_error',
+            'weights/max', 'weights/min', 'perf/updates_per_s', 'eval/return_deploy',
+            'eval/return_best_of_n', 'eval/length_deploy'} <= tags
+    assert [e.step for e in events.Scalars('eval/return_deploy')] == [150, 300]
+
+
+def test_learning_curve_png(short_run):
+    data = short_run.curve.read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 5_000
+
+
+def test_final_checkpoint_and_policy_agree(short_run):
+    payload = load_checkpoint(short_run.checkpoint)
+    assert payload['counters']['env_steps'] == 300
+    policy = OnnxPolicy(short_run.policy)
+    assert policy.metadata['env_steps'] == 300 and policy.metadata['algorithm'] == 'fpmd_r'
+    from fpmd_core.runtime import CheckpointPolicy
+
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    np.testing.assert_allclose(policy(obs), CheckpointPolicy(short_run.checkpoint)(obs),
+                               rtol=0, atol=1e-5)
+
+
+def test_num_envs_and_updates_per_step_are_counted_explicitly(tmp_path):
+    """2 envs, 2 updates per vector step, warm-up 40 env steps: vector steps ending at env steps
+    40, 42, ..., 100 (31 of them) update twice."""
+    result = run(tmp_path, **{'task.num_envs': 2, 'trainer.updates_per_step': 2,
+                              'trainer.total_steps': 100, 'trainer.warmup_steps': 40,
+                              'trainer.eval_interval': 0, 'trainer.log_interval': 1000,
+                              'trainer.checkpoint_interval': 0, 'trainer.eval_best_of_n': False})
+    assert result.env_steps == 100
+    assert result.updates == 62
+    assert result.final_return_best_of_n is None  # best-of-N evaluation switched off
+    fields, rows = read_csv(tmp_path / 'eval.csv')
+    assert len(rows) == 1 and rows[0]['return_best_of_n'] == ''
+
+
+def test_fpmd_train_command_line_end_to_end(tmp_path, capsys):
+    argv = ['--profile', 'cpu']
+    for key, value in dict(TINY, **{
+            'agent.algo': 'sac', 'trainer.total_steps': 80, 'trainer.warmup_steps': 40,
+            'trainer.eval_interval': 0, 'trainer.checkpoint_interval': 0,
+            'trainer.log_interval': 40, 'trainer.output_dir': str(tmp_path)}).items():
+        argv += ['--set', f'{key}={str(value).lower() if isinstance(value, bool) else value}']
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f'policy: {tmp_path / "policy.onnx"}' in out
+    assert f'checkpoint: {tmp_path / "checkpoints" / "final.pt"}' in out
+    assert 'deploy-mode return (NFE = 1):' in out
+    assert OnnxPolicy(tmp_path / 'policy.onnx').metadata['algorithm'] == 'sac'
+    fields, rows = read_csv(tmp_path / 'train.csv')
+    assert rows[-1]['entropy'] != '' and rows[-1]['one_step_error'] == ''  # SAC's columns
+    # and --resume continues that run from its final checkpoint to a larger total
+    argv2 = argv + ['--set', 'trainer.total_steps=100', '--resume',
+                    str(tmp_path / 'checkpoints' / 'final.pt')]
+    assert cli.main(argv2) == 0
+    assert load_checkpoint(tmp_path / 'checkpoints' / 'final.pt')['counters']['env_steps'] == 100
