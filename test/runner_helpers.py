@@ -128,8 +128,7 @@ def trainer_statuses(arrays) -> list[tuple[int, str, dict]]:
     return found
 
 
-# Hopper: fpmd_core's ONNX export of a 1-actuator task (InvertedPendulum) currently has a
-# symbolic action dimension that load_policy refuses.
+# A task with several actuators, so that command sizes are checked for more than one value.
 POLICY_TASK = 'Hopper-v5'
 
 
