@@ -57,11 +57,21 @@ def test_every_field_has_a_docstring():
 
 
 def test_cpu_profile_then_overrides():
-    cfg = make_config('cpu')
-    assert (cfg.task.num_envs, cfg.agent.particles, cfg.agent.flow_steps) == (1, 8, 4)
-    assert cfg.trainer.warmup_steps == 2000
+    cpu, paper = make_config('cpu'), make_config('paper')
+    profile = config.PROFILES['cpu']
+    for key, value in profile.items():
+        section, name = key.split('.')
+        assert getattr(getattr(cpu, section), name) == value, key
+    untouched = {f'agent.{f.name}' for f in dataclasses.fields(AgentConfig)} - set(profile)
+    for key in untouched:
+        assert getattr(cpu.agent, key[6:]) == getattr(paper.agent, key[6:]), key
+    # a CPU budget: fewer particles, flow steps and warm-up than the paper
+    assert cpu.agent.particles < paper.agent.particles
+    assert cpu.agent.flow_steps < paper.agent.flow_steps
+    assert cpu.trainer.warmup_steps < paper.trainer.warmup_steps
     cfg = make_config('cpu', overrides={'agent.particles': 3, 'trainer.warmup_steps': 10})
-    assert (cfg.agent.particles, cfg.trainer.warmup_steps, cfg.agent.flow_steps) == (3, 10, 4)
+    assert (cfg.agent.particles, cfg.trainer.warmup_steps) == (3, 10)
+    assert cfg.agent.flow_steps == cpu.agent.flow_steps
     assert make_config('cpu', overrides=['agent.particles=3']).agent.particles == 3
 
 
