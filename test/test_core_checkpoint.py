@@ -31,6 +31,7 @@ def tiny_config(out: Path, algo: str = 'fpmd_r', **overrides):
         'trainer.checkpoint_interval': HALF, 'trainer.eval_interval': HALF,
         'trainer.eval_episodes': 1, 'trainer.log_interval': 30, 'trainer.replay_size': 1000,
         'trainer.deterministic': True, 'trainer.progress': False, 'trainer.torch_threads': 1,
+        'trainer.device': 'cpu',  # exact resume and determinism are promised on CPU
         'trainer.output_dir': str(out),
     }
     values.update(overrides)

@@ -85,6 +85,7 @@ def trainer_run(out: Path, seed: int) -> Trainer:
         'trainer.eval_interval': 0, 'trainer.eval_episodes': 1, 'trainer.log_interval': 50,
         'trainer.checkpoint_interval': 0, 'trainer.replay_size': 500, 'trainer.seed': seed,
         'trainer.deterministic': True, 'trainer.progress': False, 'trainer.torch_threads': 1,
+        'trainer.device': 'cpu',  # exact resume and determinism are promised on CPU
         'trainer.output_dir': str(out)})
     trainer = Trainer(cfg)
     trainer.run()
