@@ -18,6 +18,17 @@ Transition
 observation right after a reset) and ``episode`` are non-negative integers. float64 carries the
 float32 observation and the float64 reward bit-exactly.
 
+Episode summary
+---------------
+``episode`` (published by ``mujoco_sim`` once per finished episode) is a
+``std_msgs/Float64MultiArray`` with exactly these one-value segments, in this order::
+
+    episode | seed | return | length | terminated
+
+``episode`` is the episode index k, ``seed`` the seed it was reset with, ``return`` the sum of its
+rewards, ``length`` its number of env steps and ``terminated`` 1.0 if it ended by termination
+(0.0: truncated by the time limit).
+
 Every ``decode_*``/``parse_*`` function validates what it is given (it comes from another
 process) and raises ``ValueError`` naming the problem.
 """
@@ -33,6 +44,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension, MultiArrayLayout
 
 TRANSITION_LABELS = ('observation', 'reward', 'terminated', 'truncated', 'step', 'episode')
+EPISODE_LABELS = ('episode', 'seed', 'return', 'length', 'terminated')
 COMMAND_LABEL = 'action'
 
 Segments = Sequence[tuple[str, int]]
@@ -210,6 +222,47 @@ def decode_transition(msg: Float64MultiArray, obs_dim: int | None = None) -> Tra
         step=int(step),
         episode=int(episode),
     )
+
+
+# --- episode summaries -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EpisodeSummary:
+    episode: int
+    seed: int
+    episode_return: float
+    length: int
+    terminated: bool
+
+
+def encode_episode_summary(episode: int, seed: int, episode_return: float, length: int,
+                           terminated: bool) -> Float64MultiArray:
+    values = [float(episode), float(seed), float(episode_return), float(length),
+              float(bool(terminated))]
+    return to_float64_multiarray(values, [(label, 1) for label in EPISODE_LABELS])
+
+
+def decode_episode_summary(msg: Float64MultiArray) -> EpisodeSummary:
+    """A validated EpisodeSummary; ValueError names what is wrong (labels, sizes, values)."""
+    data = np.asarray(msg.data, dtype=np.float64)
+    segments = parse_segment_layout(msg.layout, data.size)
+    expected = [(label, 1) for label in EPISODE_LABELS]
+    if segments != expected:
+        raise ValueError(f'episode summary segments {segments}, expected {expected}')
+    if not np.all(np.isfinite(data)):
+        index = _first_nonfinite(data)
+        raise ValueError(f'episode summary field {EPISODE_LABELS[index]!r} is not finite '
+                         f'({data[index]})')
+    episode, seed, episode_return, length, terminated = data
+    for label, value in (('episode', episode), ('seed', seed), ('length', length)):
+        if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
+            raise ValueError(f'episode summary field {label!r} is {value}, '
+                             'expected a non-negative integer')
+    if terminated not in (0.0, 1.0):
+        raise ValueError(f"episode summary field 'terminated' is {terminated}, expected 0 or 1")
+    return EpisodeSummary(episode=int(episode), seed=int(seed),
+                          episode_return=float(episode_return), length=int(length),
+                          terminated=bool(terminated))
 
 
 # --- joint states ------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ Topics and services (relative names, so the node lives in a namespace such as ``
     pub ``observation`` (std_msgs/Float32MultiArray): the task observation; layout segments
         labelled by the task's observation terms.
     pub ``transition`` (std_msgs/Float64MultiArray, lockstep only): see fpmd_ros.messages.
+    pub ``episode`` (std_msgs/Float64MultiArray, both modes, RELIABLE, KEEP_LAST 100): one
+        summary per finished episode (terminated or truncated), published before the automatic
+        reset: labelled segments ``episode`` (k), ``seed`` (its reset seed), ``return`` (sum of
+        its rewards), ``length`` (env steps), ``terminated`` (1: terminated, 0: time limit); see
+        fpmd_ros.messages. An episode cut short by ``~/reset`` or by a failed step has no
+        summary. This is what a deployment rehearsal scores (python -m fpmd_ros.rehearsal).
     pub ``/clock`` (rosgraph_msgs/Clock, realtime with ``publish_clock``).
     sub ``commands`` (std_msgs/Float64MultiArray): the action in env units, actuator order.
         Values outside the actuator ranges are clamped by MuJoCo, exactly as in-process.
@@ -103,6 +109,11 @@ LOCKSTEP_QOS = QoSProfile(depth=64, history=HistoryPolicy.KEEP_LAST,
 REALTIME_COMMAND_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                                   reliability=ReliabilityPolicy.BEST_EFFORT,
                                   durability=DurabilityPolicy.VOLATILE)
+# Episode summaries: rare and each one counts (a rehearsal scores them): reliable, and deep
+# enough that a slow reader misses none.
+EPISODE_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
 # joint_states / observation / clock are sensor streams. They are *offered* RELIABLE on purpose: a
 # reliable writer matches reliable and best-effort readers alike (a best-effort writer would
 # silently never match a reliable reader such as robot_state_publisher's), and a reader that
@@ -225,6 +236,8 @@ class MujocoSimNode(Node):
         # Episode bookkeeping (see the module docstring for the seed rule).
         self.episode_index = -1
         self.step_index = 0
+        self.episode_seed = 0
+        self.episode_return = 0.0
         self._seed_origin_episode = 0
         self._seed_restart = False
         self.sim_time_ns = 0
@@ -236,6 +249,7 @@ class MujocoSimNode(Node):
         self._obs_pub = self.create_publisher(Float32MultiArray, 'observation', STATE_QOS)
         self._transition_pub = (self.create_publisher(Float64MultiArray, 'transition',
                                                       LOCKSTEP_QOS) if lockstep else None)
+        self._episode_pub = self.create_publisher(Float64MultiArray, 'episode', EPISODE_QOS)
         self._clock_pub = (self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
                            if values['publish_clock'] else None)
         self.create_subscription(Float64MultiArray, 'commands', self._on_command,
@@ -293,6 +307,8 @@ class MujocoSimNode(Node):
         seed = self._episode_seed(self.episode_index)
         observation, _ = self._env.reset(seed=seed)
         self.step_index = 0
+        self.episode_seed = seed
+        self.episode_return = 0.0
         self._publish_transition(observation, 0.0, False, False)
         self._observation = observation
         if publish_state:
@@ -311,10 +327,14 @@ class MujocoSimNode(Node):
             return
         self.applied_action = action
         self.step_index += 1
+        self.episode_return += float(reward)
         self.sim_time_ns += self._dt_ns
         self._publish_transition(observation, reward, terminated, truncated)
         self._observation = observation
         if terminated or truncated:
+            self._episode_pub.publish(messages.encode_episode_summary(
+                self.episode_index, self.episode_seed, self.episode_return, self.step_index,
+                terminated))
             self._reset_episode(publish_state=False)
         self._publish_state()
 

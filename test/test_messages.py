@@ -105,3 +105,18 @@ def test_joint_state_build_and_parse():
         messages.parse_joint_state(msg)
     with pytest.raises(ValueError, match='1 values for 2 joints'):
         messages.joint_state(0, ['a', 'b'], position=[1.0])
+
+
+def test_episode_summary_round_trip_and_validation():
+    msg = messages.encode_episode_summary(4, 104, -12.5, 37, True)
+    assert [(d.label, d.size) for d in msg.layout.dim] == [
+        ('episode', 1), ('seed', 1), ('return', 1), ('length', 1), ('terminated', 1)]
+    assert messages.decode_episode_summary(msg) == messages.EpisodeSummary(4, 104, -12.5, 37, True)
+    for index, value, problem in ((2, math.nan, "'return' is not finite"),
+                                  (3, 2.5, "'length' is 2.5"), (0, -1.0, "'episode' is -1.0"),
+                                  (4, 0.5, "'terminated' is 0.5")):
+        with pytest.raises(ValueError, match=problem):
+            messages.decode_episode_summary(_with_data(
+                messages.encode_episode_summary(4, 104, -12.5, 37, True), index, value))
+    with pytest.raises(ValueError, match='expected'):
+        messages.decode_episode_summary(messages.to_float64_multiarray([1.0, 2.0, 3.0, 4.0]))

@@ -29,7 +29,12 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from fpmd_core.tasks import make_env, mujoco_handles  # noqa: E402
 from fpmd_ros import messages  # noqa: E402
-from fpmd_ros.sim_node import LOCKSTEP_QOS, MujocoSimNode, SimParameterError  # noqa: E402
+from fpmd_ros.sim_node import (  # noqa: E402
+    EPISODE_QOS,
+    LOCKSTEP_QOS,
+    MujocoSimNode,
+    SimParameterError,
+)
 
 PID = os.getpid()  # in namespaces: another run sharing the DDS domain cannot interfere
 TASK = 'InvertedPendulum-v5'  # control period 0.04 s; random actions end episodes in ~5 steps
@@ -58,6 +63,10 @@ class SimClient:
             JointState, f'{ns}/joint_states',
             lambda m: self.joint_states.append((time.monotonic(), m)), reliable_qos(100))
         self.node.create_subscription(ClockMsg, '/clock', self.clock.append, reliable_qos(100))
+        self.episodes: list[messages.EpisodeSummary] = []
+        self.node.create_subscription(
+            Float64MultiArray, f'{ns}/episode',
+            lambda m: self.episodes.append(messages.decode_episode_summary(m)), EPISODE_QOS)
         self.reset_client = self.node.create_client(Trigger, f'{ns}/mujoco_sim/reset')
         self.pause_client = self.node.create_client(SetBool, f'{ns}/mujoco_sim/set_pause')
         self.params_client = self.node.create_client(SetParameters,
@@ -160,6 +169,50 @@ def test_lockstep_equals_in_process_stepping(ros_context, ros_executor, lockstep
             np.testing.assert_array_equal(client.transitions[-1].observation, expected_obs)
             assert client.transitions[-1].reward == 0.0
     assert (True, False) in ends and (False, True) in ends, ends  # terminated and truncated
+
+
+def test_lockstep_episode_summaries_match_in_process_returns(ros_context, ros_executor,
+                                                            lockstep_sim):
+    """One ``episode`` summary per finished episode: its index, seed, return, length and end."""
+    client = SimClient(ros_context, ros_executor, f'sim_lockstep_p{PID}')
+    first = client.reset()  # episode 1, seed 7 + 1 (episode 0 is cut short: no summary)
+    env = make_env(TASK, max_episode_steps=8, normalized_actions=False)
+    rng = np.random.default_rng(1)
+    expected, episode = [], first.episode
+    env.reset(seed=7 + episode)
+    total, length = 0.0, 0
+    while len(expected) < 3:
+        action = rng.uniform(-3.0, 3.0, size=1)
+        client.send(action)
+        _, reward, terminated, truncated, _ = env.step(action)
+        total, length = total + reward, length + 1
+        if terminated or truncated:
+            expected.append(messages.EpisodeSummary(episode, 7 + episode, total, length,
+                                                    terminated))
+            episode, total, length = episode + 1, 0.0, 0
+            env.reset(seed=7 + episode)
+            assert client.wait_for(lambda t, e=episode: (t.episode, t.step) == (e, 0))
+        else:
+            assert client.wait_for(lambda t, e=episode, n=length: (t.episode, t.step) == (e, n))
+    assert spin_until(ros_executor, lambda: len(client.episodes) >= 3, 5.0)
+    assert client.episodes == expected
+
+
+def test_realtime_publishes_episode_summaries(ros_context, ros_executor):
+    # No command: zero controls; InvertedPendulum stays up for 5 steps, so each episode is
+    # truncated by the limit: return 5 (+1 per step alive), length 5, not terminated.
+    sim = RunningSim(f'sim_rt_episodes_p{PID}', task=TASK, mode='realtime', seed=3,
+                     max_episode_steps=5, realtime_factor=4.0)
+    try:
+        client = SimClient(ros_context, ros_executor, f'sim_rt_episodes_p{PID}', lockstep=False)
+        assert spin_until(ros_executor, lambda: len(client.episodes) >= 3, 10.0)
+        for summary in client.episodes:
+            assert summary.seed == 3 + summary.episode
+            assert (summary.episode_return, summary.length, summary.terminated) == (5.0, 5, False)
+        indices = [s.episode for s in client.episodes]
+        assert indices == list(range(indices[0], indices[0] + len(indices)))
+    finally:
+        sim.stop()
 
 
 def test_malformed_commands_are_rejected(ros_context, ros_executor, lockstep_sim):
