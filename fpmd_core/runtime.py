@@ -78,11 +78,30 @@ class _Policy:
             raise ObservationError("observation: contains NaN or Inf")
         return obs
 
+    def _takes_noise(self) -> bool:
+        return self.metadata["noise_input"]
+
+    def _noise(self, noise, batch: int) -> np.ndarray | None:
+        if noise is None:
+            return None
+        if not self._takes_noise():
+            raise ObservationError("noise: this policy was exported without a noise input")
+        arr = np.asarray(noise, dtype=np.float32)
+        dim = self.metadata["act_dim"]
+        if arr.ndim == 1 and batch == 1:
+            arr = arr[None]
+        if arr.shape != (batch, dim):
+            raise ObservationError(f"noise: expected shape ({dim},) or ({batch}, {dim}), "
+                                   f"got {np.shape(noise)}")
+        if not np.isfinite(arr).all():
+            raise ObservationError("noise: contains NaN or Inf")
+        return arr
+
     def __call__(self, observation, noise=None) -> np.ndarray:
         """Action(s) in env units; a single observation gives shape (act_dim,)."""
         single = np.ndim(observation) == 1
         obs = self._observation(observation)
-        actions = self._run(obs, noise)
+        actions = self._run(obs, self._noise(noise, len(obs)))
         return actions[0] if single else actions
 
 
@@ -164,6 +183,9 @@ class CheckpointPolicy(_Policy):
             f"checkpoint {self.path}")
         check_expected(self.metadata, f"checkpoint {self.path}", expected or {})
         self.model_hash = file_hash(self.path)
+
+    def _takes_noise(self) -> bool:
+        return True  # the torch deploy graph always has its optional noise argument
 
     def _run(self, obs: np.ndarray, noise) -> np.ndarray:
         import torch
