@@ -15,7 +15,7 @@ import torch
 from fpmd_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fpmd_core.config import make_config
 from fpmd_core.export import deploy_graph
-from fpmd_core.runtime import CheckpointPolicy, PolicyError
+from fpmd_core.runtime import CheckpointPolicy, ObservationError, PolicyError
 from fpmd_core.trainer import Trainer
 
 TASK = 'InvertedPendulum-v5'
@@ -90,6 +90,18 @@ def test_save_load_gives_the_same_deploy_action(uninterrupted):
     assert single.shape == (trainer.spec.act_dim,)
     assert policy.metadata['obs_dim'] == trainer.spec.obs_dim
     assert policy.metadata['env_steps'] == TOTAL
+
+
+def test_checkpoint_policy_validates_noise(uninterrupted):
+    _, result = uninterrupted
+    policy = CheckpointPolicy(result.checkpoint)
+    obs = np.zeros((2, 4), np.float32)
+    noisy = policy(obs, np.array([[0.8], [-0.8]], np.float32))
+    assert noisy.shape == (2, 1) and not np.allclose(noisy, policy(obs))
+    with pytest.raises(ObservationError, match='noise: contains NaN or Inf'):
+        policy(obs, np.array([[np.nan], [0.0]], np.float32))
+    with pytest.raises(ObservationError, match='noise: expected shape'):
+        policy(obs, np.zeros((2, 3), np.float32))
 
 
 @pytest.mark.parametrize('algo', ['fpmd_r', 'sac'])

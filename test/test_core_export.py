@@ -153,6 +153,30 @@ def test_non_finite_observation_is_refused(value, exported):
         OnnxPolicy(exported['fpmd_r'][2])(obs)
 
 
+@pytest.fixture(scope='module')
+def noisy_policy(spec, tmp_path_factory):
+    cfg, agent = build('fpmd_r', spec)
+    return OnnxPolicy(export_onnx(agent, spec, cfg, tmp_path_factory.mktemp('noisy') / 'p.onnx',
+                                  noise_input=True))
+
+
+@pytest.mark.parametrize(('noise', 'message'), [
+    (np.zeros((2, 2), np.float32), r'noise: expected shape \(1,\) or \(2, 1\)'),
+    (np.zeros((3, 1), np.float32), r'noise: expected shape \(1,\) or \(2, 1\)'),
+    (np.array([[0.0], [np.nan]], np.float32), 'noise: contains NaN or Inf'),
+    (np.array([[np.inf], [0.0]], np.float32), 'noise: contains NaN or Inf'),
+])
+def test_bad_noise_is_refused(noisy_policy, noise, message):
+    with pytest.raises(ObservationError, match=message):
+        noisy_policy(np.zeros((2, 4), np.float32), noise)
+
+
+def test_noise_for_a_policy_without_noise_input_is_refused(noisy_policy, exported):
+    assert noisy_policy(np.zeros(4, np.float32), np.zeros(1, np.float32)).shape == (1,)
+    with pytest.raises(ObservationError, match='exported without a noise input'):
+        OnnxPolicy(exported['fpmd_r'][2])(np.zeros(4, np.float32), np.zeros(1, np.float32))
+
+
 # --- OnnxPolicy file validation ------------------------------------------------------------
 
 def rewrite_metadata(src, dst, change) -> None:
