@@ -325,7 +325,7 @@ def validate(cfg: Config) -> None:
     for name, value, low in [
         ("task.num_envs", k.num_envs, 1), ("task.max_episode_steps", k.max_episode_steps, 0),
         ("agent.hidden", a.hidden, 1), ("agent.layers", a.layers, 1),
-        ("agent.batch_size", a.batch_size, 1), ("agent.actor_interval", a.actor_interval, 1),
+        ("agent.batch_size", a.batch_size, 2), ("agent.actor_interval", a.actor_interval, 1),
         ("agent.flow_steps", a.flow_steps, 1), ("agent.meanflow_steps", a.meanflow_steps, 1),
         ("agent.particles", a.particles, 1),
         ("agent.alpha_interval", a.alpha_interval, 1),
