@@ -128,6 +128,8 @@ def test_wrong_types_are_refused_not_coerced(key, value, message):
     ('agent.weight_form', 'other', "agent.weight_form: expected 'normalized' or 'released'"),
     ('trainer.device', 'tpu', 'trainer.device: expected auto, cpu or cuda'),
     ('agent.batch_size', 2_000_000, r'agent.batch_size: expected <= trainer.replay_size'),
+    # the running std of Q needs two samples: batch 1 made every FPMD actor loss NaN
+    ('agent.batch_size', 1, 'agent.batch_size: expected an integer >= 2, got 1'),
 ])
 def test_out_of_range_values_are_refused(key, value, message):
     with pytest.raises(ConfigError, match=message):
