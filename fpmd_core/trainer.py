@@ -254,8 +254,14 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {path}: {field} is {have!r}, "
                                       f"the run is configured with {want!r}")
         check_matches(payload, path, obs_dim=self.spec.obs_dim, act_dim=self.spec.act_dim)
-        self.agent.load_full_state(payload["agent"])
-        self.replay.load_state_dict(payload["replay"])
+        try:
+            self.agent.load_full_state(payload["agent"])
+            self.replay.load_state_dict(payload["replay"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            from .checkpoint import CheckpointError
+
+            raise CheckpointError(f"checkpoint {path}: does not fit the configured agent: "
+                                  f"{' '.join(str(err).split())}") from None
         self.env_steps = int(payload["counters"]["env_steps"])
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"].cpu())
