@@ -190,6 +190,16 @@ def test_resume_from_a_mismatched_checkpoint_names_the_field(uninterrupted, tmp_
         Trainer(cfg, resume=result.checkpoint)
 
 
+def test_resume_with_a_structurally_different_agent_is_a_checkpoint_error(tmp_path):
+    """Fields outside the compared list can still change tensor shapes (DPMD's step count is
+    the size of its alpha_bar buffer): the error is a CheckpointError naming the tensor."""
+    first = Trainer(tiny_config(tmp_path / 'a', 'dpmd', **{'trainer.total_steps': 60}))
+    result = first.run()
+    cfg = tiny_config(tmp_path / 'b', 'dpmd', **{'agent.diffusion_steps': 6})
+    with pytest.raises(CheckpointError, match=r'does not fit the configured agent.*alpha_bars'):
+        Trainer(cfg, resume=result.checkpoint)
+
+
 def test_checkpoint_policy_checks_expected_fields(uninterrupted):
     _, result = uninterrupted
     with pytest.raises(PolicyError, match='obs_dim is 4 in the model, expected 5'):
