@@ -12,7 +12,8 @@ Lifecycle
         (observation size, action bounds and actuators, joint names, control rate, task), warm it
         up, create the topics. Any problem -> FAILURE with one logged line naming the parameter
         or file and what was expected (also kept in :attr:`PolicyController.failure_reason`).
-    inactive --activate--> active: start the control timer (steady clock) at ``control_rate_hz``.
+    inactive --activate--> active: start the control timer (steady clock) at ``control_rate_hz``
+        (with ``trigger`` = ``observation``: the staleness watchdog, see below).
     active --deactivate--> inactive: publish the safe action once, stop the timer.
     cleanup / shutdown / error: release the policy, timers and topics (a shutdown from active
         publishes the safe action first).
@@ -42,10 +43,13 @@ are read by configure; a change at any other time is refused with that reason)
         HalfCheetah/Hopper/Walker2d, whose observation omits the x position. Unset: none.
     ``expected_task`` (str) [unconfigured]     if set, the model's task must equal it.
     ``inference_threads`` (int 1..64) [unconfigured]  onnxruntime / torch intra-op threads.
+    ``trigger`` (str, ``timer``) [unconfigured]  when a control step runs (see below):
+        ``timer`` (each tick of the control timer) or ``observation`` (on each input message).
     ``autostart`` (bool, read-only, false)     ``main()`` configures and activates the node at
         once (for runs without a lifecycle manager or launch file).
     Defaults not given above: ``policy`` '', ``observation_mode`` observation,
-    ``control_rate_hz`` 0, ``max_action_delta`` 0, ``expected_task`` '', ``inference_threads`` 1.
+    ``control_rate_hz`` 0, ``max_action_delta`` 0, ``expected_task`` '', ``inference_threads`` 1,
+    ``trigger`` timer.
     Unset array parameters are left out (an empty list would be typed as a byte array by rclpy).
 
 Observation from ``joint_states`` (sensor_msgs/JointState), mapped by name
@@ -79,11 +83,28 @@ ros2_control ``forward_command_controller``'s ``~/commands``)
         for the first input, after a recovered trouble within the last period, or below 80 % of
         the target rate; OK otherwise (and while inactive).
 
-Each tick (steady-clock timer)
+Each control step
     1. input freshness (``state_timeout_s``); 2. the observation from the newest message
     (size / layout / joint names / NaN-Inf checked); 3. one inference (only when a new message
     has arrived since the last one; otherwise the previous result is reused); 4. clip to the
     action bounds; 5. rate limit against the last published command; 6. publish.
+
+When a control step runs (``trigger``)
+    ``timer`` (default): on every tick of the steady-clock control timer, whether or not a new
+        input has arrived; the loop runs at ``control_rate_hz`` independently of the sensor.
+        Not synchronised with the plant, it adds 0..1 control period of delay between an
+        observation and the command computed from it (the plant holds the previous command
+        meanwhile), and when the plant steps at the same rate the phase between the two clocks
+        decides, step by step, whether a command is one period late.
+    ``observation``: on the arrival of every input message (``observation`` or
+        ``joint_states``), so the command for state x_t is published about one inference after
+        x_t arrives: the plant (a sampled-data system such as mujoco_sim in realtime mode or a
+        ros2_control loop publishing joint_states) gets the command for its newest state before
+        its next step, as in training. The control timer still runs at ``control_rate_hz`` as a
+        staleness watchdog: a tick publishes (the safe action) only while there is no input yet
+        or the newest input is stale; while input is fresh the timer publishes nothing. The
+        achieved rate is then the input rate. Use it when the sensor stream runs at (or near)
+        the model's control rate; ``deploy`` runs it this way (see the README).
     No input yet, stale input, a malformed message, an inference exception or a non-finite result
     publishes the safe action instead: ``zero`` (zeros, clipped into the bounds), ``hold`` (the
     last published command; zero if none yet) or ``default`` (``default_action``). Entering and
@@ -133,6 +154,7 @@ from fpmd_ros import messages
 NODE_NAME = 'policy_controller'
 OBSERVATION_MODES = ('observation', 'joint_states', 'image')
 SAFE_ACTIONS = ('zero', 'hold', 'default')
+TRIGGERS = ('timer', 'observation')
 MAX_RATE_HZ = 2000.0
 RATE_TOLERANCE = 0.01  # a control rate up to 1 % below the model's still counts as the same
 WARMUP_INFERENCES = 10
@@ -238,13 +260,18 @@ PARAMETERS = {
     'inference_threads': (1, _descriptor(
         'Intra-op threads of onnxruntime (or torch for a checkpoint).',
         ParameterType.PARAMETER_INTEGER, int_range=(1, 64), constraints=_UNCONFIGURED_ONLY)),
+    'trigger': ('timer', _descriptor(
+        'When a control step runs: timer (every control_rate_hz tick) or observation (on each '
+        'input message; the timer then only publishes the safe action for missing or stale '
+        'input).', ParameterType.PARAMETER_STRING,
+        constraints='one of: ' + ', '.join(TRIGGERS) + '; ' + _UNCONFIGURED_ONLY)),
     'autostart': (False, _descriptor(
         'main() configures and activates the node right away (no lifecycle manager needed).',
         ParameterType.PARAMETER_BOOL, read_only=True)),
 }
 CONFIGURE_PARAMETERS = frozenset({'policy', 'observation_mode', 'joint_names',
                                   'exclude_joint_positions', 'expected_task',
-                                  'inference_threads'})
+                                  'inference_threads', 'trigger'})
 
 
 def check_parameter(name: str, value) -> str | None:
@@ -253,6 +280,8 @@ def check_parameter(name: str, value) -> str | None:
     if name == 'observation_mode' and value not in OBSERVATION_MODES:
         return (f"parameter 'observation_mode' is {value!r}; expected one of: "
                 f"{', '.join(OBSERVATION_MODES)}")
+    if name == 'trigger' and value not in TRIGGERS:
+        return f"parameter 'trigger' is {value!r}; expected one of: {', '.join(TRIGGERS)}"
     if name == 'safe_action' and value not in SAFE_ACTIONS:
         return f"parameter 'safe_action' is {value!r}; expected one of: {', '.join(SAFE_ACTIONS)}"
     if name == 'control_rate_hz' and value is not None and 0.0 < value < 1.0:
@@ -603,6 +632,7 @@ class PolicyController(LifecycleNode):
         self._diagnostics_timer = None
         self.safety = SafetyMonitor()
         self.rate_hz = 0.0
+        self.trigger = 'timer'
         self.last_command: np.ndarray | None = None
         self._latest_msg = None
         self._latest_ns = 0
@@ -703,6 +733,7 @@ class PolicyController(LifecycleNode):
         self.policy = load_checked_policy(path, str(self._param('expected_task')), threads)
         self.meta = meta = self.policy.metadata
         self.rate_hz = resolve_rate(self._param('control_rate_hz'), meta)
+        self.trigger = self._param('trigger')
         self._read_runtime_parameters()
         mode = self._param('observation_mode')
         self._input = make_input(mode, meta, self._param('joint_names'),
@@ -734,7 +765,8 @@ class PolicyController(LifecycleNode):
             f"actions {meta['act_dim']} ({', '.join(self.actuator_names)}); "
             f'{self.rate_hz:g} Hz' + ('' if abs(self.rate_hz - model_rate) < 1e-6 * model_rate
                                       else f" (model: {model_rate:g} Hz)")
-            + f', safe action {self.safe_kind}, state timeout {self.state_timeout_ns / 1e9:g} s')
+            + f', trigger {self.trigger}, safe action {self.safe_kind}, state timeout '
+            f'{self.state_timeout_ns / 1e9:g} s')
 
     def _warm_up(self) -> None:
         obs = np.zeros(self.meta['obs_dim'], dtype=np.float32)
@@ -754,7 +786,10 @@ class PolicyController(LifecycleNode):
         self._active_since_ns = now
         self._control_timer = self.create_timer(1.0 / self.rate_hz, self._on_tick,
                                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.get_logger().info(f'active: controlling at {self.rate_hz:g} Hz')
+        self.get_logger().info(
+            f'active: controlling at {self.rate_hz:g} Hz' if self.trigger == 'timer' else
+            f'active: controlling on each {self._input.topic} message (watchdog at '
+            f'{self.rate_hz:g} Hz)')
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -796,6 +831,8 @@ class PolicyController(LifecycleNode):
     def _on_input(self, msg) -> None:
         self._latest_msg, self._latest_ns = msg, time.monotonic_ns()
         self._latest_seq += 1
+        if self.trigger == 'observation' and self._control_timer is not None:
+            self._control_step(self._latest_ns)
 
     def input_age_s(self, now_ns: int | None = None) -> float | None:
         if self._latest_msg is None:
@@ -846,6 +883,12 @@ class PolicyController(LifecycleNode):
 
     def _on_tick(self) -> None:
         now = time.monotonic_ns()
+        if (self.trigger == 'observation' and self._latest_msg is not None
+                and now - self._latest_ns <= self.state_timeout_ns):
+            return  # fresh input: its arrival ran the control step; the watchdog stays quiet
+        self._control_step(now)
+
+    def _control_step(self, now: int) -> None:
         self._window_ticks += 1
         try:
             state, reason, action = self._evaluate(now)
@@ -929,6 +972,7 @@ class PolicyController(LifecycleNode):
             'task': self.meta.get('task', ''),
             'observation_mode': str(self._param('observation_mode')),
             'safe_action': getattr(self, 'safe_kind', ''),
+            'trigger': self.trigger,
             'commands_published': self.commands_published,
             'inferences': self.inferences,
             'trouble_episodes': self.safety.trouble_episodes,

@@ -661,6 +661,64 @@ def test_max_action_delta_limits_each_tick(make_controller, policy_path, referen
     assert np.linalg.norm(last - want) < np.linalg.norm(want)
 
 
+def test_observation_trigger_publishes_one_command_per_input(make_controller, policy_path,
+                                                            reference):
+    """trigger=observation: each input message gives one command computed from it, at once;
+    while the input is fresh the timer publishes nothing; when it goes stale the timer (the
+    watchdog) publishes the safe action."""
+    timeout_s = 0.6
+    node, probe = active(make_controller, policy_path, trigger='observation',
+                         safe_action='default', default_action=DEFAULT_ACTION,
+                         state_timeout_s=timeout_s)
+    # No input yet: the watchdog publishes the safe action at the control rate.
+    assert probe.spin_until(lambda: len(probe.commands) >= 3)
+    assert all(np.array_equal(c, DEFAULT_ACTION) for _, c in probe.commands)
+    assert node.safety.state is Safety.WAITING
+    for values in (obs_a(), obs_b(), obs_a()):
+        want = expected_action(reference, values)
+        count = len(probe.commands)
+        probe.publish_obs(values)()
+        # The command for this observation arrives (a watchdog tick may come first while the
+        # message is in flight)...
+        assert probe.spin_until(lambda c=count, w=want: any(
+            np.allclose(command, w, atol=1e-6) for _, command in probe.commands[c:]))
+        # ... and, the input being fresh, nothing more until the next message.
+        count = len(probe.commands)
+        probe.spin(0.2)
+        assert len(probe.commands) == count, probe.commands[count:]
+        assert np.allclose(probe.commands[-1][1], want, atol=1e-6)
+    assert node.safety.state is Safety.OK
+    # Stale: the watchdog publishes the safe action again, diagnostics ERROR.
+    assert probe.spin_until(lambda: node.safety.state is Safety.STALE, 5.0)
+    t_stale = time.monotonic()
+    assert probe.spin_until(lambda: len(probe.commands_since(t_stale)) >= 3)
+    assert all(np.array_equal(c, DEFAULT_ACTION) for c in probe.commands_since(t_stale))
+    assert probe.spin_until(lambda: any(level == 2 and values['safety_state'] == 'stale'
+                                        and values['trigger'] == 'observation'
+                                        for level, _, values in probe.diagnostics), 5.0)
+    # A malformed message is answered at once with the safe action, and recovery as well.
+    feed = probe.publish_obs(obs_b())
+    assert probe.spin_until(lambda: np.allclose(probe.commands[-1][1],
+                                                expected_action(reference, obs_b()),
+                                                atol=1e-6), feed=feed)
+    probe.publish_obs(np.zeros(7, np.float32), segments=None)()
+    assert probe.spin_until(lambda: node.safety.state is Safety.MALFORMED
+                            and np.array_equal(probe.commands[-1][1], DEFAULT_ACTION))
+    count = len(probe.commands)
+    probe.spin(0.2)  # a fresh (if malformed) message: the watchdog stays quiet
+    assert len(probe.commands) == count
+    assert all(np.isfinite(c).all() for _, c in probe.commands)
+
+
+def test_trigger_parameter_is_checked(make_controller, policy_path):
+    assert "'trigger' is 'sometimes'" in check_parameter('trigger', 'sometimes')
+    with pytest.raises(ControllerParameterError, match="expected one of: timer, observation"):
+        make_controller(policy=policy_path, trigger='sometimes')
+    node, _ = configured(make_controller, policy_path, trigger='observation')
+    result = node.set_parameters([Parameter('trigger', value='timer')])[0]
+    assert not result.successful and 'only change while the node is unconfigured' in result.reason
+
+
 # --- the console script -------------------------------------------------------------------------
 
 def test_main_autostarts_and_stops_with_the_safe_action(policy_path, reference, ros_context,
