@@ -37,6 +37,7 @@ SEED_STRIDE = 1_000_000
 MAX_SEED = 2**31 - 1
 SIM_RESPAWN_DELAY_S = 1.0
 OBSERVATION_MODES = ('observation', 'joint_states', 'image')
+TRIGGERS = ('timer', 'observation')  # policy_controller's `trigger` (checked there too)
 ALGORITHMS = ('fpmd_r', 'fpmd_m', 'dpmd', 'sac')  # fpmd_core.config.ALGORITHMS (checked there too)
 
 _NAME = r'[A-Za-z_][A-Za-z0-9_]*'
@@ -147,6 +148,11 @@ DEPLOY_ARGUMENTS = (
         'joint_states mapped by joint name, or camera images.')),
     LaunchArgument('control_rate_hz', '0.0', (
         'Control rate in Hz; 0: from the policy metadata (1 / control_period_s).')),
+    LaunchArgument('trigger', '', (
+        'When the controller computes a command: timer (every control_rate_hz tick) or '
+        'observation (on each input message, the timer only as the staleness watchdog); empty: '
+        'observation with sim:=true (the sim publishes one observation per step, and a timer '
+        'not synchronised with it would add up to one period of delay), timer otherwise.')),
     LaunchArgument('sim', 'false', (
         'true: also start a mujoco_sim in realtime mode running the policy\'s task, wired to the '
         'controller (a deployment rehearsal); false: drive whatever listens on command_topic.')),
@@ -409,6 +415,8 @@ def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
     observation_mode = _choice(values, 'observation_mode', OBSERVATION_MODES)
     control_rate_hz = _float(values, 'control_rate_hz', 0.0, inclusive=True)
     sim = _bool(values, 'sim')
+    trigger = (_choice(values, 'trigger', TRIGGERS) if _text(values, 'trigger')
+               else 'observation' if sim else 'timer')
     command_topic = _text(values, 'command_topic')
     if not _TOPIC.match(command_topic):
         raise GraphArgumentError('command_topic', f'{command_topic!r}; expected a ROS topic '
@@ -432,6 +440,7 @@ def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
         'policy': policy,
         'observation_mode': observation_mode,
         'control_rate_hz': control_rate_hz,
+        'trigger': trigger,
         'use_sim_time': use_sim_time,
     }, remappings=list(remap_commands), lifecycle=True))
     return nodes

@@ -279,7 +279,8 @@ def test_deploy_launch_defaults(fake_launch, policy_file, tmp_path, monkeypatch)
     assert controller.lifecycle and not controller.ends_launch
     assert controller.parameters == {
         'policy': str(tmp_path / 'runs' / 'fpmd' / 'policy.onnx'),
-        'observation_mode': 'observation', 'control_rate_hz': 0.0, 'use_sim_time': False}
+        'observation_mode': 'observation', 'control_rate_hz': 0.0, 'trigger': 'timer',
+        'use_sim_time': False}
     assert isinstance(controller.parameters['control_rate_hz'], float)
     assert controller.remappings == [('commands', 'commands')]
 
@@ -298,8 +299,20 @@ def test_deploy_launch_with_sim(fake_launch, policy_file):
     assert isinstance(controller.parameters['control_rate_hz'], float)
     assert controller.parameters['use_sim_time'] is True
     assert controller.parameters['observation_mode'] == 'joint_states'
+    # With the sim, the controller steps on each of its observations (no timer phase delay).
+    assert controller.parameters['trigger'] == 'observation'
     # The controller's commands reach the sim on the chosen topic.
     assert controller.remappings == sim.remappings == [('commands', '/robot/commands')]
+
+
+def test_deploy_trigger_argument(policy_file):
+    def trigger(**args):
+        specs = deploy_graph({'policy': str(policy_file), **args})
+        return specs[-1].parameters['trigger']
+
+    assert (trigger(), trigger(sim='true')) == ('timer', 'observation')
+    assert trigger(sim='true', trigger='timer') == 'timer'
+    assert trigger(trigger='observation') == 'observation'
 
 
 # --- the specs' parameters exist in the nodes, with the same types ------------------------------
@@ -375,6 +388,7 @@ def test_train_sim_config_errors_name_the_field(tmp_path):
     ({'control_rate_hz': '-1'}, 'control_rate_hz', 'expected a number >= 0'),
     ({'control_rate_hz': 'nan'}, 'control_rate_hz', 'expected a number >= 0'),
     ({'sim': 'maybe'}, 'sim', 'expected true or false'),
+    ({'trigger': 'often'}, 'trigger', 'expected one of: timer, observation'),
     ({'use_sim_time': '2'}, 'use_sim_time', 'expected true or false'),
     ({'command_topic': 'bad topic'}, 'command_topic', 'expected a ROS topic name'),
     ({'namespace': 'a//b'}, 'namespace', 'expected a ROS namespace'),
