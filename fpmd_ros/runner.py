@@ -153,7 +153,7 @@ class _LifecycleDriver:
 
         self._rclpy = rclpy
         self.context = Context()
-        rclpy.init(context=self.context)  # not the default context: no signal handlers
+        rclpy.init(args=[], context=self.context)  # not the default context: no signal handlers
         self.node = rclpy.create_node(f'fpmd_runner_{os.getpid()}', context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
