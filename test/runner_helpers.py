@@ -32,12 +32,15 @@ def runner_environment() -> dict:
 
 
 class RunnerProcess:
-    """``python -m fpmd_ros.runner <graph> <args>`` with its output collected line by line."""
+    """``python -m fpmd_ros.runner <graph> <args>`` with its output collected line by line
+    (``module``: another command of the package, e.g. ``fpmd_ros.rehearsal``, given ``args``
+    only when ``graph`` is None)."""
 
-    def __init__(self, graph: str, *args: str):
+    def __init__(self, graph: str | None, *args: str, module: str = 'fpmd_ros.runner'):
         self.started = time.monotonic()
+        command = [graph, *args] if graph is not None else list(args)
         self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'fpmd_ros.runner', graph, *args], cwd=REPO_ROOT,
+            [sys.executable, '-m', module, *command], cwd=REPO_ROOT,
             env=runner_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: list[str] = []

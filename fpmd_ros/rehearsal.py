@@ -1,0 +1,497 @@
+"""Deployment rehearsal: the exported policy drives the realtime sim, scored against in-process.
+
+    python -m fpmd_ros.rehearsal [policy:=runs/fpmd/policy.onnx] [episodes:=3] [name:=value ...]
+    ./fpmd deploy [name:=value ...]                      # the same command
+    python -m fpmd_ros.rehearsal --show-args             # the arguments and their defaults
+
+1. Starts the ``deploy`` graph with ``sim:=true`` (:func:`fpmd_ros.graph.deploy_graph`, run by the
+   project runner :class:`fpmd_ros.runner.Runner`, exactly as ``python -m fpmd_ros.runner deploy``
+   would): the ``policy_controller`` lifecycle node, configured and activated, and a realtime
+   ``mujoco_sim`` of the policy's task, talking over Fast DDS.
+2. Waits until the controller is active and receiving observations (its ``/diagnostics``), then
+   calls the sim's ``~/reset``, so every scored episode is driven by the policy from its first
+   step (the sim's episode 0 started before the controller was active). The reply names the
+   first scored episode k and its seed (the sim's rule: episode k is reset with ``seed + k``).
+3. Collects the sim's ``episode`` summaries (return, length, seed) of ``episodes`` episodes and
+   the controller's achieved control rate from ``/diagnostics``, then stops the graph (the
+   controller first: it publishes its safe action; then the sim).
+4. Evaluates the same policy in-process, in deploy mode: :func:`fpmd_core.runtime.load_policy`
+   stepping ``make_env(task, max_episode_steps, normalized_actions=False)``, reset with the same
+   seeds as the scored sim episodes, the action clipped to the bounds as the controller does.
+5. Prints the achieved control rate against its target, the closed-loop and in-process returns
+   (mean ± std and per episode) and their ratio.
+
+Exit codes: 0 the closed-loop mean return is at least ``min_ratio`` (0.9) of the in-process one
+(for a non-positive in-process return: at most ``1 - min_ratio`` of its magnitude below it);
+1 it is not (the reason is printed); 2 invalid arguments; 3 the rehearsal could not run (a node
+failed, or no episodes within ``timeout_s``); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fpmd_ros.graph import (
+    CONTROLLER_EXECUTABLE,
+    DEPLOY_ARGUMENTS,
+    MAX_SEED,
+    SIM_EXECUTABLE,
+    GraphArgumentError,
+    LaunchArgument,
+    _float,
+    _int,
+    _with_defaults,
+    deploy_graph,
+)
+
+PROGRAM = 'fpmd rehearsal'
+START_TIMEOUT_S = 180.0  # process start-up, imports, policy loading and activation (loaded host)
+EXIT_BELOW, EXIT_ARGUMENTS, EXIT_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
+POLL_S = 0.05
+_RESET_REPLY = re.compile(r'episode (\d+) seed (\d+)')
+
+REHEARSAL_ARGUMENTS = (
+    *(row for row in DEPLOY_ARGUMENTS if row.name != 'sim'),
+    LaunchArgument('episodes', '3', (
+        'Closed-loop episodes to score (each also evaluated in-process with the same seed).')),
+    LaunchArgument('realtime_factor', '1.0', (
+        'Sim seconds per wall-clock second of the realtime sim (1: real time).')),
+    LaunchArgument('seed', '0', (
+        'The sim\'s seed: its episode k is reset with seed + k (the in-process evaluation uses '
+        'the seeds of the scored episodes).')),
+    LaunchArgument('max_episode_steps', '0', (
+        'Episode length limit in env steps, in the sim and in-process; 0: the task\'s own.')),
+    LaunchArgument('min_ratio', '0.9', (
+        'Pass if the closed-loop mean return is at least this fraction of the in-process one.')),
+    LaunchArgument('timeout_s', '0', (
+        'Wall-clock limit for the scored episodes; 0: twice their longest possible duration '
+        '(episodes x max_episode_steps x control period / realtime_factor) plus 60 s.')),
+)
+_REHEARSAL_ONLY = ('episodes', 'realtime_factor', 'seed', 'max_episode_steps', 'min_ratio',
+                   'timeout_s')
+
+
+class RehearsalError(RuntimeError):
+    """The rehearsal could not run to the end; the message says why."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated rehearsal: the deploy graph's nodes and what to score."""
+
+    specs: list
+    policy: str
+    task: str
+    episodes: int
+    realtime_factor: float
+    seed: int
+    max_episode_steps: int
+    min_ratio: float
+    timeout_s: float
+    model_rate_hz: float
+    trigger: str
+
+    @property
+    def sim(self):
+        return next(s for s in self.specs if s.executable == SIM_EXECUTABLE)
+
+    @property
+    def controller(self):
+        return next(s for s in self.specs if s.executable == CONTROLLER_EXECUTABLE)
+
+
+@dataclass(frozen=True)
+class Episode:
+    seed: int
+    episode_return: float
+    length: int
+    terminated: bool
+
+
+def make_plan(args: dict[str, Any]) -> Plan:
+    """The deploy graph (sim:=true) for ``args`` with the rehearsal's sim settings, or
+    GraphArgumentError naming the argument."""
+    from fpmd_core.runtime import load_policy
+    from fpmd_core.tasks import make_env, task_spec
+
+    values = _with_defaults(args, REHEARSAL_ARGUMENTS)
+    episodes = _int(values, 'episodes', 1, 10_000)
+    realtime_factor = _float(values, 'realtime_factor', 0.0, inclusive=False)
+    if not 0.01 <= realtime_factor <= 100.0:
+        raise GraphArgumentError('realtime_factor', f'{realtime_factor:g}; expected a number '
+                                 'from 0.01 to 100')
+    seed = _int(values, 'seed', 0, MAX_SEED)
+    max_episode_steps = _int(values, 'max_episode_steps', 0, 10**9)
+    min_ratio = _float(values, 'min_ratio', 0.0, inclusive=True)
+    timeout_s = _float(values, 'timeout_s', 0.0, inclusive=True)
+    deploy_args = {k: v for k, v in values.items() if k not in _REHEARSAL_ONLY}
+    specs = deploy_graph({**deploy_args, 'sim': 'true'})  # checks the policy and its task
+    controller = next(s for s in specs if s.executable == CONTROLLER_EXECUTABLE)
+    policy = controller.parameters['policy']
+    meta = load_policy(policy).metadata
+    task = str(meta['task'])
+    model_rate_hz = 1.0 / float(meta['control_period_s'])
+    trigger = controller.parameters['trigger']
+    if trigger == 'timer' and not controller.parameters['control_rate_hz']:
+        # A timer loop must keep up with a sim that runs faster than real time.
+        controller.parameters['control_rate_hz'] = model_rate_hz * max(1.0, realtime_factor)
+    env = make_env(task, max_episode_steps, normalized_actions=False)
+    limit = task_spec(env, task).max_episode_steps
+    env.close()
+    if not timeout_s:
+        timeout_s = 2.0 * episodes * limit / model_rate_hz / realtime_factor + 60.0
+    sim = next(s for s in specs if s.executable == SIM_EXECUTABLE)
+    sim.parameters.update({'realtime_factor': realtime_factor, 'seed': seed,
+                           'max_episode_steps': max_episode_steps})
+    return Plan(specs, policy, task, episodes, realtime_factor, seed, max_episode_steps,
+                min_ratio, timeout_s, model_rate_hz, trigger)
+
+
+# --- in-process deploy-mode evaluation -----------------------------------------------------------
+
+def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0) -> list[Episode]:
+    """``policy`` (env units) stepping the task in-process, one episode per seed, the action
+    clipped to the bounds as ``policy_controller`` does."""
+    from fpmd_core.tasks import make_env
+
+    low = np.asarray(policy.metadata['action_low'], dtype=np.float64)
+    high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
+    env = make_env(task, max_episode_steps, normalized_actions=False)
+    results = []
+    try:
+        for seed in seeds:
+            observation, _ = env.reset(seed=int(seed))
+            total, length, terminated, truncated = 0.0, 0, False, False
+            while not (terminated or truncated):
+                action = np.clip(np.asarray(policy(observation), dtype=np.float64), low, high)
+                observation, reward, terminated, truncated, _ = env.step(action)
+                total, length = total + float(reward), length + 1
+            results.append(Episode(int(seed), total, length, bool(terminated)))
+    finally:
+        env.close()
+    return results
+
+
+# --- watching the graph over ROS -----------------------------------------------------------------
+
+class _Watcher:
+    """The rehearsal's own DDS participant: episode summaries, controller diagnostics, the
+    sim's reset service."""
+
+    def __init__(self, plan: Plan):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import Float64MultiArray
+        from std_srvs.srv import Trigger
+
+        from fpmd_ros.controller_node import DIAGNOSTICS_QOS
+        from fpmd_ros.sim_node import EPISODE_QOS
+
+        self._rclpy = rclpy
+        self.context = Context()
+        rclpy.init(args=[], context=self.context)  # not the default context: no signal handlers
+        self.node = rclpy.create_node(f'fpmd_rehearsal_{os.getpid()}', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.status_name = f'{plan.controller.fully_qualified_name}: control loop'
+        self.summaries: list = []
+        self.diagnostics: list[tuple[float, dict[str, str]]] = []  # (monotonic, values)
+        self.rejected: list[str] = []
+        self.node.create_subscription(Float64MultiArray,
+                                      f'{plan.sim.fully_qualified_name.rsplit("/", 1)[0]}/episode',
+                                      self._on_episode, EPISODE_QOS)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                      DIAGNOSTICS_QOS)
+        self.reset_client = self.node.create_client(
+            Trigger, f'{plan.sim.fully_qualified_name}/reset')
+        self._trigger = Trigger
+
+    def _on_episode(self, msg) -> None:
+        from fpmd_ros import messages
+
+        try:
+            self.summaries.append((time.monotonic(), messages.decode_episode_summary(msg)))
+        except ValueError as error:
+            self.rejected.append(str(error))
+
+    def _on_diagnostics(self, msg) -> None:
+        from fpmd_ros import messages
+
+        for status in msg.status:
+            if status.name == self.status_name:
+                self.diagnostics.append((time.monotonic(), messages.diagnostic_values(status)))
+
+    def spin(self, seconds: float = POLL_S) -> None:
+        self.executor.spin_once(timeout_sec=seconds)
+
+    def latest_status(self) -> dict[str, str] | None:
+        return self.diagnostics[-1][1] if self.diagnostics else None
+
+    def reset(self, deadline: float, keep_going) -> tuple[int, int]:
+        """Calls the sim's ``~/reset``: (episode index, seed) of the episode it started."""
+        while not self.reset_client.service_is_ready():
+            keep_going()
+            if time.monotonic() > deadline:
+                raise RehearsalError(f'service {self.reset_client.service_name} did not appear')
+            self.spin()
+        future = self.reset_client.call_async(self._trigger.Request())
+        while not future.done():
+            keep_going()
+            if time.monotonic() > deadline:
+                future.cancel()
+                raise RehearsalError(f'{self.reset_client.service_name} did not answer')
+            self.spin()
+        reply = future.result()
+        match = _RESET_REPLY.search(reply.message or '')
+        if not reply.success or not match:
+            raise RehearsalError(f'{self.reset_client.service_name} failed: {reply.message!r}')
+        return int(match.group(1)), int(match.group(2))
+
+    def close(self) -> None:
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+        self.executor.shutdown(timeout_sec=1.0)
+        if self.context.ok():
+            self._rclpy.shutdown(context=self.context)
+
+
+@dataclass(frozen=True)
+class ClosedLoop:
+    episodes: list[Episode]
+    first_episode: int
+    wall_s: float
+    achieved_rate_hz: float  # mean over the controller's diagnostics windows while scoring
+    min_rate_hz: float
+    target_rate_hz: float  # the controller's control_rate_hz (the watchdog's, for observation)
+    rate_windows: int
+    trouble_episodes: int  # times the controller fell back to its safe action while scoring
+
+
+def _float_value(values: dict[str, str], key: str) -> float:
+    try:
+        return float(values.get(key, 'nan'))
+    except ValueError:
+        return math.nan
+
+
+def run_closed_loop(plan: Plan, log=print) -> ClosedLoop:
+    """Runs the deploy graph until ``plan.episodes`` episodes are scored; always stops it."""
+    from fpmd_ros.runner import Runner
+
+    runner = Runner(plan.specs)
+    exit_codes: list[int] = []
+    thread = threading.Thread(target=lambda: exit_codes.append(runner.run()),
+                              name='deploy graph', daemon=True)
+    watcher = _Watcher(plan)
+    thread.start()
+
+    def keep_going() -> None:
+        if not thread.is_alive():
+            code = exit_codes[0] if exit_codes else '?'
+            raise RehearsalError(f'the deploy graph stopped (exit code {code}); see the node '
+                                 'log above')
+
+    try:
+        # 1. The controller is active and controls on the sim's observations.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            keep_going()
+            status = watcher.latest_status()
+            if status and status.get('lifecycle_state') == 'active' and \
+                    status.get('safety_state') == 'ok':
+                break
+            if time.monotonic() > deadline:
+                state = ('no diagnostics from the controller' if status is None else
+                         f"controller {status.get('lifecycle_state')}, safety "
+                         f"{status.get('safety_state')}: {status.get('safety_reason')}")
+                raise RehearsalError(f'the controller was not controlling the sim after '
+                                     f'{START_TIMEOUT_S:g} s ({state})')
+            watcher.spin()
+        # 2. A fresh episode, driven by the policy from its first step.
+        first, first_seed = watcher.reset(time.monotonic() + 30.0, keep_going)
+        started = time.monotonic()
+        trouble_before = int(_float_value(watcher.latest_status(), 'trouble_episodes'))
+        log(f'{PROGRAM}: controller active; scoring sim episodes {first}..'
+            f'{first + plan.episodes - 1} (seeds {first_seed}..{first_seed + plan.episodes - 1})'
+            f', at most {plan.timeout_s:.0f} s')
+        # 3. The scored episodes.
+        deadline = started + plan.timeout_s
+
+        def scored():
+            return [s for _, s in watcher.summaries if s.episode >= first]
+
+        while len(scored()) < plan.episodes:
+            keep_going()
+            if time.monotonic() > deadline:
+                raise RehearsalError(f'{len(scored())} of {plan.episodes} episodes ended within '
+                                     f'timeout_s = {plan.timeout_s:g} s')
+            watcher.spin()
+        finished = max(t for t, s in watcher.summaries if s.episode >= first)
+        summaries = sorted(scored(), key=lambda s: s.episode)[:plan.episodes]
+        windows = [values for t, values in watcher.diagnostics if started < t <= finished + 0.5]
+        if not windows:  # episodes shorter than one diagnostics period: the nearest window
+            windows = [min(watcher.diagnostics, key=lambda d: abs(d[0] - finished))[1]]
+        rates = [_float_value(v, 'achieved_rate_hz') for v in windows]
+        trouble = int(_float_value(windows[-1], 'trouble_episodes')) - trouble_before
+        return ClosedLoop(
+            episodes=[Episode(s.seed, s.episode_return, s.length, s.terminated)
+                      for s in summaries],
+            first_episode=first, wall_s=finished - started,
+            achieved_rate_hz=float(np.mean(rates)), min_rate_hz=float(np.min(rates)),
+            target_rate_hz=_float_value(windows[-1], 'target_rate_hz'),
+            rate_windows=len(rates), trouble_episodes=max(trouble, 0))
+    finally:
+        runner.request_stop()
+        thread.join(timeout=2 * (runner.stop_timeout_s + runner.kill_timeout_s) + 10.0)
+        watcher.close()
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def _mean_std(episodes: list[Episode]) -> tuple[float, float]:
+    returns = np.array([e.episode_return for e in episodes], dtype=np.float64)
+    return float(returns.mean()), float(returns.std())
+
+
+def passes(closed_loop: float, in_process: float, min_ratio: float) -> bool:
+    """closed_loop >= min_ratio x in_process, generalised to non-positive returns: at most
+    (1 - min_ratio) x |in_process| below it."""
+    return closed_loop >= in_process - (1.0 - min_ratio) * abs(in_process)
+
+
+def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: str,
+           algorithm: str) -> tuple[str, bool]:
+    """The printed report and whether the closed loop passes."""
+    closed_mean, closed_std = _mean_std(loop.episodes)
+    ref_mean, ref_std = _mean_std(reference)
+    ok = passes(closed_mean, ref_mean, plan.min_ratio)
+    steps = sum(e.length for e in loop.episodes)
+    sim_rate = plan.model_rate_hz * plan.realtime_factor
+    if plan.trigger == 'observation':
+        target = (f'target {sim_rate:g} Hz: trigger observation, one command per sim step; '
+                  f'watchdog at {loop.target_rate_hz:g} Hz')
+        target_hz = sim_rate
+    else:
+        target = f'target {loop.target_rate_hz:g} Hz: trigger timer'
+        target_hz = loop.target_rate_hz
+
+    def returns(episodes):
+        return ', '.join(f'{e.episode_return:.1f}' for e in episodes)
+
+    lines = [
+        f'deploy rehearsal: {plan.task}, policy {plan.policy} ({algorithm}, sha256 '
+        f'{model_hash[:12]})',
+        f'  realtime sim: realtime_factor {plan.realtime_factor:g}, {len(loop.episodes)} '
+        f'episodes ({steps} steps in {loop.wall_s:.1f} s wall: {steps / max(loop.wall_s, 1e-9):.1f}'
+        f' steps/s), seeds {", ".join(str(e.seed) for e in loop.episodes)}',
+        f'  control rate: achieved {loop.achieved_rate_hz:.1f} Hz ({target}); lowest 1 s window '
+        f'{loop.min_rate_hz:.1f} Hz over {loop.rate_windows}',
+        f'  closed-loop return (realtime sim over ROS 2): {closed_mean:9.2f} ± {closed_std:.2f}  '
+        f'[{returns(loop.episodes)}]',
+        f'  in-process return (deploy mode, same seeds):  {ref_mean:9.2f} ± {ref_std:.2f}  '
+        f'[{returns(reference)}]',
+    ]
+    if ref_mean > 0:
+        lines.append(f'  ratio closed loop / in-process: {closed_mean / ref_mean:.3f} (required '
+                     f'>= {plan.min_ratio:g}): {"OK" if ok else "FAIL"}')
+    else:
+        lines.append(f'  in-process return <= 0, so no ratio; required closed loop >= '
+                     f'{ref_mean - (1.0 - plan.min_ratio) * abs(ref_mean):.2f}: '
+                     f'{"OK" if ok else "FAIL"}')
+    if not ok:
+        why = [f'FAIL: the closed-loop return {closed_mean:.2f} is below {plan.min_ratio:g} of '
+               f'the in-process return {ref_mean:.2f} with the same policy and seeds']
+        if loop.trouble_episodes:
+            why.append(f'the controller published its safe action in {loop.trouble_episodes} '
+                       'episode(s) of stale or malformed input (see its log)')
+        if loop.achieved_rate_hz < 0.9 * target_hz:
+            why.append(f'the control rate {loop.achieved_rate_hz:.1f} Hz fell short of '
+                       f'{target_hz:g} Hz (an overloaded host? try realtime_factor:=0.5)')
+        if steps / max(loop.wall_s, 1e-9) < 0.9 * sim_rate:
+            why.append('the sim did not keep real time (an overloaded host?)')
+        if plan.trigger == 'timer':
+            why.append('trigger timer: commands can be a control period late (try '
+                       'trigger:=observation)')
+        lines.append('; '.join(why))
+    elif loop.trouble_episodes:
+        lines.append(f'  note: the controller fell back to its safe action '
+                     f'{loop.trouble_episodes} time(s)')
+    return '\n'.join(lines), ok
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def usage() -> str:
+    return ('usage: python -m fpmd_ros.rehearsal [name:=value ...]   (./fpmd deploy [name:=value '
+            '...])\n       python -m fpmd_ros.rehearsal --show-args')
+
+
+def _describe() -> str:
+    lines = ['arguments of the deploy rehearsal (name:=value):']
+    for row in REHEARSAL_ARGUMENTS:
+        lines.append(f"  {row.name} (default: '{row.default}')\n      {row.description}")
+    return '\n'.join(lines)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ('-h', '--help') for a in argv):
+        print(f'{usage()}\n\n{__doc__}')
+        return 0
+    if any(a in ('--show-args', '-s') for a in argv):
+        print(_describe())
+        return 0
+    args = {}
+    for item in argv:
+        name, sep, value = item.partition(':=')
+        if not sep or not name:
+            print(f'{PROGRAM}: {item!r}: expected name:=value (--show-args lists the arguments)',
+                  file=sys.stderr)
+            return EXIT_ARGUMENTS
+        args[name] = value
+    try:
+        plan = make_plan(args)
+    except GraphArgumentError as error:
+        print(f'{PROGRAM}: {error}', file=sys.stderr)
+        return EXIT_ARGUMENTS
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        loop = run_closed_loop(plan, log=lambda text: print(text, file=sys.stderr, flush=True))
+    except RehearsalError as error:
+        print(f'{PROGRAM}: FAILED: {error}', file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f'{PROGRAM}: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    from fpmd_core.runtime import load_policy
+
+    policy = load_policy(plan.policy)
+    reference = evaluate_in_process(policy, plan.task, [e.seed for e in loop.episodes],
+                                    plan.max_episode_steps)
+    text, ok = report(plan, loop, reference, policy.model_hash,
+                      str(policy.metadata.get('algorithm', '')))
+    print(text, flush=True)
+    return 0 if ok else EXIT_BELOW
+
+
+if __name__ == '__main__':
+    sys.exit(main())
