@@ -401,7 +401,10 @@ def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
     """The ``policy_controller`` lifecycle node (configured and activated on start) and, with
     ``sim:=true``, a realtime ``mujoco_sim`` of the policy's task in the same namespace, so its
     ``observation`` / ``joint_states`` reach the controller and the controller's commands (on
-    ``command_topic``) reach it."""
+    ``command_topic``) reach it. With the sim the controller runs ``trigger`` = ``observation``
+    (one control step per sim observation) unless ``trigger`` says otherwise: the sim steps on
+    its own clock and holds the last command, and a free-running timer would add up to one
+    control period of delay."""
     values = _with_defaults(args, DEPLOY_ARGUMENTS)
     policy = _text(values, 'policy')
     if not policy:
