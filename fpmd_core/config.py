@@ -179,6 +179,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "trainer.eval_episodes": 5,
         "trainer.checkpoint_interval": 20_000,
         "trainer.log_interval": 500,
+        # One torch thread: on 2 cores shared with sim processes, two OpenMP threads spin
+        # against each other (a 1-minute run took over 10 minutes under load).
+        "trainer.torch_threads": 1,
     },
 }
 

@@ -42,3 +42,36 @@ class TimeEmbedding(nn.Module):
 def bound(x: torch.Tensor, limit: float) -> torch.Tensor:
     """Soft bound |x| < limit (identity near 0); limit 0 leaves x unbounded."""
     return limit * torch.tanh(x / limit) if limit > 0 else x
+
+
+class FoldedMLP(nn.Module):
+    """`net([x, constant])` computed as `net'(x)`: the constant inputs' share of the first layer
+    moves into its bias. Same result, fewer operations at batch 1 (the deploy path)."""
+
+    def __init__(self, net: nn.Sequential, constant: torch.Tensor):
+        super().__init__()
+        first = net[0]
+        keep = first.in_features - constant.numel()
+        folded = nn.Linear(keep, first.out_features).to(first.weight.device)
+        with torch.no_grad():
+            folded.weight.copy_(first.weight[:, :keep])
+            folded.bias.copy_(first.bias + first.weight[:, keep:] @ constant)
+        self.net = nn.Sequential(folded, *list(net)[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class OneStepFromZero(nn.Module):
+    """Deploy mode of a flow policy: x0 = 0 and one step, so every input but the observation is
+    constant. `sign * bound(net(obs))`: +v for rectified flow, -u for MeanFlow (a = z1 - u)."""
+
+    def __init__(self, net: nn.Sequential, constant: torch.Tensor, output_bound: float,
+                 sign: float):
+        super().__init__()
+        self.net = FoldedMLP(net, constant)
+        self.output_bound = output_bound
+        self.sign = sign
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.sign * bound(self.net(obs), self.output_bound)).clamp(-1.0, 1.0)

@@ -177,7 +177,8 @@ class CheckpointPolicy(_Policy):
         torch.set_num_threads(threads)
         agent = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device("cpu"))
         agent.load_full_state(payload["agent"])
-        self.graph = deploy_graph(agent, spec).eval()
+        # The general graph: it accepts an optional x0 (`noise`) like an export with noise input.
+        self.graph = deploy_graph(agent, spec, noise_input=True).eval()
         self.metadata = validate_metadata(
             policy_metadata(cfg, spec, False, int(payload["counters"]["env_steps"])),
             f"checkpoint {self.path}")

@@ -112,7 +112,8 @@ def test_noise_input_export_matches_torch(algo, spec, tmp_path):
     obs = observations(spec, 16)
     noise = np.random.default_rng(1).normal(size=(16, spec.act_dim)).astype(np.float32)
     with torch.no_grad():
-        expected = deploy_graph(agent, spec)(torch.as_tensor(obs), torch.as_tensor(noise))
+        expected = deploy_graph(agent, spec, noise_input=True)(torch.as_tensor(obs),
+                                                              torch.as_tensor(noise))
     np.testing.assert_allclose(policy(obs, noise), expected.numpy(), rtol=0, atol=1e-5)
     # no noise given = x0 = 0 = the plain deploy action; noise changes the action
     with torch.no_grad():
@@ -260,3 +261,22 @@ def test_matching_expectations_and_load_policy_dispatch(exported, tmp_path):
     assert len(policy.model_hash) == 64
     with pytest.raises(CheckpointError, match='file not found'):  # .pt -> CheckpointPolicy
         load_policy(tmp_path / 'missing.pt')
+
+
+@pytest.mark.parametrize("algo", ["fpmd_r", "fpmd_m"])
+def test_folded_one_step_equals_generate_from_zero(algo):
+    """The exported one-step graph folds the constant inputs (x0 = 0, fixed times) into the
+    first layer; it must give the actions of the policy's own one-step generate."""
+    from fpmd_core.agents import make_agent
+    from fpmd_core.config import make_config
+
+    cfg = make_config("cpu", overrides={"agent.algo": algo, "agent.hidden": 32})
+    agent = make_agent(5, 3, cfg.agent, torch.device("cpu"))
+    with torch.no_grad():
+        for p in agent.ema_policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        obs = torch.randn(64, 5)
+        expected = agent.ema_policy.generate(obs, torch.zeros(64, 3), 1).clamp(-1, 1)
+        folded = agent.ema_policy.one_step_from_zero()(obs)
+    assert torch.allclose(folded, expected, atol=1e-5)
+    assert not torch.allclose(expected, torch.zeros_like(expected))

@@ -34,7 +34,8 @@ class DiffusionPolicy(nn.Module):
 
     def predict_noise(self, obs, x, k: torch.Tensor) -> torch.Tensor:
         """k: step index 1..steps (as float), embedded as k / steps."""
-        out = self.net(torch.cat([obs, x, self.time(k / self.steps)], dim=-1))
+        time = self.time(k / self.steps).expand(x.shape[0], -1)
+        out = self.net(torch.cat([obs, x, time], dim=-1))
         return bound(out, self.output_bound)
 
     def generate(self, obs: torch.Tensor, x_init: torch.Tensor, steps: int | None = None,
@@ -47,7 +48,7 @@ class DiffusionPolicy(nn.Module):
         x = x_init
         for k in range(self.steps, 0, -1):
             ab, ab_prev = self.alpha_bars[k - 1], self.alpha_bars_prev[k - 1]
-            kk = torch.full((x.shape[0],), float(k), dtype=x.dtype, device=x.device)
+            kk = torch.full((1,), float(k), dtype=x.dtype, device=x.device)
             eps = self.predict_noise(obs, x, kk)
             x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1.0, 1.0)
             beta = 1 - ab / ab_prev

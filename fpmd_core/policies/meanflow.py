@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import jvp
 
-from ..nets import TimeEmbedding, bound, mlp
+from ..nets import OneStepFromZero, TimeEmbedding, bound, mlp
 
 
 class MeanFlowPolicy(nn.Module):
@@ -25,7 +25,9 @@ class MeanFlowPolicy(nn.Module):
         self.net = mlp(in_dim, act_dim, hidden, layers)
 
     def average_velocity(self, obs, z, r, t) -> torch.Tensor:
-        out = self.net(torch.cat([obs, z, self.r_time(r), self.t_time(t)], dim=-1))
+        rows = z.shape[0]
+        times = [self.r_time(r).expand(rows, -1), self.t_time(t).expand(rows, -1)]
+        out = self.net(torch.cat([obs, z, *times], dim=-1))
         return bound(out, self.output_bound)
 
     def generate(self, obs: torch.Tensor, x_init: torch.Tensor, steps: int,
@@ -33,10 +35,20 @@ class MeanFlowPolicy(nn.Module):
         """`steps` jumps z_r = z_t - (t - r) u(z_t, r, t) from t = 1 to 0 (noise_scale unused)."""
         z = x_init
         for k in range(steps, 0, -1):
-            t = torch.full((z.shape[0],), k / steps, dtype=z.dtype, device=z.device)
+            # One shared (r, t) per step: embeddings computed once, folded as ONNX constants.
+            t = torch.full((1,), k / steps, dtype=z.dtype, device=z.device)
             r = t - 1.0 / steps
             z = z - (t - r)[:, None] * self.average_velocity(obs, z, r, t)
         return z
+
+    @torch.no_grad()
+    def one_step_from_zero(self) -> nn.Module:
+        """The deploy action generate(obs, 0, 1) = -u(s, 0, 0, 1) as one MLP call on obs."""
+        device = self.net[0].weight.device
+        zero, one = torch.zeros(1, device=device), torch.ones(1, device=device)
+        constant = torch.cat([torch.zeros(self.act_dim, device=device),
+                              self.r_time(zero)[0], self.t_time(one)[0]])
+        return OneStepFromZero(self.net, constant, self.output_bound, sign=-1.0)
 
     def sample_times(self, n: int, p_equal: float, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Two sorted U(0,1) draws (r <= t); with probability p_equal, r = t."""
