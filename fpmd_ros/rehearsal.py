@@ -9,9 +9,12 @@
    would): the ``policy_controller`` lifecycle node, configured and activated, and a realtime
    ``mujoco_sim`` of the policy's task, talking over Fast DDS.
 2. Waits until the controller is active and receiving observations (its ``/diagnostics``), then
-   calls the sim's ``~/reset``, so every scored episode is driven by the policy from its first
-   step (the sim's episode 0 started before the controller was active). The reply names the
-   first scored episode k and its seed (the sim's rule: episode k is reset with ``seed + k``).
+   pauses the sim (``~/set_pause``), resets it (``~/reset``), lets the controller answer the new
+   episode's first observation for ``SETTLE_S`` and resumes the sim: every scored episode is
+   driven by the policy from its first step, as in-process (the sim's episode 0 started before
+   the controller was active, and a reset between two sim steps could otherwise meet the
+   command computed for the previous episode's last state). The reply names the first scored
+   episode k and its seed (the sim's rule: episode k is reset with ``seed + k``).
 3. Collects the sim's ``episode`` summaries (return, length, seed) of ``episodes`` episodes and
    the controller's achieved control rate from ``/diagnostics``, then stops the graph (the
    controller first: it publishes its safe action; then the sim).
@@ -58,6 +61,10 @@ PROGRAM = 'fpmd rehearsal'
 START_TIMEOUT_S = 180.0  # process start-up, imports, policy loading and activation (loaded host)
 EXIT_BELOW, EXIT_ARGUMENTS, EXIT_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 POLL_S = 0.05
+# How long the paused sim waits after the reset for the controller's first command. Shorter than
+# the controller's default state_timeout_s (0.2 s), so its watchdog does not take the pause for
+# stale input; longer than two periods of a timer-triggered controller at the tasks' rates.
+SETTLE_S = 0.1
 _RESET_REPLY = re.compile(r'episode (\d+) seed (\d+)')
 
 REHEARSAL_ARGUMENTS = (
@@ -194,7 +201,7 @@ class _Watcher:
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import Float64MultiArray
-        from std_srvs.srv import Trigger
+        from std_srvs.srv import SetBool, Trigger
 
         from fpmd_ros.controller_node import DIAGNOSTICS_QOS
         from fpmd_ros.sim_node import EPISODE_QOS
@@ -216,7 +223,9 @@ class _Watcher:
                                       DIAGNOSTICS_QOS)
         self.reset_client = self.node.create_client(
             Trigger, f'{plan.sim.fully_qualified_name}/reset')
-        self._trigger = Trigger
+        self.pause_client = self.node.create_client(
+            SetBool, f'{plan.sim.fully_qualified_name}/set_pause')
+        self._trigger, self._set_bool = Trigger, SetBool
 
     def _on_episode(self, msg) -> None:
         from fpmd_ros import messages
@@ -239,24 +248,37 @@ class _Watcher:
     def latest_status(self) -> dict[str, str] | None:
         return self.diagnostics[-1][1] if self.diagnostics else None
 
-    def reset(self, deadline: float, keep_going) -> tuple[int, int]:
-        """Calls the sim's ``~/reset``: (episode index, seed) of the episode it started."""
-        while not self.reset_client.service_is_ready():
+    def _call(self, client, request, deadline: float, keep_going):
+        while not client.service_is_ready():
             keep_going()
             if time.monotonic() > deadline:
-                raise RehearsalError(f'service {self.reset_client.service_name} did not appear')
+                raise RehearsalError(f'service {client.service_name} did not appear')
             self.spin()
-        future = self.reset_client.call_async(self._trigger.Request())
+        future = client.call_async(request)
         while not future.done():
             keep_going()
             if time.monotonic() > deadline:
                 future.cancel()
-                raise RehearsalError(f'{self.reset_client.service_name} did not answer')
+                raise RehearsalError(f'{client.service_name} did not answer')
             self.spin()
         reply = future.result()
+        if not reply.success:
+            raise RehearsalError(f'{client.service_name} failed: {reply.message!r}')
+        return reply
+
+    def restart_episode(self, deadline: float, keep_going) -> tuple[int, int]:
+        """Pause, reset, let the controller answer the first observation, resume: (episode
+        index, seed) of the episode the sim started."""
+        self._call(self.pause_client, self._set_bool.Request(data=True), deadline, keep_going)
+        reply = self._call(self.reset_client, self._trigger.Request(), deadline, keep_going)
         match = _RESET_REPLY.search(reply.message or '')
-        if not reply.success or not match:
-            raise RehearsalError(f'{self.reset_client.service_name} failed: {reply.message!r}')
+        if not match:
+            raise RehearsalError(f'{self.reset_client.service_name} answered {reply.message!r}; '
+                                 "expected 'episode <k> seed <s>'")
+        settle = time.monotonic() + SETTLE_S
+        while time.monotonic() < settle:
+            self.spin(max(0.0, min(POLL_S, settle - time.monotonic())))
+        self._call(self.pause_client, self._set_bool.Request(data=False), deadline, keep_going)
         return int(match.group(1)), int(match.group(2))
 
     def close(self) -> None:
@@ -320,7 +342,7 @@ def run_closed_loop(plan: Plan, log=print) -> ClosedLoop:
                                      f'{START_TIMEOUT_S:g} s ({state})')
             watcher.spin()
         # 2. A fresh episode, driven by the policy from its first step.
-        first, first_seed = watcher.reset(time.monotonic() + 30.0, keep_going)
+        first, first_seed = watcher.restart_episode(time.monotonic() + 30.0, keep_going)
         started = time.monotonic()
         trouble_before = int(_float_value(watcher.latest_status(), 'trouble_episodes'))
         log(f'{PROGRAM}: controller active; scoring sim episodes {first}..'
@@ -387,6 +409,12 @@ def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: s
         target = f'target {loop.target_rate_hz:g} Hz: trigger timer'
         target_hz = loop.target_rate_hz
 
+    differences = [abs(a.episode_return - b.episode_return)
+                   for a, b in zip(loop.episodes, reference, strict=True)]
+    equal = sum(d <= 1e-9 * max(1.0, abs(b.episode_return))
+                for d, b in zip(differences, reference, strict=True))
+    largest = max(differences)
+
     def returns(episodes):
         return ', '.join(f'{e.episode_return:.1f}' for e in episodes)
 
@@ -402,6 +430,8 @@ def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: s
         f'[{returns(loop.episodes)}]',
         f'  in-process return (deploy mode, same seeds):  {ref_mean:9.2f} ± {ref_std:.2f}  '
         f'[{returns(reference)}]',
+        f'  per episode: {equal} of {len(reference)} returns equal, largest difference '
+        f'{largest:.2f}',
     ]
     if ref_mean > 0:
         lines.append(f'  ratio closed loop / in-process: {closed_mean / ref_mean:.3f} (required '
