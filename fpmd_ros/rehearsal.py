@@ -310,6 +310,7 @@ def _float_value(values: dict[str, str], key: str) -> float:
 
 def run_closed_loop(plan: Plan, log=print) -> ClosedLoop:
     """Runs the deploy graph until ``plan.episodes`` episodes are scored; always stops it."""
+    from fpmd_ros.controller_node import DIAGNOSTICS_PERIOD_S
     from fpmd_ros.runner import Runner
 
     runner = Runner(plan.specs)
@@ -362,9 +363,12 @@ def run_closed_loop(plan: Plan, log=print) -> ClosedLoop:
             watcher.spin()
         finished = max(t for t, s in watcher.summaries if s.episode >= first)
         summaries = sorted(scored(), key=lambda s: s.episode)[:plan.episodes]
-        windows = [values for t, values in watcher.diagnostics if started < t <= finished + 0.5]
-        if not windows:  # episodes shorter than one diagnostics period: the nearest window
-            windows = [min(watcher.diagnostics, key=lambda d: abs(d[0] - finished))[1]]
+        # The controller's ~1 s windows that began after the sim resumed (an earlier one counts
+        # the pause); for a run shorter than that, whatever overlaps it, or the nearest one.
+        windows = ([v for t, v in watcher.diagnostics
+                    if started + DIAGNOSTICS_PERIOD_S < t <= finished + 0.5]
+                   or [v for t, v in watcher.diagnostics if started < t <= finished + 0.5]
+                   or [min(watcher.diagnostics, key=lambda d: abs(d[0] - finished))[1]])
         rates = [_float_value(v, 'achieved_rate_hz') for v in windows]
         trouble = int(_float_value(windows[-1], 'trouble_episodes')) - trouble_before
         return ClosedLoop(
@@ -424,8 +428,8 @@ def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: s
         f'  realtime sim: realtime_factor {plan.realtime_factor:g}, {len(loop.episodes)} '
         f'episodes ({steps} steps in {loop.wall_s:.1f} s wall: {steps / max(loop.wall_s, 1e-9):.1f}'
         f' steps/s), seeds {", ".join(str(e.seed) for e in loop.episodes)}',
-        f'  control rate: achieved {loop.achieved_rate_hz:.1f} Hz ({target}); lowest 1 s window '
-        f'{loop.min_rate_hz:.1f} Hz over {loop.rate_windows}',
+        f'  control rate: achieved {loop.achieved_rate_hz:.1f} Hz ({target}); lowest of '
+        f'{loop.rate_windows} diagnostics windows {loop.min_rate_hz:.1f} Hz',
         f'  closed-loop return (realtime sim over ROS 2): {closed_mean:9.2f} ± {closed_std:.2f}  '
         f'[{returns(loop.episodes)}]',
         f'  in-process return (deploy mode, same seeds):  {ref_mean:9.2f} ± {ref_std:.2f}  '

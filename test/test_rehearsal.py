@@ -47,6 +47,7 @@ def test_rehearsal_runs_end_to_end_and_prints_both_returns(policy):
     assert seeds[1] == seeds[0] + 1  # consecutive sim episodes: seed + k
     assert re.search(r'ratio closed loop / in-process: [\d.]+ \(required >= 0.9\): (OK|FAIL)',
                      out)
+    assert re.search(r'per episode: [0-2] of 2 returns equal, largest difference [\d.]+', out)
     if code == 1:
         assert 'FAIL: the closed-loop return' in out
     # The graph was stopped in order, the controller first (its safe action), then the sim.
