@@ -8,7 +8,9 @@ another process:
 
 - ``controller``: ``policy_controller`` (console script module) with an FPMD-M export (cpu
   profile) for HalfCheetah-v5, ``control_rate_hz`` = the publishing rate, timer driven as
-  deployed;
+  deployed (``trigger:=timer``);
+- ``controller_obs``: the same with ``trigger:=observation`` (one control step per observation,
+  the timer only a staleness watchdog): compared with ``echo_event``;
 - ``echo_timer``: a bare node with the controller's structure and QoS (cache the newest
   observation, publish it back as the command from a steady timer at the same rate), no
   inference: the transport plus tick-phase floor the controller is compared with;
@@ -21,8 +23,8 @@ observation it was computed from by its value (policy(obs) for the controller, o
 the echoes) and counted once, at its first arrival. A timer-driven node adds the wait until its
 next tick (up to one period) to that latency by design. Also recorded: the achieved command
 rate, the fraction of observations answered, and the controller's own diagnostics (inference
-latency p50/p99 as it measures it). At the end, the controller runs SAC and DPMD (NFE 20)
-exports at 500 Hz so its inference latency can be compared across algorithms in the same run.
+latency p50/p99 as it measures it). At the end, the controller (observation trigger) runs SAC and DPMD
+(NFE 20) exports at 500 Hz so its inference latency can be compared across algorithms in the same run.
 Numbers are noisy on a shared machine; the JSON records the load average.
 """
 
@@ -200,9 +202,11 @@ class Robot:
 
 def start_target(target: str, rate_hz: float, policy: Path | None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    if target == 'controller':
+    if target.startswith('controller'):
+        trigger = 'observation' if target == 'controller_obs' else 'timer'
         cmd = [sys.executable, '-m', 'fpmd_ros.controller_node', '--ros-args',
                '-p', f'policy:={policy}', '-p', f'control_rate_hz:={rate_hz}',
+               '-p', f'trigger:={trigger}',
                '-p', 'autostart:=true', '-p', 'state_timeout_s:=0.5',
                '--log-level', 'warn']
     else:
@@ -236,7 +240,8 @@ def measure(executor, robot: Robot, diagnostics: dict, target: str, rate_hz: flo
     proc = start_target(target, rate_hz, policy)
     stop = threading.Event()
     thread = threading.Thread(target=robot.publish_loop, args=(rate_hz, stop), daemon=True)
-    row = {'target': target, 'algorithm': algo if target == 'controller' else None,
+    row = {'target': target,
+           'algorithm': algo if target.startswith('controller') else None,
            'rate_hz': rate_hz, 'duration_s': duration_s}
     try:
         robot.reset()
@@ -273,7 +278,7 @@ def measure(executor, robot: Robot, diagnostics: dict, target: str, rate_hz: flo
                         'p99': float(np.percentile(latencies, 99)),
                         'max': float(latencies.max())} if latencies.size else None),
     })
-    if target == 'controller' and diagnostics:
+    if target.startswith('controller') and diagnostics:
         row['controller_diagnostics'] = {k: diagnostics[k] for k in (
             'achieved_rate_hz', 'inference_latency_p50_ms', 'inference_latency_p99_ms',
             'safety_state', 'trouble_episodes') if k in diagnostics}
@@ -327,13 +332,13 @@ def main(argv=None) -> int:
         node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
         rows = []
         plan = [(target, rate, 'fpmd_m') for rate in rates
-                for target in ('echo_event', 'echo_timer', 'controller')]
+                for target in ('echo_event', 'echo_timer', 'controller', 'controller_obs')]
         if not args.no_algos:
-            plan += [('controller', ALGO_RATE, algo) for algo in ('sac', 'dpmd')]
+            plan += [('controller_obs', ALGO_RATE, algo) for algo in ('sac', 'dpmd')]
         try:
             for target, rate, algo in plan:
                 identity = bank.astype(np.float64)
-                robot_expected = expected[algo] if target == 'controller' else identity
+                robot_expected = expected[algo] if target.startswith('controller') else identity
                 robot = Robot(node, bank, robot_expected)
                 try:
                     row = measure(executor, robot, diagnostics, target, rate, args.duration,

@@ -85,10 +85,14 @@ def main() -> None:
     rates = {name: [] for name in VARIANTS}
     latencies = {name: [] for name in VARIANTS}
     obs = np.random.default_rng(0).standard_normal(spec.obs_dim).astype(np.float32)
+    # Latency rounds are kept apart from update rounds: right after seconds of heavy updates,
+    # a batch-1 call measures the cache and clock state the updates left behind.
     for _ in range(args.rounds):
         for name, agent in agents.items():
             data = batch(spec, agent.cfg.batch_size)
             rates[name].append(updates_per_second(agent, data, args.seconds))
+    for _ in range(args.rounds):
+        for name in VARIANTS:
             latencies[name].append(latency_us(policies[name], obs, args.calls))
     result = {"task": args.task, "threads": args.threads, "machine": platform.processor() or
               platform.machine(), "cpu_count": torch.get_num_threads(), "configs": configs,
