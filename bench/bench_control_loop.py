@@ -23,8 +23,9 @@ observation it was computed from by its value (policy(obs) for the controller, o
 the echoes) and counted once, at its first arrival. A timer-driven node adds the wait until its
 next tick (up to one period) to that latency by design. Also recorded: the achieved command
 rate, the fraction of observations answered, and the controller's own diagnostics (inference
-latency p50/p99 as it measures it). At the end, the controller (observation trigger) runs SAC and DPMD
-(NFE 20) exports at 500 Hz so its inference latency can be compared across algorithms in the same run.
+latency p50/p99 as it measures it). At the end, the controller (observation trigger) runs SAC
+and DPMD (NFE 20) exports at 500 Hz so its inference latency can be compared across algorithms
+in the same run.
 Numbers are noisy on a shared machine; the JSON records the load average.
 """
 

@@ -133,9 +133,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
     ParameterType,
     SetParametersResult,
 )
@@ -150,6 +147,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from fpmd_ros import messages
+from fpmd_ros.params import descriptor as _descriptor
 
 NODE_NAME = 'policy_controller'
 OBSERVATION_MODES = ('observation', 'joint_states', 'image')
@@ -198,19 +196,6 @@ class ConfigureError(ValueError):
 
 # --- parameters -----------------------------------------------------------------------------------
 
-def _descriptor(description: str, type_: int, read_only: bool = False,
-                float_range: tuple[float, float] | None = None,
-                int_range: tuple[int, int] | None = None,
-                constraints: str = '') -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=description, type=type_, read_only=read_only,
-                                     additional_constraints=constraints)
-    if float_range is not None:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
-    if int_range is not None:
-        descriptor.integer_range = [
-            IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    return descriptor
 
 
 _UNCONFIGURED_ONLY = 'changeable only while the node is unconfigured (read by configure)'

@@ -74,9 +74,6 @@ import mujoco
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
     ParameterType,
     SetParametersResult,
 )
@@ -92,6 +89,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from fpmd_core.tasks import TaskError, make_env, mujoco_handles, task_spec
 from fpmd_ros import messages
+from fpmd_ros.params import descriptor as _descriptor
 
 NODE_NAME = 'mujoco_sim'
 MODES = ('lockstep', 'realtime')
@@ -134,19 +132,6 @@ class SimParameterError(ValueError):
     """A mujoco_sim parameter has an invalid value; the message names it and what is expected."""
 
 
-def _descriptor(description: str, type_: int, read_only: bool = False,
-                float_range: tuple[float, float] | None = None,
-                int_range: tuple[int, int] | None = None,
-                constraints: str = '') -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=description, type=type_, read_only=read_only,
-                                     additional_constraints=constraints)
-    if float_range is not None:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
-    if int_range is not None:
-        descriptor.integer_range = [
-            IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    return descriptor
 
 
 # name -> (default, descriptor)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -57,7 +57,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 
 from fpmd_core.config import ConfigError, make_config
-from fpmd_ros import messages
+from fpmd_ros import messages, params
 from fpmd_ros.graph import SEED_STRIDE, SIM_NODE_NAME, default_config_path
 
 NODE_NAME = 'trainer'
@@ -78,16 +78,9 @@ class StopRequested(Exception):
     """SIGINT/SIGTERM asked the trainer to stop at the next vector step."""
 
 
-def _descriptor(description: str, type_: int, *, float_range: tuple[float, float] | None = None,
-                int_range: tuple[int, int] | None = None) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=description, type=type_, read_only=True)
-    if float_range is not None:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
-    if int_range is not None:
-        descriptor.integer_range = [
-            IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    return descriptor
+def _descriptor(description: str, type_: int, **ranges) -> ParameterDescriptor:
+    """Every trainer parameter is read-only: it is read once, before training starts."""
+    return params.descriptor(description, type_, read_only=True, **ranges)
 
 
 _STR, _INT, _DOUBLE = (ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER,
