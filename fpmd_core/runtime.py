@@ -156,7 +156,10 @@ class OnnxPolicy(_Policy):
 
 
 class CheckpointPolicy(_Policy):
-    """The same deploy graph run by torch from a training checkpoint."""
+    """The same deploy graph run by torch from a training checkpoint.
+
+    `threads` sets torch's thread count for the whole process (torch has no per-model
+    setting): meant for a deploy process, not for use inside a running trainer."""
 
     def __init__(self, path: str | Path, expected: dict | None = None, threads: int = 1):
         import torch

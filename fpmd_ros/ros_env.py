@@ -188,7 +188,9 @@ class RosVectorEnv(gym.vector.VectorEnv):
         self._own_context = context is None
         if self._own_context:
             context = Context()
-            rclpy.init(context=context)
+            # args=[]: this process's own --ros-args (e.g. a trainer's `-r __node:=trainer`)
+            # must not rename or remap the env's private node.
+            rclpy.init(args=[], context=context)
         self._context = context
         self._sim_node_name = sim_node_name
         self._node = rclpy.create_node(node_name, context=context)
