@@ -137,7 +137,7 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterException, ParameterUninitializedException
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -147,6 +147,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from fpmd_ros import messages
+from fpmd_ros.params import declare_all
 from fpmd_ros.params import descriptor as _descriptor
 
 NODE_NAME = 'policy_controller'
@@ -581,11 +582,8 @@ class PolicyController(LifecycleNode):
             raise
 
     def _declare(self) -> None:
-        for name, (default, descriptor) in PARAMETERS.items():
-            try:
-                value = self.declare_parameter(name, default, descriptor).value
-            except ParameterException as error:
-                raise ControllerParameterError(f'parameter {name!r}: {error}') from error
+        values = declare_all(self, PARAMETERS, ControllerParameterError)
+        for name, value in values.items():
             reason = check_parameter(name, value)
             if reason:
                 raise ControllerParameterError(reason)

@@ -19,3 +19,17 @@ def descriptor(description: str, type_: int, read_only: bool = False,
         result.integer_range = [
             IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
     return result
+
+
+def declare_all(node, table: dict, error: type[Exception]) -> dict:
+    """Declare every `name: (default, descriptor)` of `table` on `node`; return the values.
+    rclpy's own refusals (type, range) are re-raised as `error`, naming the parameter."""
+    from rclpy.exceptions import ParameterException
+
+    values = {}
+    for name, (default, desc) in table.items():
+        try:
+            values[name] = node.declare_parameter(name, default, desc).value
+        except ParameterException as exc:
+            raise error(f"parameter {name!r}: {exc}") from exc
+    return values

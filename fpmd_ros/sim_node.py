@@ -78,7 +78,6 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -89,6 +88,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from fpmd_core.tasks import TaskError, make_env, mujoco_handles, task_spec
 from fpmd_ros import messages
+from fpmd_ros.params import declare_all
 from fpmd_ros.params import descriptor as _descriptor
 
 NODE_NAME = 'mujoco_sim'
@@ -189,12 +189,7 @@ class MujocoSimNode(Node):
     # --- construction ------------------------------------------------------------------------
 
     def _setup(self) -> None:
-        values = {}
-        for name, (default, descriptor) in PARAMETERS.items():
-            try:
-                values[name] = self.declare_parameter(name, default, descriptor).value
-            except ParameterException as error:
-                raise SimParameterError(f"parameter {name!r}: {error}") from error
+        values = declare_all(self, PARAMETERS, SimParameterError)
         for name, value in values.items():
             reason = check_parameter(name, value, values['mode'])
             if reason:

@@ -49,7 +49,6 @@ from pathlib import Path
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -141,13 +140,7 @@ class TrainerNode(Node):
             raise
 
     def _setup(self) -> None:
-        values = {}
-        for name, (default, descriptor) in PARAMETERS.items():
-            try:
-                values[name] = self.declare_parameter(name, default, descriptor).value
-            except ParameterException as error:
-                raise TrainerParameterError(f'parameter {name!r}: {error}') from error
-        self.values = values
+        self.values = values = params.declare_all(self, PARAMETERS, TrainerParameterError)
         self.cfg, self.namespaces = resolve_config(values)
         self.step_timeout_s = float(values['step_timeout_s'])
         self.connect_timeout_s = float(values['connect_timeout_s'])

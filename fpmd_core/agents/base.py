@@ -39,8 +39,15 @@ class Agent(nn.Module):
                 raise ValueError(f"mode: expected explore, best_of_n or deploy, got {mode!r}")
         return actions.cpu().numpy()
 
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The temperature (every agent has `log_alpha`): FPMD's lambda, SAC's entropy weight."""
+        return self.log_alpha.detach().exp()
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"critic": self.critic.optimizer}
+        """Every agent has a critic, a policy and a temperature, each with its optimiser."""
+        return {"critic": self.critic.optimizer, "policy": self.policy_optimizer,
+                "alpha": self.alpha_optimizer}
 
     def full_state(self) -> dict:
         """Everything needed to resume exactly: parameters, buffers, optimisers, counters."""

@@ -52,14 +52,6 @@ class MirrorDescentAgent(Agent):
         self.target_entropy = -cfg.target_entropy_scale * act_dim
         self.to(device)
 
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.detach().exp()
-
-    def optimizers(self):
-        return {"critic": self.critic.optimizer, "policy": self.policy_optimizer,
-                "alpha": self.alpha_optimizer}
-
     # --- sampling ------------------------------------------------------------------------
     def _sample(self, policy, obs, explore: bool):
         cfg = self.cfg

@@ -23,14 +23,6 @@ class SACAgent(Agent):
         self.target_entropy = -cfg.sac_target_entropy_scale * act_dim
         self.to(device)
 
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.detach().exp()
-
-    def optimizers(self):
-        return {"critic": self.critic.optimizer, "policy": self.policy_optimizer,
-                "alpha": self.alpha_optimizer}
-
     def explore(self, obs):
         return self.policy.sample(obs)[0]
 
