@@ -124,6 +124,7 @@ import enum
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -975,8 +976,13 @@ class PolicyController(LifecycleNode):
         super().destroy_node()
 
 
+_STOP = threading.Event()
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    # Only a flag: an exception raised here can surface inside rclpy's C++ calls (taking a
+    # message) as a RuntimeError instead of KeyboardInterrupt, and the node exited with 1.
+    _STOP.set()
 
 
 def main(args=None) -> int:
@@ -999,7 +1005,7 @@ def main(args=None) -> int:
             node.trigger_activate()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok():
+        while rclpy.ok() and not _STOP.is_set():
             executor.spin_once(timeout_sec=0.1)
     except ControllerParameterError as error:
         rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
