@@ -56,6 +56,7 @@ from fpmd_ros.graph import (
     _with_defaults,
     deploy_graph,
 )
+from fpmd_ros.participant import PrivateParticipant
 
 PROGRAM = 'fpmd rehearsal'
 START_TIMEOUT_S = 180.0  # process start-up, imports, policy loading and activation (loaded host)
@@ -191,27 +192,19 @@ def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0) ->
 
 # --- watching the graph over ROS -----------------------------------------------------------------
 
-class _Watcher:
+class _Watcher(PrivateParticipant):
     """The rehearsal's own DDS participant: episode summaries, controller diagnostics, the
     sim's reset service."""
 
     def __init__(self, plan: Plan):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import SetBool, Trigger
 
         from fpmd_ros.controller_node import DIAGNOSTICS_QOS
         from fpmd_ros.sim_node import EPISODE_QOS
 
-        self._rclpy = rclpy
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)  # not the default context: no signal handlers
-        self.node = rclpy.create_node(f'fpmd_rehearsal_{os.getpid()}', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__(f'fpmd_rehearsal_{os.getpid()}')
         self.status_name = f'{plan.controller.fully_qualified_name}: control loop'
         self.summaries: list = []
         self.diagnostics: list[tuple[float, dict[str, str]]] = []  # (monotonic, values)
@@ -281,12 +274,6 @@ class _Watcher:
         self._call(self.pause_client, self._set_bool.Request(data=False), deadline, keep_going)
         return int(match.group(1)), int(match.group(2))
 
-    def close(self) -> None:
-        self.executor.remove_node(self.node)
-        self.node.destroy_node()
-        self.executor.shutdown(timeout_sec=1.0)
-        if self.context.ok():
-            self._rclpy.shutdown(context=self.context)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 
 from fpmd_ros.graph import GRAPHS, GraphArgumentError, LaunchArgument, NodeSpec
+from fpmd_ros.participant import PrivateParticipant
 
 # Console script (NodeSpec.executable) -> module run with `python -m` (setup.py CONSOLE_SCRIPTS).
 MODULES = {
@@ -143,20 +144,11 @@ def child_environment(base: dict | None = None) -> dict:
 
 # --- lifecycle -----------------------------------------------------------------------------------
 
-class _LifecycleDriver:
+class _LifecycleDriver(PrivateParticipant):
     """Calls ``change_state`` services from a private rclpy context (created on first use)."""
 
     def __init__(self):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-
-        self._rclpy = rclpy
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)  # not the default context: no signal handlers
-        self.node = rclpy.create_node(f'fpmd_runner_{os.getpid()}', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__(f'fpmd_runner_{os.getpid()}')
         self._clients = {}
 
     def change_state(self, node_name: str, transition_id: int, label: str, deadline: float,
@@ -188,13 +180,6 @@ class _LifecycleDriver:
         if not future.result().success:
             return f'{label} refused by {node_name} (see its log)'
         return None
-
-    def close(self) -> None:
-        self.executor.remove_node(self.node)
-        self.node.destroy_node()
-        self.executor.shutdown(timeout_sec=1.0)
-        if self.context.ok():
-            self._rclpy.shutdown(context=self.context)
 
 
 # --- the runner ----------------------------------------------------------------------------------
