@@ -30,7 +30,17 @@ class TaskConfig:
     num_envs: int = 5
     """Parallel environments; one vector step collects `num_envs` env steps."""
     max_episode_steps: int = 0
-    """Episode time limit in env steps; 0 keeps the task's own limit."""
+    """Episode time limit in control steps (before action repeat); 0 keeps the task's own."""
+    action_repeat: int = 1
+    """Control steps per env step, the action held (the paper's visual tasks use 2)."""
+    pixels: bool = False
+    """Observe stacked camera frames (uint8) instead of the state vector."""
+    image_size: int = 84
+    """Pixels: square image side in pixels."""
+    frame_stack: int = 3
+    """Pixels: frames stacked into one observation (oldest first)."""
+    camera: str = ""
+    """Pixels: camera id or name; "" = the task's default (dm_control: 0, quadruped: 2)."""
 
 
 @dataclass
@@ -99,6 +109,10 @@ class AgentConfig:
     """Bound on the flow/diffusion net output (bound * tanh(out / bound)); 0 = unbounded."""
     diffusion_steps: int = 20
     """DPMD: DDPM steps (cosine schedule)."""
+    feature_dim: int = 50
+    """Pixels: encoder output size (DrQ-v2 conv -> Linear -> LayerNorm -> tanh)."""
+    shift_pad: int = 4
+    """Pixels: random-shift augmentation of replay frames by up to this many pixels."""
     sac_target_entropy_scale: float = 1.0
     """SAC: target entropy = -scale * action_dim."""
     sac_alpha_init: float = 1.0
@@ -184,6 +198,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "trainer.torch_threads": 1,
     },
 }
+
+
+# The paper's visual setting (DrQ-v2 conventions), on top of `paper` or `cpu`.
+_PIXELS = {"task.pixels": True, "task.action_repeat": 2, "task.frame_stack": 3,
+           "agent.reward_scale": 1.0}
+PROFILES["paper_pixels"] = dict(_PIXELS)
+# CPU: a replay of 100k pixel transitions takes 12.7 GB (2 stacks of 84x84x9 each).
+PROFILES["cpu_pixels"] = PROFILES["cpu"] | _PIXELS | {"trainer.replay_size": 50_000,
+                                                     "agent.batch_size": 128}
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
@@ -327,6 +350,9 @@ def validate(cfg: Config) -> None:
              f"trainer.device: expected auto, cpu or cuda, got {t.device!r}")
     for name, value, low in [
         ("task.num_envs", k.num_envs, 1), ("task.max_episode_steps", k.max_episode_steps, 0),
+        ("task.action_repeat", k.action_repeat, 1), ("task.image_size", k.image_size, 16),
+        ("task.frame_stack", k.frame_stack, 1), ("agent.feature_dim", a.feature_dim, 1),
+        ("agent.shift_pad", a.shift_pad, 0),
         ("agent.hidden", a.hidden, 1), ("agent.layers", a.layers, 1),
         ("agent.batch_size", a.batch_size, 2), ("agent.actor_interval", a.actor_interval, 1),
         ("agent.flow_steps", a.flow_steps, 1), ("agent.meanflow_steps", a.meanflow_steps, 1),

@@ -1,8 +1,9 @@
 """Export of the deploy-mode sampler to ONNX, with its metadata stored inside the model.
 
-The graph maps a raw observation to an action in the env's units: observation normalisation,
-one generator call from x0 = 0 (or an optional `noise` input), clip to [-1, 1] and rescaling
-to the action bounds all happen inside it.
+The graph maps a raw observation to an action in the env's units: the encoder (pixels: uint8
+frames (B, H, W, 3k) as a camera publishes them, scaled and encoded inside the graph), one
+generator call from x0 = 0 (or an optional `noise` input), clip to [-1, 1] and rescaling to the
+action bounds all happen inside it.
 """
 
 from __future__ import annotations
@@ -28,20 +29,15 @@ NFE = {"fpmd_r": 1, "fpmd_m": 1, "sac": 1}
 class DeployGraph(nn.Module):
     """raw observation -> action in env units (the exported computation)."""
 
-    def __init__(self, deploy_module: nn.Module, obs_dim: int, action_low, action_high,
-                 obs_mean=None, obs_std=None):
+    def __init__(self, encoder: nn.Module, deploy_module: nn.Module, action_low, action_high):
         super().__init__()
+        self.encoder = encoder
         self.deploy = deploy_module
-        self.register_buffer("obs_mean", torch.as_tensor(
-            obs_mean if obs_mean is not None else [0.0] * obs_dim, dtype=torch.float32))
-        self.register_buffer("obs_std", torch.as_tensor(
-            obs_std if obs_std is not None else [1.0] * obs_dim, dtype=torch.float32))
         self.register_buffer("low", torch.as_tensor(action_low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(action_high, dtype=torch.float32))
 
     def forward(self, observation: torch.Tensor, noise: torch.Tensor | None = None):
-        normalized = (observation - self.obs_mean) / self.obs_std
-        action = self.deploy(normalized, noise).clamp(-1.0, 1.0)
+        action = self.deploy(self.encoder(observation), noise).clamp(-1.0, 1.0)
         return self.low + (action + 1.0) * 0.5 * (self.high - self.low)
 
 
@@ -52,12 +48,19 @@ def nfe(cfg: Config) -> int:
 def policy_metadata(cfg: Config, spec, noise_input: bool, env_steps: int) -> dict:
     """What a consumer needs to check a policy against its robot before running it."""
     spec_dict = dataclasses.asdict(spec)
+    obs_shape = list(spec.obs_shape or (spec.obs_dim,))
+    pixels = len(obs_shape) == 3
     return {
         "format": METADATA_FORMAT,
         "algorithm": cfg.agent.algo,
         "task": spec.id,
         "obs_dim": spec.obs_dim,
         "obs_terms": [[name, size] for name, size in spec_dict["obs_terms"]],
+        "obs_shape": obs_shape,
+        "obs_dtype": "uint8" if pixels else "float32",
+        "frame_stack": obs_shape[2] // 3 if pixels else 0,
+        "camera": spec.camera,
+        "action_repeat": spec.action_repeat,
         "act_dim": spec.act_dim,
         "action_low": list(spec.action_low),
         "action_high": list(spec.action_high),
@@ -80,7 +83,7 @@ def deploy_graph(agent, spec, noise_input: bool = False) -> DeployGraph:
     if not noise_input and getattr(deploy, "steps", None) == 1 and \
             hasattr(policy, "one_step_from_zero"):
         deploy = policy.one_step_from_zero()
-    return DeployGraph(deploy, spec.obs_dim, spec.action_low, spec.action_high)
+    return DeployGraph(agent.encoder, deploy, spec.action_low, spec.action_high)
 
 
 def export_onnx(agent, spec, cfg: Config, path: str | Path, env_steps: int = 0,
@@ -90,7 +93,7 @@ def export_onnx(agent, spec, cfg: Config, path: str | Path, env_steps: int = 0,
 
     path = Path(path)
     graph = deploy_graph(agent, spec, noise_input).to("cpu").eval()
-    obs = torch.zeros(1, spec.obs_dim)
+    obs = torch.zeros(1, *agent.obs_shape, dtype=torch.uint8 if agent.pixels else torch.float32)
     args = (obs, torch.zeros(1, spec.act_dim)) if noise_input else (obs,)
     names = ["observation", "noise"] if noise_input else ["observation"]
     buffer = io.BytesIO()

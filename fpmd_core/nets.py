@@ -75,3 +75,66 @@ class OneStepFromZero(nn.Module):
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         return (self.sign * bound(self.net(obs), self.output_bound)).clamp(-1.0, 1.0)
+
+
+class StateEncoder(nn.Module):
+    """State observations are their own features."""
+
+    def __init__(self, obs_dim: int):
+        super().__init__()
+        self.out_dim = obs_dim
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs
+
+
+class PixelEncoder(nn.Module):
+    """DrQ-v2: uint8 frames (B, H, W, C) -> /255 - 0.5 -> 4 conv 3x3 (32 channels, the first
+    with stride 2, ReLU) -> Linear(feature_dim) -> LayerNorm -> tanh.
+
+    Preprocessing is part of the module, so the exported graph takes camera frames as they are.
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], feature_dim: int = 50):
+        super().__init__()
+        height, width, channels = obs_shape
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, channels, height, width)).numel()
+        self.trunk = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim),
+                                   nn.Tanh())
+        self.out_dim = feature_dim
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        return self.trunk(self.convs(x).flatten(1))
+
+
+def make_encoder(obs_shape: tuple[int, ...], feature_dim: int) -> nn.Module:
+    """StateEncoder for vectors, PixelEncoder for (H, W, C) frames."""
+    if len(obs_shape) == 1:
+        return StateEncoder(obs_shape[0])
+    if len(obs_shape) == 3:
+        return PixelEncoder(obs_shape, feature_dim)
+    raise ValueError(f"observation shape: expected (dim,) or (H, W, C), got {obs_shape}")
+
+
+def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """DrQ's augmentation: shift each (H, W, C) image by up to `pad` pixels in x and y, edges
+    replicated. Clamped indices are replicate padding without the padded copy; uint8 stays
+    uint8."""
+    if pad == 0:
+        return frames
+    batch, height, width, _ = frames.shape
+    device = frames.device
+    shifts = torch.randint(-pad, pad + 1, (2, batch, 1), device=device, generator=generator)
+    rows = (torch.arange(height, device=device) + shifts[0]).clamp(0, height - 1)
+    cols = (torch.arange(width, device=device) + shifts[1]).clamp(0, width - 1)
+    index = torch.arange(batch, device=device)[:, None, None]
+    return frames[index, rows[:, :, None], cols[:, None, :]]

@@ -9,11 +9,16 @@ import torch
 class ReplayBuffer:
     FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int):
+    def __init__(self, capacity: int, obs_shape: int | tuple[int, ...], act_dim: int, seed: int):
+        """Observations of shape (H, W, C) are camera frames and are stored as uint8."""
         self.capacity = capacity
-        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (),
-                  "next_obs": (obs_dim,), "terminated": ()}
-        self.data = {k: np.zeros((capacity, *shapes[k]), dtype=np.float32) for k in self.FIELDS}
+        obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+        shapes = {"obs": obs_shape, "actions": (act_dim,), "rewards": (),
+                  "next_obs": obs_shape, "terminated": ()}
+        obs_dtype = np.uint8 if len(obs_shape) == 3 else np.float32
+        self.data = {k: np.zeros((capacity, *shapes[k]),
+                                 dtype=obs_dtype if k.endswith("obs") else np.float32)
+                     for k in self.FIELDS}
         self.size = 0
         self.pos = 0
         self.rng = np.random.default_rng(seed)

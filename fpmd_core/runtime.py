@@ -45,6 +45,12 @@ def validate_metadata(meta: object, source: str) -> dict:
                           f"expected {METADATA_FORMAT!r}")
     if len(meta["action_low"]) != meta["act_dim"] or len(meta["action_high"]) != meta["act_dim"]:
         raise PolicyError(f"{source}: action bounds do not have act_dim={meta['act_dim']} values")
+    shape = meta.get("obs_shape", [meta["obs_dim"]])
+    if not (isinstance(shape, list) and len(shape) in (1, 3) and
+            all(isinstance(n, int) and n > 0 for n in shape) and
+            int(np.prod(shape)) == meta["obs_dim"]):
+        raise PolicyError(f"{source}: metadata obs_shape {shape!r} is not (obs_dim,) or "
+                          f"(H, W, C) with H*W*C = obs_dim={meta['obs_dim']}")
     if sum(size for _, size in meta["obs_terms"]) != meta["obs_dim"]:
         raise PolicyError(f"{source}: obs_terms sizes do not sum to obs_dim={meta['obs_dim']}")
     return meta
@@ -62,11 +68,34 @@ def check_expected(meta: dict, source: str, expected: dict) -> None:
             raise PolicyError(f"{source}: {key} is {have!r} in the model, expected {value!r}")
 
 
+def observation_shape(meta: dict) -> tuple[int, ...]:
+    """(obs_dim,) for state policies, (H, W, 3k) for pixel policies (older files: state)."""
+    return tuple(meta.get("obs_shape") or (meta["obs_dim"],))
+
+
 class _Policy:
     metadata: dict
     model_hash: str
 
+    @property
+    def pixels(self) -> bool:
+        return len(observation_shape(self.metadata)) == 3
+
+    def _frames(self, observation) -> np.ndarray:
+        shape = observation_shape(self.metadata)
+        frames = np.asarray(observation)
+        if frames.dtype != np.uint8:
+            raise ObservationError(f"observation: expected uint8 frames, got {frames.dtype}")
+        if frames.shape == shape:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[1:] != shape or frames.shape[0] == 0:
+            raise ObservationError(f"observation: expected frames of shape {shape} or "
+                                   f"(B, {', '.join(map(str, shape))}), got {frames.shape}")
+        return frames
+
     def _observation(self, observation) -> np.ndarray:
+        if self.pixels:
+            return self._frames(observation)
         obs = np.asarray(observation, dtype=np.float32)
         dim = self.metadata["obs_dim"]
         if obs.ndim == 1:
@@ -99,7 +128,7 @@ class _Policy:
 
     def __call__(self, observation, noise=None) -> np.ndarray:
         """Action(s) in env units; a single observation gives shape (act_dim,)."""
-        single = np.ndim(observation) == 1
+        single = np.ndim(observation) == len(observation_shape(self.metadata))
         obs = self._observation(observation)
         actions = self._run(obs, self._noise(noise, len(obs)))
         return actions[0] if single else actions
@@ -138,9 +167,10 @@ class OnnxPolicy(_Policy):
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         source = f"policy {self.path}"
-        if "observation" not in inputs or inputs["observation"][-1] != self.metadata["obs_dim"]:
+        shape = observation_shape(self.metadata)
+        if "observation" not in inputs or tuple(inputs["observation"][1:]) != shape:
             raise PolicyError(f"{source}: graph input 'observation' {inputs.get('observation')} "
-                              f"does not match obs_dim={self.metadata['obs_dim']}")
+                              f"does not match the metadata's observation shape {shape}")
         if "action" not in outputs or outputs["action"][-1] != self.metadata["act_dim"]:
             raise PolicyError(f"{source}: graph output 'action' {outputs.get('action')} "
                               f"does not match act_dim={self.metadata['act_dim']}")
@@ -178,7 +208,8 @@ class CheckpointPolicy(_Policy):
         spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in spec_dict.items()})
         torch.set_num_threads(threads)
-        agent = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device("cpu"))
+        agent = make_agent(spec.obs_shape or spec.obs_dim, spec.act_dim, cfg.agent,
+                           torch.device("cpu"))
         agent.load_full_state(payload["agent"])
         # The general graph: it accepts an optional x0 (`noise`) like an export with noise input.
         self.graph = deploy_graph(agent, spec, noise_input=True).eval()

@@ -12,8 +12,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import gymnasium as gym
-import mujoco
 import numpy as np
+
+from .rendering import Camera, FrameStack  # before mujoco: it settles the OpenGL backend
+
+import mujoco  # noqa: E402, I001
 
 _DMC_PATTERN = re.compile(r"^([a-z_]+)-([a-z_]+)$")
 
@@ -34,8 +37,14 @@ class TaskSpec:
     actuator_names: tuple[str, ...]
     joint_names: tuple[str, ...]
     control_dt: float
-    """Seconds of simulated time per env step."""
+    """Seconds of simulated time per env step (action repeat included)."""
     max_episode_steps: int
+    obs_shape: tuple[int, ...] = ()
+    """Observation array shape: (obs_dim,) for state, (H, W, 3 * frame_stack) uint8 for pixels."""
+    camera: str = ""
+    """Pixel tasks: the camera the frames come from."""
+    action_repeat: int = 1
+    """Simulator control steps per env step (the same action held)."""
 
 
 class NormalizedActions(gym.ActionWrapper):
@@ -119,13 +128,83 @@ class DMControlEnv(gym.Env):
         return self.physics.render(84, 84, camera_id=0)
 
 
+@dataclass(frozen=True)
+class PixelOptions:
+    """Observe `frame_stack` stacked camera images instead of the state vector."""
+
+    width: int = 84
+    height: int = 84
+    camera: str = ""
+    """Camera id or name; "" picks the task's default (`default_camera`)."""
+    frame_stack: int = 3
+
+
+class ActionRepeat(gym.Wrapper):
+    """Hold each action for `repeat` control steps; rewards are summed, an episode end stops."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        if repeat < 1:
+            raise TaskError(f"action_repeat: expected an integer >= 1, got {repeat}")
+        self.repeat = repeat
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class PixelObservations(gym.Wrapper):
+    """Observations are the last `frame_stack` camera frames, (H, W, 3k) uint8, oldest first.
+    The state vector stays available as `info["state"]`."""
+
+    def __init__(self, env: gym.Env, options: PixelOptions, camera: int | str):
+        super().__init__(env)
+        model, _ = mujoco_handles(env)
+        self.camera = Camera(model, options.width, options.height, camera)
+        self.frames = FrameStack(options.frame_stack)
+        self.observation_space = gym.spaces.Box(
+            0, 255, (options.height, options.width, 3 * options.frame_stack), np.uint8)
+
+    def frame(self) -> np.ndarray:
+        return self.camera.render(mujoco_handles(self.env)[1])
+
+    def reset(self, **kwargs):
+        state, info = self.env.reset(**kwargs)
+        return self.frames.reset(self.frame()), info | {"state": state}
+
+    def step(self, action):
+        state, reward, terminated, truncated, info = self.env.step(action)
+        return self.frames.push(self.frame()), reward, terminated, truncated, \
+            info | {"state": state}
+
+    def close(self):
+        self.camera.close()
+        super().close()
+
+
+def default_camera(task_id: str) -> str:
+    """DrQ-v2's choice for dm_control (camera 0; 2 for quadruped); the free camera otherwise."""
+    if _is_dm_control(task_id):
+        return "2" if task_id.startswith("quadruped-") else "0"
+    return "-1"
+
+
 def _is_dm_control(task_id: str) -> bool:
     return "-" in task_id and not re.search(r"-v\d+$", task_id)
 
 
-def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool = True) -> gym.Env:
+def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool = True, *,
+             action_repeat: int = 1, pixels: PixelOptions | None = None) -> gym.Env:
     """One env with float32 observations and [-1, 1] actions (env units if not
-    `normalized_actions`, as a sim node receives them). Raises TaskError if unknown."""
+    `normalized_actions`, as a sim node receives them). Raises TaskError if unknown.
+
+    `max_episode_steps` counts control steps, before `action_repeat`. With `pixels`, the
+    observation is a stack of camera frames (uint8) and the state is in `info["state"]`."""
     if _is_dm_control(task_id):
         match = _DMC_PATTERN.match(task_id)
         from dm_control import suite
@@ -157,7 +236,28 @@ def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool 
         raise TaskError(f"task {task_id!r}: expected a continuous (Box) action space")
     if normalized_actions:
         env = NormalizedActions(env)
-    return Float32Observations(env)
+    env = Float32Observations(env)
+    if action_repeat != 1:
+        env = ActionRepeat(env, action_repeat)
+    if pixels is not None:
+        env = PixelObservations(env, pixels, _camera_id(pixels.camera or default_camera(task_id)))
+    return env
+
+
+def _camera_id(camera: str) -> int | str:
+    return int(camera) if camera.lstrip("-").isdigit() else camera
+
+
+def env_from_config(task, normalized_actions: bool = True) -> gym.Env:
+    """`make_env` with every option of a `TaskConfig`."""
+    return make_env(task.id, task.max_episode_steps, normalized_actions,
+                    action_repeat=task.action_repeat, pixels=pixel_options(task))
+
+
+def pixel_options(task) -> PixelOptions | None:
+    if not task.pixels:
+        return None
+    return PixelOptions(task.image_size, task.image_size, task.camera, task.frame_stack)
 
 
 def mujoco_handles(env: gym.Env) -> tuple[mujoco.MjModel, mujoco.MjData]:
@@ -173,8 +273,11 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
     model, _ = mujoco_handles(env)
     inner = env.unwrapped
     raw_space = _raw_action_space(env)
-    obs_dim = int(env.observation_space.shape[0])
+    obs_shape = tuple(int(n) for n in env.observation_space.shape)
+    obs_dim = int(np.prod(obs_shape))
     limit = _find_time_limit(env)
+    repeat = _find(env, ActionRepeat)
+    pixels = _find(env, PixelObservations)
     if isinstance(inner, DMControlEnv):
         obs_terms = inner.obs_terms
         control_dt = float(inner.physics.timestep() * inner._env._n_sub_steps)
@@ -183,6 +286,9 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
         obs_terms = (("observation", obs_dim),)
         control_dt = float(inner.dt)
         episode_steps = limit._max_episode_steps
+    repeat_count = repeat.repeat if repeat is not None else 1
+    if pixels is not None:
+        obs_terms = (("pixels", obs_dim),)
     joints = tuple(
         model.joint(i).name for i in range(model.njnt)
         if int(model.jnt_type[i]) in (int(mujoco.mjtJoint.mjJNT_HINGE),
@@ -197,8 +303,11 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
         obs_terms=tuple(obs_terms),
         actuator_names=actuator_names(model),
         joint_names=joints,
-        control_dt=control_dt,
-        max_episode_steps=int(episode_steps),
+        control_dt=control_dt * repeat_count,
+        max_episode_steps=-(-int(episode_steps) // repeat_count),
+        obs_shape=obs_shape,
+        camera=str(pixels.camera.camera) if pixels is not None else "",
+        action_repeat=repeat_count,
     )
 
 
@@ -222,19 +331,25 @@ def _raw_action_space(env: gym.Env) -> gym.spaces.Box:
 
 
 def _find_time_limit(env: gym.Env):
+    return _find(env, gym.wrappers.TimeLimit)
+
+
+def _find(env: gym.Env, kind: type):
+    """The outermost wrapper of type `kind` around env, or None."""
     while True:
-        if isinstance(env, gym.wrappers.TimeLimit):
+        if isinstance(env, kind):
             return env
         if not hasattr(env, "env"):
             return None
         env = env.env
 
 
-def make_vector_env(task_id: str, num_envs: int,
-                    max_episode_steps: int = 0) -> gym.vector.VectorEnv:
-    """`num_envs` copies in one process, auto-reset in the same step (final obs in info)."""
+def make_vector_env(task_id: str, num_envs: int, max_episode_steps: int = 0,
+                    **options) -> gym.vector.VectorEnv:
+    """`num_envs` copies in one process, auto-reset in the same step (final obs in info);
+    `options` go to `make_env` (action_repeat, pixels)."""
     return gym.vector.SyncVectorEnv(
-        [lambda: make_env(task_id, max_episode_steps) for _ in range(num_envs)],
+        [lambda: make_env(task_id, max_episode_steps, **options) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
@@ -260,6 +375,9 @@ def get_env_state(env: gym.Env) -> dict:
         state["dm_reset_next"] = bool(inner._env._reset_next_step)
     else:
         state["np_random"] = inner.np_random.bit_generator.state
+    pixels = _find(env, PixelObservations)
+    if pixels is not None:
+        state["frames"] = pixels.frames.observation().tolist()
     return state
 
 
@@ -278,6 +396,12 @@ def set_env_state(env: gym.Env, state: dict) -> None:
         inner._env._reset_next_step = state["dm_reset_next"]
     else:
         inner.np_random.bit_generator.state = state["np_random"]
+    pixels = _find(env, PixelObservations)
+    if pixels is not None and "frames" in state:
+        stacked = np.asarray(state["frames"], dtype=np.uint8)
+        pixels.frames.reset(stacked[..., :3])
+        for i in range(1, pixels.frames.k):
+            pixels.frames.push(stacked[..., 3 * i:3 * i + 3])
 
 
 def _random_state_to_list(state: tuple) -> list:

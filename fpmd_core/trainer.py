@@ -28,7 +28,14 @@ from .config import Config, config_from_dict
 from .export import export_onnx
 from .logger import RunLogger, plot_learning_curve
 from .replay import ReplayBuffer
-from .tasks import get_env_state, make_env, make_vector_env, set_env_state, task_spec
+from .tasks import (
+    env_from_config,
+    get_env_state,
+    make_vector_env,
+    pixel_options,
+    set_env_state,
+    task_spec,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,15 +81,17 @@ class Trainer:
         seed_everything(tc.seed, tc.deterministic)
         self.device = resolve_device(tc.device)
         self.output_dir = Path(tc.output_dir)
-        self.eval_env = eval_env or make_env(cfg.task.id, cfg.task.max_episode_steps)
+        self.eval_env = eval_env or env_from_config(cfg.task)
         self.spec = task_spec(self.eval_env, cfg.task.id)
         self.envs = envs or make_vector_env(cfg.task.id, cfg.task.num_envs,
-                                            cfg.task.max_episode_steps)
+                                            cfg.task.max_episode_steps,
+                                            action_repeat=cfg.task.action_repeat,
+                                            pixels=pixel_options(cfg.task))
         if self.envs.num_envs != cfg.task.num_envs:
             raise ValueError(f"task.num_envs is {cfg.task.num_envs} but the vector env has "
                              f"{self.envs.num_envs}")
-        self.agent = make_agent(self.spec.obs_dim, self.spec.act_dim, cfg.agent, self.device)
-        self.replay = ReplayBuffer(tc.replay_size, self.spec.obs_dim, self.spec.act_dim,
+        self.agent = make_agent(self.spec.obs_shape, self.spec.act_dim, cfg.agent, self.device)
+        self.replay = ReplayBuffer(tc.replay_size, self.spec.obs_shape, self.spec.act_dim,
                                    tc.seed + 1)
         self.rng = np.random.default_rng(tc.seed + 2)  # warm-up actions
         self.env_steps = 0
@@ -243,8 +252,9 @@ class Trainer:
     def _restore(self, path: str | Path) -> None:
         payload = load_checkpoint(path, map_location=self.device)
         saved = config_from_dict(payload["config"])
-        for field in ("task.id", "task.num_envs", "agent.algo", "agent.hidden", "agent.layers",
-                      "trainer.replay_size"):
+        for field in ("task.id", "task.num_envs", "task.pixels", "task.image_size",
+                      "task.frame_stack", "task.action_repeat", "agent.algo", "agent.hidden",
+                      "agent.layers", "agent.feature_dim", "trainer.replay_size"):
             section, name = field.split(".")
             have, want = getattr(getattr(saved, section), name), \
                 getattr(getattr(self.cfg, section), name)

@@ -210,7 +210,7 @@ def test_metadata_that_is_not_json_is_refused(exported, tmp_path):
     ('format', 'other/1', "format 'other/1'"),
     ('action_high', [1.0, 2.0], 'act_dim=1'),
     ('obs_terms', [['observation', 5]], 'obs_terms sizes do not sum to obs_dim=4'),
-    ('obs_dim', 5, "graph input 'observation'"),
+    ('obs_dim', 5, 'metadata obs_shape [4] is not'),
     ('noise_input', True, 'noise input presence'),
 ])
 def test_bad_metadata_field_is_named(exported, tmp_path, field, value, message):

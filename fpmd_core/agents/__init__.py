@@ -10,10 +10,12 @@ from .fpmd import MirrorDescentAgent
 from .sac import SACAgent
 
 
-def make_agent(obs_dim: int, act_dim: int, cfg, device: torch.device) -> Agent:
+def make_agent(obs_shape: int | tuple[int, ...], act_dim: int, cfg,
+               device: torch.device) -> Agent:
+    """`obs_shape`: the state size, or (H, W, C) for stacked uint8 camera frames."""
     if cfg.algo == "sac":
-        return SACAgent(obs_dim, act_dim, cfg, device)
-    return MirrorDescentAgent(obs_dim, act_dim, cfg, device)
+        return SACAgent(obs_shape, act_dim, cfg, device)
+    return MirrorDescentAgent(obs_shape, act_dim, cfg, device)
 
 
 __all__ = ["Agent", "MirrorDescentAgent", "NonFiniteLossError", "SACAgent", "make_agent"]

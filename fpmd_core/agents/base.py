@@ -6,29 +6,56 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nets import make_encoder, random_shift
 from .critic import Critic
 
 
 class Agent(nn.Module):
     """Subclasses define `update(batch)`, `explore(obs)`, `evaluate(obs)` (best-of-N, no
-    exploration noise) and `deploy_policy()` (the module that is exported)."""
+    exploration noise) and `deploy_policy()` (the module that is exported); all of them take
+    features (`self.encoder(obs)`): the state itself, or the pixel encoder's output."""
 
     algo: str = ""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device: torch.device):
+    def __init__(self, obs_shape: int | tuple[int, ...], act_dim: int, cfg,
+                 device: torch.device):
         super().__init__()
-        self.cfg, self.obs_dim, self.act_dim, self.device = cfg, obs_dim, act_dim, device
-        self.critic = Critic(obs_dim, act_dim, cfg)
+        self.obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+        self.pixels = len(self.obs_shape) == 3
+        encoder = make_encoder(self.obs_shape, cfg.feature_dim)
+        self.cfg, self.act_dim, self.device = cfg, act_dim, device
+        self.obs_dim = encoder.out_dim
+        """Size of the features the critic and the policy see."""
+        self.critic = Critic(encoder, act_dim, cfg)
         self.gradient_steps = 0
         self.actor_updates = 0
 
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.critic.encoder
+
     def _tensor(self, obs: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        dtype = np.uint8 if self.pixels else np.float32
+        return torch.as_tensor(np.asarray(obs, dtype=dtype), device=self.device)
+
+    @torch.no_grad()
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(obs)
+
+    def encode_batch(self, batch: dict) -> dict:
+        """Replay observations -> features. Pixels: random-shift augmented; `obs` keeps its
+        gradient for the critic loss, `next_obs` (and everything the actor sees) has none."""
+        if not self.pixels:
+            return batch
+        obs = self.encoder(random_shift(batch["obs"], self.cfg.shift_pad))
+        with torch.no_grad():
+            next_obs = self.encoder(random_shift(batch["next_obs"], self.cfg.shift_pad))
+        return batch | {"obs": obs, "next_obs": next_obs}
 
     def act(self, obs: np.ndarray, mode: str = "explore") -> np.ndarray:
         """Actions in [-1, 1] for a batch of observations. mode: explore | best_of_n | deploy."""
-        obs_t = self._tensor(obs)
         with torch.no_grad():
+            obs_t = self.features(self._tensor(obs))
             if mode == "explore":
                 actions = self.explore(obs_t)
             elif mode == "best_of_n":

@@ -26,13 +26,17 @@ class DoubleQ(nn.Module):
 
 
 class Critic(nn.Module):
-    """Online and target double-Q with its optimiser."""
+    """Online and target double-Q on the encoder's features, with one optimiser for both: the
+    critic loss is the only loss that trains the encoder (DrQ-v2). The target critic reads the
+    online encoder's features (no target encoder), as in DrQ-v2."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg):
+    def __init__(self, encoder: nn.Module, act_dim: int, cfg):
         super().__init__()
-        self.online = DoubleQ(obs_dim, act_dim, cfg.hidden, cfg.layers)
+        self.encoder = encoder
+        self.online = DoubleQ(encoder.out_dim, act_dim, cfg.hidden, cfg.layers)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.critic_lr)
+        self.optimizer = torch.optim.Adam(
+            [*self.online.parameters(), *self.encoder.parameters()], lr=cfg.critic_lr)
 
 
 def td_target(critic: Critic, batch: dict, next_value_bonus: torch.Tensor | float,

@@ -36,11 +36,11 @@ def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.T
 class MirrorDescentAgent(Agent):
     POLICIES = {"fpmd_r": FlowPolicy, "fpmd_m": MeanFlowPolicy, "dpmd": DiffusionPolicy}
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device: torch.device):
-        super().__init__(obs_dim, act_dim, cfg, device)
+    def __init__(self, obs_shape, act_dim: int, cfg, device: torch.device):
+        super().__init__(obs_shape, act_dim, cfg, device)
         self.algo = cfg.algo
         extra = {"steps": cfg.diffusion_steps} if cfg.algo == "dpmd" else {}
-        self.policy = self.POLICIES[cfg.algo](obs_dim, act_dim, cfg.hidden, cfg.layers,
+        self.policy = self.POLICIES[cfg.algo](self.obs_dim, act_dim, cfg.hidden, cfg.layers,
                                               output_bound=cfg.output_bound, **extra)
         self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
@@ -73,6 +73,7 @@ class MirrorDescentAgent(Agent):
         """One gradient step: critic; every `actor_interval`: actor and Polyak; every
         `alpha_interval`: temperature."""
         cfg = self.cfg
+        batch = self.encode_batch(batch)
         next_actions = self._sample(self.policy, batch["next_obs"], explore=True)
         metrics = update_critic(self.critic, batch, td_target(self.critic, batch, 0.0,
                                                               next_actions, cfg))
@@ -123,6 +124,7 @@ class MirrorDescentAgent(Agent):
         """Mean ||a(NFE=1) - a(NFE=20)|| from x0 = 0 with the EMA policy (straightness)."""
         if self.algo == "dpmd":
             return None
+        obs = self.features(obs)
         zeros = torch.zeros(obs.shape[0], self.act_dim, device=obs.device)
         one = self.ema_policy.generate(obs, zeros, 1).clamp(-1, 1)
         many = self.ema_policy.generate(obs, zeros, ONE_STEP_REFERENCE_STEPS).clamp(-1, 1)

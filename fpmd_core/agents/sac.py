@@ -14,9 +14,9 @@ from .critic import check_finite, polyak, td_target, update_critic
 class SACAgent(Agent):
     algo = "sac"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device: torch.device):
-        super().__init__(obs_dim, act_dim, cfg, device)
-        self.policy = GaussianPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers)
+    def __init__(self, obs_shape, act_dim: int, cfg, device: torch.device):
+        super().__init__(obs_shape, act_dim, cfg, device)
+        self.policy = GaussianPolicy(self.obs_dim, act_dim, cfg.hidden, cfg.layers)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.sac_alpha_init)))
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.actor_lr)
@@ -34,13 +34,15 @@ class SACAgent(Agent):
 
     def update(self, batch: dict) -> dict[str, float]:
         cfg = self.cfg
+        batch = self.encode_batch(batch)
         with torch.no_grad():
             next_actions, next_log_prob = self.policy.sample(batch["next_obs"])
         target = td_target(self.critic, batch, -self.alpha * next_log_prob, next_actions, cfg)
         metrics = update_critic(self.critic, batch, target)
         self.gradient_steps += 1
         if self.gradient_steps % cfg.actor_interval == 0:
-            metrics |= self.update_actor_and_temperature(batch["obs"])
+            # Detached: only the critic loss trains the pixel encoder.
+            metrics |= self.update_actor_and_temperature(batch["obs"].detach())
             polyak(self.critic.target, self.critic.online, cfg.tau)
         return metrics
 

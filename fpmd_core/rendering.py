@@ -1,0 +1,136 @@
+"""Offscreen camera images of a MuJoCo model: the one renderer of pixel tasks and sim nodes.
+
+The OpenGL backend is chosen by `MUJOCO_GL` (egl or osmesa on a headless machine), which MuJoCo
+reads once, at import. `use_headless_backend()` sets EGL when nothing is set and no display
+exists; call it before anything imports mujoco (fpmd_core's own modules do).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import weakref
+from collections import deque
+
+import numpy as np
+
+BACKENDS = ("egl", "osmesa", "glfw")
+
+
+_live_cameras: weakref.WeakSet = weakref.WeakSet()
+_close_at_exit_registered = False
+
+
+def _close_live_cameras() -> None:
+    for camera in list(_live_cameras):
+        camera.close()
+
+
+class RenderError(RuntimeError):
+    """No OpenGL context could be made, or the camera does not exist."""
+
+
+def use_headless_backend() -> str:
+    """`MUJOCO_GL` as it will be used: the user's value, else egl when there is no display."""
+    if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+    return os.environ.get("MUJOCO_GL", "glfw")
+
+
+use_headless_backend()
+
+import mujoco  # noqa: E402  (after MUJOCO_GL is settled)
+
+
+class Camera:
+    """RGB images (H, W, 3) uint8 of one camera of `model`.
+
+    `fast` turns off shadows and multisampling: about 8x more frames per second with the
+    software rasteriser (llvmpipe), at a small visual cost. Pixel training and the sim node both
+    use this class, so what a policy sees in training is what a sim publishes.
+    """
+
+    def __init__(self, model: mujoco.MjModel, width: int = 84, height: int = 84,
+                 camera: int | str = 0, fast: bool = True):
+        if width < 1 or height < 1:
+            raise RenderError(f"image size: expected positive width and height, got "
+                              f"{width}x{height}")
+        if isinstance(camera, str) and camera.lstrip("-").isdigit():
+            camera = int(camera)
+        if isinstance(camera, int):
+            if not -1 <= camera < model.ncam:
+                raise RenderError(f"camera: expected -1 (free camera) or an id in "
+                                  f"[0, {model.ncam - 1}], got {camera}")
+        elif mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+            names = [model.camera(i).name for i in range(model.ncam)]
+            raise RenderError(f"camera: no camera named {camera!r}; the model has {names}")
+        if fast:
+            model.vis.quality.shadowsize = 0
+            model.vis.quality.offsamples = 0
+        # The offscreen buffer bounds the image size; grow it rather than fail.
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+        self.width, self.height, self.camera = width, height, camera
+        try:
+            self._renderer = mujoco.Renderer(model, height, width)
+        except Exception as err:  # the GL stack raises many types
+            raise RenderError(
+                f"cannot create an offscreen OpenGL context with MUJOCO_GL="
+                f"{os.environ.get('MUJOCO_GL', '')!r}: {err}. Headless machines need EGL "
+                "(apt-get install libegl1 libegl-mesa0 libgl1 libglx-mesa0) or OSMesa "
+                "(apt-get install libosmesa6, then MUJOCO_GL=osmesa)") from None
+        # MuJoCo's EGL module terminates the display at exit; contexts freed after that print
+        # errors. Registered after the first context exists, this runs before it (LIFO).
+        global _close_at_exit_registered
+        _live_cameras.add(self)
+        if not _close_at_exit_registered:
+            atexit.register(_close_live_cameras)
+            _close_at_exit_registered = True
+
+    def render(self, data: mujoco.MjData) -> np.ndarray:
+        self._renderer.update_scene(data, camera=self.camera)
+        return self._renderer.render()
+
+    def close(self) -> None:
+        renderer, self._renderer = getattr(self, "_renderer", None), None
+        if renderer is not None:
+            renderer.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the GL library may already be gone
+            pass
+
+
+class FrameStack:
+    """The last `k` frames (H, W, 3) as one (H, W, 3k) array, oldest first.
+
+    One definition for the pixel env, the ROS vector env and the controller, so training and
+    deployment stack frames the same way. `reset(frame)` fills all k slots with the frame.
+    """
+
+    def __init__(self, k: int):
+        if k < 1:
+            raise ValueError(f"frame_stack: expected an integer >= 1, got {k}")
+        self.k = k
+        self._frames: deque[np.ndarray] = deque(maxlen=k)
+
+    def reset(self, frame: np.ndarray) -> np.ndarray:
+        self._frames.clear()
+        for _ in range(self.k):
+            self._frames.append(frame)
+        return self.observation()
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        if not self._frames:
+            return self.reset(frame)
+        self._frames.append(frame)
+        return self.observation()
+
+    def observation(self) -> np.ndarray:
+        return np.concatenate(list(self._frames), axis=-1)
+
+    @property
+    def ready(self) -> bool:
+        return len(self._frames) == self.k
