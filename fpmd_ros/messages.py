@@ -12,11 +12,18 @@ Transition
 ----------
 ``transition`` is a ``std_msgs/Float64MultiArray`` with exactly these segments, in this order::
 
-    observation (obs_dim) | reward (1) | terminated (1) | truncated (1) | step (1) | episode (1)
+    observation (obs_dim) | reward | terminated | truncated | step | episode | stamp
 
 ``terminated``/``truncated`` are 0.0 or 1.0; ``step`` (index within the episode, 0 for the
-observation right after a reset) and ``episode`` are non-negative integers. float64 carries the
-float32 observation and the float64 reward bit-exactly.
+observation right after a reset) and ``episode`` are non-negative integers. ``stamp`` is the sim
+time of the observation in integer nanoseconds: the ``header.stamp`` of the camera frame that
+shows it, so pixel trainers pair frames with transitions by it. float64 carries the float32
+observation, the float64 reward and stamps below 2**53 ns (104 days) bit-exactly.
+
+Camera images
+-------------
+``sensor_msgs/Image`` with encoding ``rgb8``, ``step`` >= 3 * width (row padding allowed),
+``is_bigendian`` 0; ``decode_image`` refuses anything else by name.
 
 Episode summary
 ---------------
@@ -40,10 +47,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension, MultiArrayLayout
 
-TRANSITION_LABELS = ('observation', 'reward', 'terminated', 'truncated', 'step', 'episode')
+TRANSITION_LABELS = ('observation', 'reward', 'terminated', 'truncated', 'step', 'episode',
+                     'stamp')
 EPISODE_LABELS = ('episode', 'seed', 'return', 'length', 'terminated')
 COMMAND_LABEL = 'action'
 
@@ -172,17 +180,19 @@ class Transition:
     truncated: bool
     step: int
     episode: int
+    stamp_ns: int = 0
+    """Sim time of the observation (the stamp of its camera frame)."""
 
 
 def encode_transition(observation, reward: float, terminated: bool, truncated: bool,
-                      step: int, episode: int) -> Float64MultiArray:
+                      step: int, episode: int, stamp_ns: int = 0) -> Float64MultiArray:
     observation = np.asarray(observation, dtype=np.float64).ravel()
     values = np.concatenate([
         observation,
         [float(reward), float(bool(terminated)), float(bool(truncated)), float(step),
-         float(episode)],
+         float(episode), float(stamp_ns)],
     ])
-    sizes = (observation.size, 1, 1, 1, 1, 1)
+    sizes = (observation.size, 1, 1, 1, 1, 1, 1)
     return to_float64_multiarray(values, list(zip(TRANSITION_LABELS, sizes, strict=True)))
 
 
@@ -206,11 +216,11 @@ def decode_transition(msg: Float64MultiArray, obs_dim: int | None = None) -> Tra
         index = _first_nonfinite(data)
         field = 'observation' if index < n_obs else TRANSITION_LABELS[index - n_obs + 1]
         raise ValueError(f'transition field {field!r} is not finite ({data[index]})')
-    reward, terminated, truncated, step, episode = data[n_obs:]
+    reward, terminated, truncated, step, episode, stamp = data[n_obs:]
     for label, value in (('terminated', terminated), ('truncated', truncated)):
         if value not in (0.0, 1.0):
             raise ValueError(f'transition field {label!r} is {value}, expected 0 or 1')
-    for label, value in (('step', step), ('episode', episode)):
+    for label, value in (('step', step), ('episode', episode), ('stamp', stamp)):
         if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
             raise ValueError(f'transition field {label!r} is {value}, '
                              'expected a non-negative integer')
@@ -221,6 +231,7 @@ def decode_transition(msg: Float64MultiArray, obs_dim: int | None = None) -> Tra
         truncated=bool(truncated),
         step=int(step),
         episode=int(episode),
+        stamp_ns=int(stamp),
     )
 
 
@@ -389,3 +400,66 @@ def diagnostic_array(stamp_ns: int, statuses: Sequence):
 def diagnostic_values(status) -> dict[str, str]:
     """The key/value pairs of a DiagnosticStatus as a dict."""
     return {kv.key: kv.value for kv in status.values}
+
+
+# --- camera images -----------------------------------------------------------------------------
+
+IMAGE_ENCODING = 'rgb8'
+
+
+def stamp_to_ns(msg_stamp) -> int:
+    return int(msg_stamp.sec) * 1_000_000_000 + int(msg_stamp.nanosec)
+
+
+def encode_image(frame: np.ndarray, stamp_ns: int, frame_id: str) -> Image:
+    """An (H, W, 3) uint8 RGB frame as a ``sensor_msgs/Image`` (rgb8, unpadded rows)."""
+    frame = np.ascontiguousarray(frame, dtype=np.uint8)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f'image: expected an (H, W, 3) frame, got shape {frame.shape}')
+    msg = Image()
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(frame.shape[0]), int(frame.shape[1])
+    msg.encoding = IMAGE_ENCODING
+    msg.is_bigendian = 0
+    msg.step = 3 * msg.width
+    msg.data = frame.tobytes()
+    return msg
+
+
+def decode_image(msg: Image, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """A validated (H, W, 3) uint8 RGB frame (a copy); ValueError names what is wrong:
+    encoding, size, step or data length."""
+    if msg.encoding != IMAGE_ENCODING:
+        raise ValueError(f'image encoding {msg.encoding!r}, expected {IMAGE_ENCODING!r}')
+    if msg.height == 0 or msg.width == 0:
+        raise ValueError(f'image size {msg.width}x{msg.height}: empty')
+    if (height is not None and msg.height != height) or (width is not None and
+                                                         msg.width != width):
+        raise ValueError(f'image size {msg.width}x{msg.height}, expected {width}x{height}')
+    if msg.step < 3 * msg.width:
+        raise ValueError(f'image step {msg.step}, expected >= {3 * msg.width} (3 x width)')
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if data.size != msg.step * msg.height:
+        raise ValueError(f'image data has {data.size} bytes, expected step x height = '
+                         f'{msg.step * msg.height}')
+    rows = data.reshape(msg.height, msg.step)[:, :3 * msg.width]
+    return rows.reshape(msg.height, msg.width, 3).copy()
+
+
+def camera_info(stamp_ns: int, frame_id: str, width: int, height: int,
+                fovy_deg: float) -> CameraInfo:
+    """Ideal pinhole intrinsics of a MuJoCo camera (vertical field of view, square pixels,
+    principal point at the centre, no distortion)."""
+    focal = 0.5 * height / np.tan(np.radians(fovy_deg) / 2.0)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    msg = CameraInfo()
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = 'plumb_bob'
+    msg.d = [0.0] * 5
+    msg.k = [focal, 0.0, cx, 0.0, focal, cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [focal, 0.0, cx, 0.0, 0.0, focal, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg

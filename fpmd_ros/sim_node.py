@@ -323,7 +323,7 @@ class MujocoSimNode(Node):
         if self._transition_pub is not None:
             self._transition_pub.publish(messages.encode_transition(
                 observation, reward, terminated, truncated, self.step_index,
-                self.episode_index))
+                self.episode_index, self.sim_time_ns))
 
     def _publish_state(self) -> None:
         """The current state, once per control step (after an autoreset: the new episode's)."""

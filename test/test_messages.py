@@ -13,7 +13,7 @@ from fpmd_ros import messages
 
 def _transition(**overrides) -> Float64MultiArray:
     fields = dict(observation=np.float32([0.1, -2.5, 3.0]), reward=-0.75, terminated=False,
-                  truncated=True, step=12, episode=3)
+                  truncated=True, step=12, episode=3, stamp_ns=2**52 + 7)
     fields.update(overrides)
     return messages.encode_transition(**fields)
 
@@ -23,10 +23,11 @@ def test_transition_round_trip_is_exact():
     t = messages.decode_transition(_transition(observation=obs), obs_dim=3)
     np.testing.assert_array_equal(t.observation, obs)
     assert t.observation.dtype == np.float32
-    assert (t.reward, t.terminated, t.truncated, t.step, t.episode) == (-0.75, False, True, 12, 3)
+    assert (t.reward, t.terminated, t.truncated, t.step, t.episode, t.stamp_ns) == \
+        (-0.75, False, True, 12, 3, 2**52 + 7)
     labels = [(d.label, d.size, d.stride) for d in _transition().layout.dim]
     assert labels == [('observation', 3, 3), ('reward', 1, 1), ('terminated', 1, 1),
-                      ('truncated', 1, 1), ('step', 1, 1), ('episode', 1, 1)]
+                      ('truncated', 1, 1), ('step', 1, 1), ('episode', 1, 1), ('stamp', 1, 1)]
 
 
 def _with_data(msg, index, value):
@@ -42,6 +43,7 @@ def _with_data(msg, index, value):
     (lambda: _with_data(_transition(), 4, 0.5), "'terminated' is 0.5"),
     (lambda: _with_data(_transition(), 6, 2.5), "'step' is 2.5"),
     (lambda: _with_data(_transition(), 7, -1.0), "'episode' is -1.0"),
+    (lambda: _with_data(_transition(), 8, 0.5), "'stamp' is 0.5"),
     (lambda: messages.to_float64_multiarray(np.zeros(8), [('observation', 3), ('reward', 1),
                                                           ('terminated', 1), ('truncated', 1),
                                                           ('step', 2)]), 'missing: episode'),
@@ -57,7 +59,7 @@ def test_transition_sizes_are_checked():
         messages.decode_transition(_transition(), obs_dim=4)
     msg = _transition()
     msg.data = list(msg.data)[:-1]
-    with pytest.raises(ValueError, match='sum to 8 but the data has 7'):
+    with pytest.raises(ValueError, match='sum to 9 but the data has 8'):
         messages.decode_transition(msg)
 
 
