@@ -1,8 +1,8 @@
 """Offscreen camera images of a MuJoCo model: the one renderer of pixel tasks and sim nodes.
 
 The OpenGL backend is chosen by `MUJOCO_GL` (egl or osmesa on a headless machine), which MuJoCo
-reads once, at import. `use_headless_backend()` sets EGL when nothing is set and no display
-exists; call it before anything imports mujoco (fpmd_core's own modules do).
+reads once, at import; `fpmd_core.use_headless_backend` (run when fpmd_core is imported) picks
+EGL when nothing is set and there is no display.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import os
 import weakref
 from collections import deque
 
+import mujoco
 import numpy as np
-
-BACKENDS = ("egl", "osmesa", "glfw")
-
 
 _live_cameras: weakref.WeakSet = weakref.WeakSet()
 _close_at_exit_registered = False
@@ -30,16 +28,6 @@ class RenderError(RuntimeError):
     """No OpenGL context could be made, or the camera does not exist."""
 
 
-def use_headless_backend() -> str:
-    """`MUJOCO_GL` as it will be used: the user's value, else egl when there is no display."""
-    if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
-        os.environ["MUJOCO_GL"] = "egl"
-    return os.environ.get("MUJOCO_GL", "glfw")
-
-
-use_headless_backend()
-
-import mujoco  # noqa: E402  (after MUJOCO_GL is settled)
 
 
 class Camera:

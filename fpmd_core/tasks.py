@@ -12,11 +12,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
-from .rendering import Camera, FrameStack  # before mujoco: it settles the OpenGL backend
-
-import mujoco  # noqa: E402, I001
+from .rendering import Camera, FrameStack
 
 _DMC_PATTERN = re.compile(r"^([a-z_]+)-([a-z_]+)$")
 
