@@ -156,6 +156,9 @@ DEPLOY_ARGUMENTS = (
     LaunchArgument('sim', 'false', (
         'true: also start a mujoco_sim in realtime mode running the policy\'s task, wired to the '
         'controller (a deployment rehearsal); false: drive whatever listens on command_topic.')),
+    LaunchArgument('image_topic', 'camera/image_raw', (
+        'observation_mode image: the camera topic (sensor_msgs/Image, rgb8) the controller '
+        'stacks frames from; with sim:=true the sim publishes camera/image_raw.')),
     LaunchArgument('command_topic', 'commands', (
         'Topic the controller publishes its commands (std_msgs/Float64MultiArray) on, e.g. '
         '/forward_command_controller/commands for a ros2_control robot.')),
@@ -367,6 +370,7 @@ def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
         'mode': 'lockstep',
         'seed': seed + i * SEED_STRIDE,
         'max_episode_steps': cfg.task.max_episode_steps,
+        **sim_task_parameters(cfg.task),
     }, respawn=True, respawn_delay_s=SIM_RESPAWN_DELAY_S) for i, namespace in enumerate(
         namespaces[:local])]
     trainer = NodeSpec(TRAINER_EXECUTABLE, TRAINER_NODE_NAME, '', {
@@ -386,15 +390,37 @@ def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
     return [*sims, trainer]
 
 
-def policy_task(path: str) -> str:
-    """The task a policy was trained on (its metadata), for the rehearsal sim."""
+def sim_task_parameters(task) -> dict[str, Any]:
+    """The sim parameters that make a sim step the task as the config describes it: action
+    repeat, and for pixel tasks the camera the trainer observes (fpmd_core.config.TaskConfig)."""
+    params: dict[str, Any] = {'action_repeat': task.action_repeat}
+    if task.pixels:
+        params |= {'camera_enabled': True, 'image_width': task.image_size,
+                   'image_height': task.image_size, 'camera': task.camera}
+    return params
+
+
+def policy_metadata(path: str) -> dict[str, Any]:
+    """The metadata of a policy (task, observation shape, camera ...), for the rehearsal sim."""
     from fpmd_core.runtime import load_policy
 
     try:
-        return str(load_policy(path).metadata['task'])
+        return dict(load_policy(path).metadata)
     except Exception as error:  # PolicyError, CheckpointError, onnxruntime errors ...
         raise GraphArgumentError('policy', f'cannot read the policy metadata of {path}: '
                                  f'{error}') from None
+
+
+def rehearsal_sim_parameters(meta: dict[str, Any]) -> dict[str, Any]:
+    """The sim that shows a policy what it was trained on: its task and action repeat, and for
+    a pixel policy the camera, image size and rendering it was trained with."""
+    params: dict[str, Any] = {'task': str(meta['task']),
+                              'action_repeat': int(meta.get('action_repeat', 1))}
+    shape = meta.get('obs_shape') or [meta['obs_dim']]
+    if len(shape) == 3:
+        params |= {'camera_enabled': True, 'image_height': int(shape[0]),
+                   'image_width': int(shape[1]), 'camera': str(meta.get('camera', ''))}
+    return params
 
 
 def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
@@ -426,26 +452,39 @@ def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
                                  'name such as commands or /forward_command_controller/commands')
     namespace = _namespace(values, 'namespace')
     use_sim_time = _bool(values, 'use_sim_time')
-    if sim and observation_mode == 'image':
-        raise GraphArgumentError('observation_mode', "'image' with sim:=true; the mujoco_sim "
-                                 'node publishes no camera images; expected observation or '
-                                 'joint_states')
+    image_topic = _text(values, 'image_topic')
+    if not _TOPIC.match(image_topic):
+        raise GraphArgumentError('image_topic', f'{image_topic!r}; expected a ROS topic name '
+                                 'such as camera/image_raw')
+
+    meta = policy_metadata(policy) if sim or observation_mode == 'image' else {}
+    pixel_policy = len(meta.get('obs_shape') or [0]) == 3
+    if observation_mode == 'image' and not pixel_policy:
+        raise GraphArgumentError('observation_mode', f"'image', but {policy} is a state policy "
+                                 '(no camera frames in its metadata); expected observation or '
+                                 'joint_states, or a policy trained from pixels')
+    if sim and pixel_policy and observation_mode != 'image':
+        raise GraphArgumentError('observation_mode', f'{observation_mode!r}, but {policy} acts '
+                                 'from camera frames; expected image')
 
     remap_commands = [('commands', command_topic)]
     nodes = []
     if sim:
         nodes.append(NodeSpec(SIM_EXECUTABLE, SIM_NODE_NAME, namespace, {
-            'task': policy_task(policy),
+            **rehearsal_sim_parameters(meta),
             'mode': 'realtime',
             'publish_clock': use_sim_time,
         }, remappings=list(remap_commands)))
+    controller_remaps = list(remap_commands)
+    if observation_mode == 'image':
+        controller_remaps.append(('image_raw', image_topic))
     nodes.append(NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME, namespace, {
         'policy': policy,
         'observation_mode': observation_mode,
         'control_rate_hz': control_rate_hz,
         'trigger': trigger,
         'use_sim_time': use_sim_time,
-    }, remappings=list(remap_commands), lifecycle=True))
+    }, remappings=controller_remaps, lifecycle=True))
     return nodes
 
 

@@ -14,6 +14,11 @@
 * ``reset(seed=None)`` calls every sim's ``~/reset`` and waits for step 0. ``reset(seed=s)``
   first sets each sim's ``seed`` parameter (int ``s``: sim ``i`` gets ``s + i * seed_stride``; a
   list: one seed per sim), so sim ``i``'s episodes from then on use seeds ``seed_i + 0, 1, ...``.
+* Pixel tasks (``pixels``): the transitions carry the state; the observation is built here from
+  each sim's ``<ns>/camera/image_raw``: the frame whose ``header.stamp`` equals the transition's
+  ``stamp`` (never by arrival order), stacked with ``fpmd_core.rendering.FrameStack`` exactly as
+  the in-process pixel env stacks them. The sims must run with ``camera_enabled`` and the same
+  image size, camera and ``action_repeat`` (checked at connection).
 * Everything waits against the wall clock: sims missing at startup are named after
   ``connect_timeout_s``; a sim that stops answering raises :class:`SimTimeoutError` naming its
   namespace and the ``(episode, step)`` awaited, after ``step_timeout_s``. Nothing hangs.
@@ -24,6 +29,7 @@ only inside ``reset``/``step``; it is not thread-safe, like any Gymnasium env.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -36,15 +42,17 @@ from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from fpmd_core.tasks import make_env, scale_action, task_spec
+from fpmd_core.rendering import FrameStack
+from fpmd_core.tasks import PixelOptions, default_camera, make_env, scale_action, task_spec
 from fpmd_ros import messages
 from fpmd_ros.sim_node import LOCKSTEP_QOS, NODE_NAME
 
 _RESET_REPLY = re.compile(r'^episode (\d+) seed (-?\d+)$')
-_INBOX_LIMIT = 1024  # transitions kept per sim that nobody asked for (stale or foreign)
+_INBOX_LIMIT = 1024  # transitions (and frames) kept per sim that nobody asked for yet
 
 
 class SimError(RuntimeError):
@@ -65,6 +73,13 @@ class SimTimeoutError(SimError, TimeoutError):
         self.awaited = awaited
 
 
+def _parameter_value(value: ParameterValue):
+    return {ParameterType.PARAMETER_STRING: value.string_value,
+            ParameterType.PARAMETER_INTEGER: value.integer_value,
+            ParameterType.PARAMETER_BOOL: value.bool_value,
+            ParameterType.PARAMETER_DOUBLE: value.double_value}.get(value.type)
+
+
 class _Sim:
     """Endpoints and inbox of one sim node."""
 
@@ -83,11 +98,27 @@ class _Sim:
                                                     f'{self.node_path}/get_parameters')
         self.set_params_client = node.create_client(SetParameters,
                                                     f'{self.node_path}/set_parameters')
-        self._obs_dim = env.task_spec.obs_dim
+        self._obs_dim = env.state_dim
         self.inbox: dict[tuple[int, int], messages.Transition] = {}
         self.error: str | None = None
         self.episode = -1
         self.step = 0
+        self.pixels = env.pixels
+        if self.pixels is not None:
+            self.image_sub = node.create_subscription(
+                Image, f'{self.ns}/camera/image_raw', self._on_image, LOCKSTEP_QOS)
+            self.frames: dict[int, np.ndarray] = {}
+            self.stack = FrameStack(self.pixels.frame_stack)
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            frame = messages.decode_image(msg, self.pixels.height, self.pixels.width)
+        except ValueError as error:
+            self.error = f'malformed camera frame: {error}'
+            return
+        if len(self.frames) >= _INBOX_LIMIT:
+            self.frames.pop(min(self.frames))
+        self.frames[messages.stamp_to_ns(msg.header.stamp)] = frame
 
     def _on_transition(self, msg: Float64MultiArray) -> None:
         try:
@@ -105,18 +136,36 @@ class _Sim:
             missing.append(f'no subscriber on {self.ns}/commands')
         if self.transition_sub.get_publisher_count() == 0:
             missing.append(f'no publisher on {self.ns}/transition')
+        if self.pixels is not None and self.image_sub.get_publisher_count() == 0:
+            missing.append(f'no publisher on {self.ns}/camera/image_raw (camera_enabled?)')
         for client in (self.reset_client, self.get_params_client, self.set_params_client):
             if not client.service_is_ready():
                 missing.append(f'no service {client.service_name}')
         return missing
 
     def take(self, key: tuple[int, int]) -> messages.Transition | None:
-        """The transition ``key`` if it has arrived; drops everything older."""
-        transition = self.inbox.pop(key, None)
-        if transition is not None:
-            for old in [k for k in self.inbox if k < key]:
-                del self.inbox[old]
+        """The transition ``key`` once it (and, for pixels, its frame) has arrived, with
+        ``observation`` replaced by the frame stack; drops everything older."""
+        transition = self.inbox.get(key)
+        if transition is None:
+            return None
+        if self.pixels is not None:
+            frame = self.frames.pop(transition.stamp_ns, None)
+            if frame is None:
+                return None
+            for old in [stamp for stamp in self.frames if stamp < transition.stamp_ns]:
+                del self.frames[old]
+            stacked = self.stack.reset(frame) if key[1] == 0 else self.stack.push(frame)
+            transition = dataclasses.replace(transition, observation=stacked)
+        del self.inbox[key]
+        for old in [k for k in self.inbox if k < key]:
+            del self.inbox[old]
         return transition
+
+    def frame_missing(self, key: tuple[int, int]) -> int | None:
+        """The stamp of transition ``key``'s frame if the transition came but the frame not."""
+        transition = self.inbox.get(key)
+        return None if self.pixels is None or transition is None else transition.stamp_ns
 
     def skipped(self, key: tuple[int, int]) -> bool:
         """True if a later episode has begun while ``key`` is still missing."""
@@ -132,6 +181,8 @@ class RosVectorEnv(gym.vector.VectorEnv):
         namespaces: explicit sim namespaces (one sub-env each, in this order).
         sim_node_name: the sims' node name (services are ``<ns>/<sim_node_name>/reset`` ...).
         max_episode_steps: as given to the sims; only used for the local ``task_spec``.
+        action_repeat: as given to the sims (checked); ``control_dt`` includes it.
+        pixels: observe stacked camera frames of this size, camera and stack depth.
         step_timeout_s: wall-clock limit for one step or reset of all sims.
         connect_timeout_s: wall-clock limit for finding all sims at construction.
         seed_stride: ``reset(seed=s)`` gives sim ``i`` the seed ``s + i * seed_stride``. The
@@ -146,6 +197,7 @@ class RosVectorEnv(gym.vector.VectorEnv):
     def __init__(self, task_id: str, num_envs: int | None = None,
                  namespaces: Sequence[str] | None = None, *,
                  sim_node_name: str = NODE_NAME, max_episode_steps: int = 0,
+                 action_repeat: int = 1, pixels: PixelOptions | None = None,
                  step_timeout_s: float = 10.0, connect_timeout_s: float = 30.0,
                  seed_stride: int = 1_000_000, context: Context | None = None,
                  node_name: str = 'ros_vector_env'):
@@ -161,9 +213,15 @@ class RosVectorEnv(gym.vector.VectorEnv):
         if step_timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError('step_timeout_s and connect_timeout_s must be positive')
 
-        local = make_env(task_id, max_episode_steps, normalized_actions=False)
+        if pixels is not None and not pixels.camera:
+            pixels = dataclasses.replace(pixels, camera=default_camera(task_id))
+        self.pixels, self.action_repeat = pixels, int(action_repeat)
+        local = make_env(task_id, max_episode_steps, normalized_actions=False,
+                         action_repeat=action_repeat, pixels=pixels)
         try:
             self.task_spec = task_spec(local, task_id)
+            # What the sims' transitions carry: the state, also for pixel tasks.
+            self.state_dim = int(np.prod(local.unwrapped.observation_space.shape))
         finally:
             local.close()
         spec = self.task_spec
@@ -175,8 +233,9 @@ class RosVectorEnv(gym.vector.VectorEnv):
         self.seed_stride = int(seed_stride)
         self._low = np.asarray(spec.action_low, dtype=np.float64)
         self._high = np.asarray(spec.action_high, dtype=np.float64)
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,),
-                                                       np.float32)
+        self.single_observation_space = (
+            gym.spaces.Box(0, 255, spec.obs_shape, np.uint8) if pixels is not None
+            else gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32))
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (spec.act_dim,), np.float32)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
                                                               self.num_envs)
@@ -225,19 +284,29 @@ class RosVectorEnv(gym.vector.VectorEnv):
                 f'not found after {self.connect_timeout_s:g} s (missing sims: {names}). '
                 f'Details: {details}. Are the mujoco_sim nodes running, in lockstep mode, with '
                 'the same ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE?')
+        names = ['task', 'mode', 'action_repeat']
+        expected = {'task': self.task_id, 'mode': 'lockstep',
+                    'action_repeat': self.action_repeat}
+        if self.pixels is not None:
+            names += ['camera_enabled', 'image_width', 'image_height', 'camera']
+            expected |= {'camera_enabled': True, 'image_width': self.pixels.width,
+                         'image_height': self.pixels.height, 'camera': self.pixels.camera}
         replies = self._call_all(
-            {s.index: (s.get_params_client,
-                       GetParameters.Request(names=['task', 'mode'])) for s in self._sims},
-            'get_parameters', deadline)
+            {s.index: (s.get_params_client, GetParameters.Request(names=names))
+             for s in self._sims}, 'get_parameters', deadline)
         for sim in self._sims:
             values = replies[sim.index].values
-            if len(values) != 2:
-                raise SimError(sim.name, 'does not declare the parameters task and mode')
-            task, mode = values[0].string_value, values[1].string_value
-            if task != self.task_id:
-                raise SimError(sim.name, f'runs task {task!r}, expected {self.task_id!r}')
-            if mode != 'lockstep':
-                raise SimError(sim.name, f'runs in {mode!r} mode; RosVectorEnv needs lockstep')
+            if len(values) != len(names):
+                raise SimError(sim.name, f'does not declare the parameters {", ".join(names)}')
+            for name, value in zip(names, values, strict=True):
+                have = _parameter_value(value)
+                if name == 'camera' and have == '':
+                    have = default_camera(self.task_id)
+                if have != expected[name]:
+                    raise SimError(sim.name, f'has {name} = {have!r}, expected '
+                                   f'{expected[name]!r}' + (
+                                       '; RosVectorEnv needs lockstep' if name == 'mode'
+                                       else ''))
 
     def _call_all(self, requests: dict, what: str, deadline: float) -> dict:
         futures = {i: client.call_async(request) for i, (client, request) in requests.items()}
@@ -281,6 +350,12 @@ class RosVectorEnv(gym.vector.VectorEnv):
             if sim.error:
                 error, sim.error = sim.error, None
                 raise SimError(sim.name, error)
+            stamp = sim.frame_missing(key)
+            if stamp is not None:
+                raise SimTimeoutError(
+                    sim.name, f'no camera frame stamped {stamp} ns for (episode {key[0]}, step '
+                    f'{key[1]}) within {self.step_timeout_s:g} s (is camera/image_raw published '
+                    'RELIABLE?)', awaited=key)
             if sim.skipped(key):
                 raise SimError(sim.name, f'began a new episode while (episode {key[0]}, step '
                                f'{key[1]}) was awaited; the sim reset itself (see its log)')

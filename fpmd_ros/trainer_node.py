@@ -289,6 +289,7 @@ class TrainingSession:
         """
         from rclpy.context import Context
 
+        from fpmd_core.tasks import pixel_options
         from fpmd_ros.ros_env import RosVectorEnv
 
         node, cfg = self.node, self.node.cfg
@@ -300,6 +301,8 @@ class TrainingSession:
             envs = RosVectorEnv(cfg.task.id, namespaces=node.namespaces,
                                 sim_node_name=SIM_NODE_NAME,
                                 max_episode_steps=cfg.task.max_episode_steps,
+                                action_repeat=cfg.task.action_repeat,
+                                pixels=pixel_options(cfg.task),
                                 step_timeout_s=node.step_timeout_s,
                                 connect_timeout_s=node.connect_timeout_s,
                                 seed_stride=SEED_STRIDE, context=context,

@@ -135,8 +135,10 @@ def trainer_statuses(arrays) -> list[tuple[int, str, dict]]:
 POLICY_TASK = 'Hopper-v5'
 
 
-def export_untrained_policy(path: Path, task: str = POLICY_TASK) -> Path:
-    """A real exported policy (untrained: its metadata is what matters here)."""
+def export_untrained_policy(path: Path, task: str = POLICY_TASK, pixels: bool = False,
+                            image_size: int = 32) -> Path:
+    """A real exported policy (untrained: its metadata is what matters here); `pixels`: one that
+    acts from stacked camera frames (profile cpu_pixels)."""
     import torch
 
     from fpmd_core.agents import make_agent
@@ -144,9 +146,14 @@ def export_untrained_policy(path: Path, task: str = POLICY_TASK) -> Path:
     from fpmd_core.export import export_onnx
     from fpmd_core.tasks import make_env, task_spec
 
-    cfg = make_config('cpu', overrides={'task.id': task, 'agent.hidden': 16})
-    env = make_env(task)
+    from fpmd_core.tasks import env_from_config
+
+    overrides = {'task.id': task, 'agent.hidden': 16}
+    if pixels:
+        overrides['task.image_size'] = image_size
+    cfg = make_config('cpu_pixels' if pixels else 'cpu', overrides=overrides)
+    env = env_from_config(cfg.task)
     spec = task_spec(env, task)
     env.close()
-    agent = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device('cpu'))
+    agent = make_agent(spec.obs_shape, spec.act_dim, cfg.agent, torch.device('cpu'))
     return export_onnx(agent, spec, cfg, path)

@@ -175,7 +175,7 @@ def test_train_sim_launch_defaults(fake_launch):
         ('mujoco_sim', 'mujoco_sim', 'env_0'), ('trainer', 'trainer', '')]
     sim, trainer = specs
     assert sim.parameters == {'task': TASK, 'mode': 'lockstep', 'seed': 0,
-                              'max_episode_steps': 0}
+                              'max_episode_steps': 0, 'action_repeat': 1}
     assert sim.respawn and not sim.ends_launch and not sim.lifecycle
     assert trainer.ends_launch and not trainer.respawn
     params = trainer.parameters
@@ -198,7 +198,8 @@ def test_train_sim_launch_arguments_override_the_config(fake_launch, tmp_path):
     assert [s.namespace for s in sims] == ['env_0', 'env_1', 'env_2']  # remote ones: not here
     for i, sim in enumerate(sims):
         assert sim.parameters == {'task': 'Hopper-v5', 'mode': 'lockstep',
-                                  'seed': 7 + i * SEED_STRIDE, 'max_episode_steps': 0}
+                                  'seed': 7 + i * SEED_STRIDE, 'max_episode_steps': 0,
+                                  'action_repeat': 1}
     params = trainer.parameters
     assert params['env_namespaces'] == ['env_0', 'env_1', 'env_2', 'lab/env_9', 'env_10']
     assert params['num_envs'] == 5
@@ -217,7 +218,7 @@ def test_train_sim_config_file_values(tmp_path):
     sims = train_sim_graph({'config': str(config)})[:-1]
     assert [s.parameters for s in sims] == [
         {'task': 'cheetah-run', 'mode': 'lockstep', 'seed': 3 + i * SEED_STRIDE,
-         'max_episode_steps': 50} for i in range(2)]
+         'max_episode_steps': 50, 'action_repeat': 1} for i in range(2)]
     resume = tmp_path / 'ckpt.pt'
     resume.write_bytes(b'')
     trainer = train_sim_graph({'config': str(config), 'resume': str(resume),
@@ -285,13 +286,32 @@ def test_deploy_launch_defaults(fake_launch, policy_file, tmp_path, monkeypatch)
     assert controller.remappings == [('commands', 'commands')]
 
 
+def test_deploy_of_a_pixel_policy_starts_a_camera_sim_and_wires_its_frames(fake_launch,
+                                                                          tmp_path):
+    policy = export_untrained_policy(tmp_path / 'pixels.onnx', 'cartpole-swingup', pixels=True)
+    sim, controller = _deploy_actions(fake_launch, policy=str(policy), observation_mode='image',
+                                      sim='true')
+    assert sim.parameters == {'task': 'cartpole-swingup', 'mode': 'realtime',
+                              'publish_clock': False, 'action_repeat': 2,
+                              'camera_enabled': True, 'image_width': 32, 'image_height': 32,
+                              'camera': '0'}
+    assert controller.parameters['observation_mode'] == 'image'
+    assert ('image_raw', 'camera/image_raw') in controller.remappings
+    with pytest.raises(GraphArgumentError, match="'observation', but .* acts from camera"):
+        deploy_graph({'policy': str(policy), 'sim': 'true'})
+    (controller,) = deploy_graph({'policy': str(policy), 'observation_mode': 'image',
+                                  'image_topic': '/robot/front/image_raw'})
+    assert ('image_raw', '/robot/front/image_raw') in controller.remappings
+
+
 def test_deploy_launch_with_sim(fake_launch, policy_file):
     sim, controller = _deploy_actions(
         fake_launch, policy=str(policy_file), observation_mode='joint_states',
         control_rate_hz='50', sim='true', command_topic='/robot/commands', namespace='/lab/r1',
         use_sim_time='True')
     assert (sim.executable, sim.namespace, sim.lifecycle) == ('mujoco_sim', '/lab/r1', False)
-    assert sim.parameters == {'task': POLICY_TASK, 'mode': 'realtime', 'publish_clock': True}
+    assert sim.parameters == {'task': POLICY_TASK, 'mode': 'realtime', 'publish_clock': True,
+                              'action_repeat': 1}
     assert controller.namespace == '/lab/r1'  # same namespace: observation/joint_states wired
     assert controller.fully_qualified_name == '/lab/r1/policy_controller'
     assert runner.node_command(controller, 'p')[6:8] == ['-r', '__ns:=/lab/r1']
@@ -384,7 +404,8 @@ def test_train_sim_config_errors_name_the_field(tmp_path):
     ({'policy': '/no/such.onnx'}, 'policy', 'file not found'),
     ({'observation_mode': 'lidar'}, 'observation_mode',
      'expected one of: observation, joint_states, image'),
-    ({'observation_mode': 'image', 'sim': 'true'}, 'observation_mode', 'no camera images'),
+    ({'observation_mode': 'image'}, 'observation_mode', 'is a state policy'),
+    ({'image_topic': 'camera image'}, 'image_topic', 'expected a ROS topic name'),
     ({'control_rate_hz': '-1'}, 'control_rate_hz', 'expected a number >= 0'),
     ({'control_rate_hz': 'nan'}, 'control_rate_hz', 'expected a number >= 0'),
     ({'sim': 'maybe'}, 'sim', 'expected true or false'),
@@ -430,12 +451,24 @@ def test_format_parameter_refuses_untyped_values():
         runner.format_parameter({'a': 1})
 
 
+def test_a_pixel_config_gives_sims_their_camera(tmp_path):
+    config = tmp_path / 'pixels.yaml'
+    config.write_text('profile: cpu_pixels\ntask: {id: walker-walk, image_size: 64, '
+                      'camera: "1"}\n')
+    sim, trainer = train_sim_graph({'config': str(config)})
+    assert sim.parameters == {'task': 'walker-walk', 'mode': 'lockstep', 'seed': 0,
+                              'max_episode_steps': 0, 'action_repeat': 2,
+                              'camera_enabled': True, 'image_width': 64, 'image_height': 64,
+                              'camera': '1'}
+    assert trainer.parameters['config'] == str(config)
+
+
 def test_node_commands_of_the_train_sim_graph():
     sim, trainer = train_sim_graph({'seed': '4'})
     assert runner.node_command(sim, 'python') == [
         'python', '-m', 'fpmd_ros.sim_node', '--ros-args', '-r', '__node:=mujoco_sim',
         '-r', '__ns:=/env_0', '-p', "task:='InvertedPendulum-v5'", '-p', "mode:='lockstep'",
-        '-p', 'seed:=4', '-p', 'max_episode_steps:=0']
+        '-p', 'seed:=4', '-p', 'max_episode_steps:=0', '-p', 'action_repeat:=1']
     command = runner.node_command(trainer, 'python')
     assert command[:6] == ['python', '-m', 'fpmd_ros.trainer_node', '--ros-args', '-r',
                            '__node:=trainer']

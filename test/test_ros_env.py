@@ -128,7 +128,8 @@ def test_missing_and_mismatched_sims_are_named(sims):
     with pytest.raises(SimTimeoutError, match='ghost'):
         RosVectorEnv(TASK, namespaces=[NAMES[0], 'ghost'], connect_timeout_s=1.5)
     assert time.monotonic() - start < 5.0
-    with pytest.raises(SimError, match=f"{NAMES[0]}: runs task 'InvertedPendulum-v5'"):
+    with pytest.raises(SimError, match=f"{NAMES[0]}: has task = 'InvertedPendulum-v5', "
+                       "expected 'Hopper-v5'"):
         RosVectorEnv('Hopper-v5', namespaces=NAMES[:1], connect_timeout_s=10.0)
 
 
