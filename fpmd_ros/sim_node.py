@@ -11,21 +11,53 @@ Parameters (declared with descriptors; bad values are refused with the reason)
     ``realtime_factor`` (0.01..100)      realtime: sim seconds per wall second.
     ``command_timeout_s`` (0.001..3600)  realtime: older commands zero the controls.
     ``publish_clock`` (bool, read-only)  realtime: publish ``/clock`` (refused in lockstep).
-    ``max_episode_steps`` (int >= 0, read-only)  0 keeps the task's own limit.
+    ``max_episode_steps`` (int >= 0, read-only)  0 keeps the task's own limit; counted in
+                                         control steps, before ``action_repeat`` (as make_env).
+    ``action_repeat`` (int >= 1, read-only)  control steps per env step: one command holds its
+                                         action for this many control steps and is one env step
+                                         (the paper's pixel tasks use 2). The control period
+                                         (``task_spec(...).control_dt``) includes it.
+    ``camera_enabled`` (bool, read-only)  publish camera images (``camera/*`` below). The
+                                         offscreen OpenGL context is made at start; a machine
+                                         without one refuses to start, naming MUJOCO_GL and the
+                                         packages to install.
+    ``image_width``, ``image_height`` (int 16..1024, read-only)  image size, default 84 x 84.
+    ``camera`` (str, read-only)          MuJoCo camera name or id; ``-1`` is the free camera;
+                                         empty: the task's default (fpmd_core default_camera).
+                                         Unknown cameras are refused with the model's list.
 
 Topics and services (relative names, so the node lives in a namespace such as ``env_0``)
     pub ``joint_states`` (sensor_msgs/JointState): hinge/slide joints, position = qpos,
         velocity = qvel, effort = ``data.qfrc_actuator`` (the generalised force the actuators
         applied during the step, so a zeroed command is visible from outside), stamped with sim
-        time. Sim time is the node's total simulated time (steps x control period) and keeps
-        increasing across episodes (``/clock`` must never go backwards).
+        time. Sim time keeps increasing across episodes (``/clock`` must never go backwards):
+        the node's first state is at sim time 0, every env step advances it by one control
+        period (``action_repeat`` physics control steps), and so does every later reset
+        (``~/reset``, automatic, or after a failed step): a reset takes one control period.
+        So sim time = (env steps + resets after the first) x control period, every state the
+        node reaches has a stamp of its own, and a terminal state and the next episode's
+        initial state (published in the same callback) are one period apart. In realtime mode
+        the tick that ends an episode therefore moves sim time by two periods.
         ``joint_states``, ``observation`` and ``/clock`` describe the current state once per
         control step; after an automatic reset that is the new episode's initial state (the
-        terminal observation is in the ``transition``). A ``~/reset`` also publishes them, with
-        the unchanged sim time.
+        terminal observation is in the ``transition``). A ``~/reset`` also publishes them.
     pub ``observation`` (std_msgs/Float32MultiArray): the task observation; layout segments
         labelled by the task's observation terms.
     pub ``transition`` (std_msgs/Float64MultiArray, lockstep only): see fpmd_ros.messages.
+        Its ``stamp`` is the sim time of its observation.
+    pub ``camera/image_raw`` (sensor_msgs/Image, rgb8; with ``camera_enabled``): one frame of
+        every state the node reaches (each reset and each step, the terminal state of an
+        episode included, both modes), stamped with that state's sim time, so its
+        ``header.stamp`` equals the ``stamp`` of the transition of the same state; frame_id is
+        the camera's name (``camera`` for an unnamed or the free camera). In lockstep mode a
+        state's frame is published before its transition. Rendered only while someone
+        subscribes (fpmd_core.rendering.Camera, fast visuals: the same pixels as the in-process
+        pixel env). QoS: lockstep RELIABLE KEEP_LAST 64 (as ``transition``: no frame may be
+        lost); realtime RELIABLE KEEP_LAST 2 (best-effort readers match too).
+    pub ``camera/camera_info`` (sensor_msgs/CameraInfo; with ``camera_enabled``): ideal pinhole
+        intrinsics from the camera's vertical field of view (``model.vis.global_.fovy`` for the
+        free camera), same stamp, frame_id and QoS as the frames, published at the same
+        moments while someone subscribes to it.
     pub ``episode`` (std_msgs/Float64MultiArray, both modes, RELIABLE, KEEP_LAST 100): one
         summary per finished episode (terminated or truncated), published before the automatic
         reset: labelled segments ``episode`` (k), ``seed`` (its reset seed), ``return`` (sum of
@@ -38,7 +70,8 @@ Topics and services (relative names, so the node lives in a namespace such as ``
     srv ``~/reset`` (std_srvs/Trigger): starts the next episode; the response message reads
         ``episode <k> seed <s>``.
     srv ``~/set_pause`` (std_srvs/SetBool): realtime only; pauses/resumes the physics timer.
-    ``joint_states`` and ``observation`` are only built when someone subscribes.
+    ``joint_states``, ``observation`` and the camera topics are only built when someone
+    subscribes.
 
 Episodes and seeds
     Episodes are numbered k = 0, 1, ... over the node's life; episode k is reset with seed
@@ -54,8 +87,9 @@ Lockstep (training)
     transition with ``step`` 0, reward 0, terminated 0, truncated 0 and the initial
     observation. A step that ends an episode publishes its terminal transition and then the next
     episode's step-0 transition: Gymnasium's SAME_STEP autoreset, with no service call per
-    episode. A malformed command (wrong length, NaN, Inf, inconsistent layout) is rejected with
-    a throttled warning and publishes nothing.
+    episode. With ``camera_enabled`` each transition is preceded by the frame of its state. A
+    malformed command (wrong length, NaN, Inf, inconsistent layout) is rejected with a throttled
+    warning and publishes nothing.
 
 Realtime (deploy rehearsal)
     A steady-clock timer steps the physics every ``control_dt / realtime_factor`` wall seconds,
@@ -69,8 +103,8 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-import mujoco
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import (
@@ -82,14 +116,20 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from fpmd_core.tasks import TaskError, make_env, mujoco_handles, task_spec
+from fpmd_core.rendering import Camera, RenderError
+from fpmd_core.tasks import TaskError, default_camera, make_env, mujoco_handles, task_spec
 from fpmd_ros import messages
 from fpmd_ros.params import declare_all
 from fpmd_ros.params import descriptor as _descriptor
+
+# isort: split
+# mujoco after fpmd_core: importing fpmd_core settles MUJOCO_GL (egl on a machine without a
+# display), and mujoco reads MUJOCO_GL once, when it is imported.
+import mujoco
 
 NODE_NAME = 'mujoco_sim'
 MODES = ('lockstep', 'realtime')
@@ -123,6 +163,14 @@ STATE_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
 CLOCK_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                        reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.VOLATILE)
+# Camera topics. Lockstep: LOCKSTEP_QOS, like the transitions they pair with: a pixel trainer
+# needs the frame of every transition, so none may be lost (64 frames of 84x84 are 1.4 MB).
+# Realtime: a sensor stream like joint_states, offered RELIABLE for the same reason (reliable
+# and best-effort readers both match), but only 2 deep: a controller wants the newest frame, and
+# a deep reliable history of images would only queue stale frames behind a slow reader.
+CAMERA_REALTIME_QOS = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST,
+                                 reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.VOLATILE)
 
 _LOG_THROTTLE_S = 2.0
 _JOINT_TYPES = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
@@ -132,6 +180,23 @@ class SimParameterError(ValueError):
     """A mujoco_sim parameter has an invalid value; the message names it and what is expected."""
 
 
+def resolve_camera(model, camera: str) -> int:
+    """The id of ``camera`` (a name, an id, or -1 for the free camera) in ``model``; raises
+    SimParameterError naming the model's cameras when there is no such camera."""
+    camera = camera.strip()
+    if camera.lstrip('-').isdigit():
+        camera_id = int(camera)
+    else:  # mj_name2id answers -1 for an unknown name, which is not the free camera here
+        camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) if camera \
+            else None
+        camera_id = camera_id if camera_id is not None and camera_id >= 0 else None
+    if camera_id is None or not -1 <= camera_id < model.ncam:
+        cameras = ', '.join(f'{i} ({model.camera(i).name or "unnamed"})'
+                            for i in range(model.ncam))
+        raise SimParameterError(
+            f"parameter 'camera' is {camera!r}; the model has no such camera. Expected -1 (the "
+            f"free camera) or one of: {cameras or 'none (only -1)'}")
+    return camera_id
 
 
 # name -> (default, descriptor)
@@ -157,9 +222,31 @@ PARAMETERS = {
         'Realtime mode: publish the simulation time on /clock (for use_sim_time).',
         ParameterType.PARAMETER_BOOL, read_only=True)),
     'max_episode_steps': (0, _descriptor(
-        'Episode length limit in env steps; 0 keeps the task default.',
+        'Episode length limit in control steps (before action_repeat); 0 keeps the task '
+        'default.',
         ParameterType.PARAMETER_INTEGER, read_only=True, int_range=(0, 10**9))),
+    'action_repeat': (1, _descriptor(
+        'Control steps per env step: each command is held for this many control steps and is '
+        'one env step (one transition).',
+        ParameterType.PARAMETER_INTEGER, read_only=True, int_range=(1, 1000))),
+    'camera_enabled': (False, _descriptor(
+        'Publish camera/image_raw (rgb8) and camera/camera_info, rendered offscreen only while '
+        'someone subscribes; needs an OpenGL context (MUJOCO_GL=egl or osmesa).',
+        ParameterType.PARAMETER_BOOL, read_only=True)),
+    'image_width': (84, _descriptor(
+        'Camera image width in pixels.',
+        ParameterType.PARAMETER_INTEGER, read_only=True, int_range=(16, 1024))),
+    'image_height': (84, _descriptor(
+        'Camera image height in pixels.',
+        ParameterType.PARAMETER_INTEGER, read_only=True, int_range=(16, 1024))),
+    'camera': ('', _descriptor(
+        'MuJoCo camera name or id (-1: the free camera); empty: the task default (camera 0 for '
+        'dm_control, 2 for quadruped, the free camera for Gymnasium tasks).',
+        ParameterType.PARAMETER_STRING, read_only=True,
+        constraints="empty, -1, or a camera id or name of the task's model")),
 }
+
+_UNNAMED_CAMERA_FRAME = 'camera'
 
 
 def check_parameter(name: str, value, mode: str | None = None) -> str | None:
@@ -202,7 +289,8 @@ class MujocoSimNode(Node):
         self._command_timeout_ns = int(values['command_timeout_s'] * 1e9)
         try:
             self._env = make_env(values['task'], values['max_episode_steps'],
-                                 normalized_actions=False)
+                                 normalized_actions=False,
+                                 action_repeat=values['action_repeat'])
         except TaskError as error:
             raise SimParameterError(f"parameter 'task': {error}") from error
         self.spec = task_spec(self._env, values['task'])
@@ -212,6 +300,8 @@ class MujocoSimNode(Node):
         self._qpos_index = np.asarray(model.jnt_qposadr[joints], dtype=np.intp)
         self._dof_index = np.asarray(model.jnt_dofadr[joints], dtype=np.intp)
         self._zero_action = np.zeros(self.spec.act_dim)
+        self._camera_id = resolve_camera(model, values['camera'] or
+                                         default_camera(values['task']))
 
         # Episode bookkeeping (see the module docstring for the seed rule).
         self.episode_index = -1
@@ -232,6 +322,13 @@ class MujocoSimNode(Node):
         self._episode_pub = self.create_publisher(Float64MultiArray, 'episode', EPISODE_QOS)
         self._clock_pub = (self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
                            if values['publish_clock'] else None)
+        self.frames_rendered = 0
+        self._camera: Camera | None = None
+        self._render_thread: ThreadPoolExecutor | None = None
+        self._image_pub = self._info_pub = None
+        if values['camera_enabled']:
+            self._setup_camera(model, values['image_width'], values['image_height'],
+                               LOCKSTEP_QOS if lockstep else CAMERA_REALTIME_QOS)
         self.create_subscription(Float64MultiArray, 'commands', self._on_command,
                                  LOCKSTEP_QOS if lockstep else REALTIME_COMMAND_QOS)
         self.create_service(Trigger, '~/reset', self._on_reset)
@@ -248,10 +345,36 @@ class MujocoSimNode(Node):
             self._timer = self.create_timer(
                 self._period_s(values['realtime_factor']), self._on_tick,
                 clock=Clock(clock_type=ClockType.STEADY_TIME))
+        camera = (f', camera {self._camera_frame_id} ({self._camera_id}) '
+                  f"{values['image_width']}x{values['image_height']}"
+                  if values['camera_enabled'] else '')
         self.get_logger().info(
             f"{self.spec.id} in {self.mode} mode: obs {self.spec.obs_dim}, actions "
             f"{self.spec.act_dim} ({', '.join(self.spec.actuator_names)}), control period "
-            f"{self.spec.control_dt:g} s, seed {self._seed}")
+            f"{self.spec.control_dt:g} s (action repeat {self.spec.action_repeat}), seed "
+            f"{self._seed}{camera}")
+
+    def _setup_camera(self, model, width: int, height: int, qos: QoSProfile) -> None:
+        # The camera lives in a thread of its own, where it is made, renders and is closed: an
+        # EGL context current in one thread cannot be made current in another, and MuJoCo frees
+        # a renderer's GL objects in whatever context is current in the closing thread. The
+        # executor's threads (and the other cameras of this process) never touch ours. Made
+        # here, so a machine without OpenGL fails at start, not at the first subscriber.
+        self._render_thread = ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix=f'{self.get_name()} camera')
+        self._camera = self._render_thread.submit(Camera, model, width, height,
+                                                  self._camera_id).result()
+        name = model.camera(self._camera_id).name if self._camera_id >= 0 else ''
+        self._camera_frame_id = name or _UNNAMED_CAMERA_FRAME
+        fovy = (float(model.cam_fovy[self._camera_id]) if self._camera_id >= 0
+                else float(model.vis.global_.fovy))
+        self._camera_info = messages.camera_info(0, self._camera_frame_id, width, height, fovy)
+        self._image_pub = self.create_publisher(Image, 'camera/image_raw', qos)
+        self._info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', qos)
+
+    def image_subscription_count(self) -> int:
+        """Matched readers of ``camera/image_raw`` (0 without ``camera_enabled``)."""
+        return self._image_pub.get_subscription_count() if self._image_pub is not None else 0
 
     def _period_s(self, realtime_factor: float) -> float:
         return self.spec.control_dt / realtime_factor
@@ -281,6 +404,10 @@ class MujocoSimNode(Node):
         return self._seed + episode - self._seed_origin_episode
 
     def _reset_episode(self, publish_state: bool = True) -> int:
+        if self.episode_index >= 0:
+            # A reset takes one control period, so the new initial state never shares a stamp
+            # with the state before it (pixel trainers pair frames and transitions by stamp).
+            self.sim_time_ns += self._dt_ns
         self.episode_index += 1
         if self._seed_restart:
             self._seed_origin_episode, self._seed_restart = self.episode_index, False
@@ -320,10 +447,36 @@ class MujocoSimNode(Node):
 
     def _publish_transition(self, observation, reward: float, terminated: bool,
                             truncated: bool) -> None:
+        """A new state: its camera frame, then (lockstep) its transition, so a trainer that
+        has a transition already has its frame or is about to receive it."""
+        self._publish_frame()
         if self._transition_pub is not None:
             self._transition_pub.publish(messages.encode_transition(
                 observation, reward, terminated, truncated, self.step_index,
                 self.episode_index, self.sim_time_ns))
+
+    def _publish_frame(self) -> None:
+        if self._image_pub is None:
+            return
+        if self._image_pub.get_subscription_count():
+            try:
+                frame = self._render()
+            except Exception as error:  # the GL stack raises many types; keep stepping
+                self.get_logger().error(f'camera: rendering failed ({error!r}); no frame',
+                                        throttle_duration_sec=_LOG_THROTTLE_S)
+            else:
+                self._image_pub.publish(messages.encode_image(frame, self.sim_time_ns,
+                                                              self._camera_frame_id))
+        if self._info_pub.get_subscription_count():
+            messages.stamp_from_ns(self._camera_info.header.stamp, self.sim_time_ns)
+            self._info_pub.publish(self._camera_info)
+
+    def _render(self) -> np.ndarray:
+        # The physics waits for the frame, so the camera thread reads a state nobody changes.
+        _, data = mujoco_handles(self._env)
+        frame = self._render_thread.submit(self._camera.render, data).result()
+        self.frames_rendered += 1
+        return frame
 
     def _publish_state(self) -> None:
         """The current state, once per control step (after an autoreset: the new episode's)."""
@@ -386,6 +539,13 @@ class MujocoSimNode(Node):
         return response
 
     def destroy_node(self) -> None:
+        camera = getattr(self, '_camera', None)
+        render_thread = getattr(self, '_render_thread', None)
+        if render_thread is not None:
+            if camera is not None:
+                render_thread.submit(camera.close).result()
+            render_thread.shutdown()
+        self._camera = self._render_thread = None
         env = getattr(self, '_env', None)
         if env is not None:
             env.close()
@@ -399,7 +559,8 @@ def main(args=None) -> int:
     try:
         node = MujocoSimNode()
         rclpy.spin(node)
-    except SimParameterError as error:
+    except (SimParameterError, RenderError) as error:
+        # Exit code 2: a respawn cannot fix a parameter or a missing OpenGL stack.
         rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
