@@ -9,9 +9,10 @@ and keeps the robot safe when its input is stale or wrong.
 Lifecycle
     unconfigured --configure--> inactive: load the policy (``.onnx`` with onnxruntime, or a
         ``.pt`` training checkpoint with torch), check its metadata against the parameters
-        (observation size, action bounds and actuators, joint names, control rate, task), warm it
-        up, create the topics. Any problem -> FAILURE with one logged line naming the parameter
-        or file and what was expected (also kept in :attr:`PolicyController.failure_reason`).
+        (observation size or image shape and observation mode, action bounds and actuators,
+        joint names, control rate, task), warm it up, create the topics. Any problem ->
+        FAILURE with one logged line naming the parameter or file and what was expected (also
+        kept in :attr:`PolicyController.failure_reason`).
     inactive --activate--> active: start the control timer (steady clock) at ``control_rate_hz``
         (with ``trigger`` = ``observation``: the staleness watchdog, see below).
     active --deactivate--> inactive: publish the safe action once, stop the timer.
@@ -21,8 +22,9 @@ Lifecycle
 Parameters (those marked [unconfigured] may only change while the node is unconfigured: they
 are read by configure; a change at any other time is refused with that reason)
     ``policy`` (str) [unconfigured]            path of the .onnx policy or .pt checkpoint.
-    ``observation_mode`` (str) [unconfigured]  ``observation`` | ``joint_states`` | ``image``
-        (``image`` is not supported yet: configure fails saying so).
+    ``observation_mode`` (str) [unconfigured]  ``observation`` | ``joint_states`` | ``image``.
+        ``image`` needs a pixel policy (metadata ``obs_shape`` [H, W, 3k]) and a pixel policy
+        needs ``image``: configure fails otherwise, naming the parameter and the expected value.
     ``control_rate_hz`` (0 or 1..2000)          0 = the model's rate (1 / control_period_s). A rate
         below the model's is refused (each action would be held longer than in training); a
         faster one is allowed (fresher state; the plant still holds each command).
@@ -64,30 +66,49 @@ Observation from ``joint_states`` (sensor_msgs/JointState), mapped by name
     not Ant/Humanoid, nor dm_control tasks with sin/cos or body terms); for those use
     ``observation`` mode.
 
+Observation from ``image_raw`` (sensor_msgs/Image), pixel policies
+    Each frame must be ``rgb8`` with the model's H x W (metadata ``obs_shape``), ``step`` >= 3 W
+    (padded rows are cropped) and ``step`` x H bytes of data; anything else (another encoding
+    such as ``bgr8``, another size, a short step, empty or short data) makes it malformed. The
+    observation is the last k = ``frame_stack`` good frames stacked on the channel axis, oldest
+    first, by :class:`fpmd_core.rendering.FrameStack`, the training env's own frame stack. Every
+    new message that a control step sees is decoded and pushed once: with ``trigger`` =
+    ``observation`` that is every image (run the camera at the model's rate, which includes its
+    ``action_repeat``: consecutive training frames are one control period apart); with the
+    timer, the newest image at each tick (a tick without a new image reuses the last result and
+    pushes nothing). A malformed frame never enters the stack. The first frame, and the first
+    after a gap longer than ``state_timeout_s`` since the previous good one (stale input, a long
+    run of malformed frames, deactivation), refills all k slots as the training env does at a
+    reset. The policy gets the raw uint8 stack: the scaling (/255 - 0.5) and the convolutional
+    encoder are inside the ONNX graph.
+
 Topics (relative names, so the node can live in a namespace; remap ``commands`` to a
 ros2_control ``forward_command_controller``'s ``~/commands``)
-    sub ``observation`` (std_msgs/Float32MultiArray) or ``joint_states`` (sensor_msgs/JointState)
-        by mode: sensor-data QoS (BEST_EFFORT, KEEP_LAST 1; matches reliable and best-effort
-        publishers). The callback only caches the newest message and its steady-clock arrival
-        time; every check happens in the control tick. An ``observation`` message may carry a
-        labelled layout, which must then equal the model's ``obs_terms`` (no layout or
-        unlabelled segments: only the size is checked).
+    sub ``observation`` (std_msgs/Float32MultiArray), ``joint_states`` (sensor_msgs/JointState) or
+        ``image_raw`` (sensor_msgs/Image; remap it to the camera's topic, e.g.
+        ``image_raw:=camera/image_raw`` for mujoco_sim) by mode: sensor-data QoS (BEST_EFFORT,
+        KEEP_LAST 1; matches reliable and best-effort publishers). The callback only caches the
+        newest message and its steady-clock arrival time; every check happens in the control tick.
+        An ``observation`` message may carry a labelled layout, which must then equal the model's
+        ``obs_terms`` (no layout or unlabelled segments: only the size is checked).
     pub ``commands`` (std_msgs/Float64MultiArray, RELIABLE, KEEP_LAST 1, VOLATILE): the action in
         env units, actuator order, one layout segment labelled ``action``.
     pub ``~/action`` (sensor_msgs/JointState, RELIABLE, KEEP_LAST 10): the same command stamped
         with the node clock at the tick, names = the model's actuator names, position = command;
         only built and published while someone subscribes (it is for recording).
     pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, ~1 Hz, while configured): achieved
-        rate, inference latency p50/p99, input age, safety state and reason, model hash.
+        rate, inference latency p50/p99, input age and topic, safety state and reason, model
+        hash; in image mode also the image size, frame_stack, frames stacked and stack refills.
         Level: ERROR while the input is stale/malformed or inference fails; WARN while waiting
         for the first input, after a recovered trouble within the last period, or below 80 % of
         the target rate; OK otherwise (and while inactive).
 
 Each control step
-    1. input freshness (``state_timeout_s``); 2. the observation from the newest message
-    (size / layout / joint names / NaN-Inf checked); 3. one inference (only when a new message
-    has arrived since the last one; otherwise the previous result is reused); 4. clip to the
-    action bounds; 5. rate limit against the last published command; 6. publish.
+    1. input freshness (``state_timeout_s``); 2. the observation from the newest message (size /
+    layout / joint names / NaN-Inf checked; images: encoding / size / step / data checked, then
+    stacked); 3. one inference (only when a new message has arrived since the last one;
+    otherwise the previous result is reused); 4. clip to the action bounds; 5. rate limit
+    against the last published command; 6. publish.
 
 When a control step runs (``trigger``)
     ``timer`` (default): on every tick of the steady-clock control timer, whether or not a new
@@ -96,15 +117,15 @@ When a control step runs (``trigger``)
         observation and the command computed from it (the plant holds the previous command
         meanwhile), and when the plant steps at the same rate the phase between the two clocks
         decides, step by step, whether a command is one period late.
-    ``observation``: on the arrival of every input message (``observation`` or
-        ``joint_states``), so the command for state x_t is published about one inference after
-        x_t arrives: the plant (a sampled-data system such as mujoco_sim in realtime mode or a
-        ros2_control loop publishing joint_states) gets the command for its newest state before
-        its next step, as in training. The control timer still runs at ``control_rate_hz`` as a
-        staleness watchdog: a tick publishes (the safe action) only while there is no input yet
-        or the newest input is stale; while input is fresh the timer publishes nothing. The
-        achieved rate is then the input rate. Use it when the sensor stream runs at (or near)
-        the model's control rate; ``deploy`` runs it this way (see the README).
+    ``observation``: on the arrival of every input message (``observation``, ``joint_states`` or
+        ``image_raw``), so the command for state x_t is published about one inference after x_t
+        arrives: the plant (a sampled-data system such as mujoco_sim in realtime mode or a
+        ros2_control loop publishing joint_states) gets the command for its newest state before its
+        next step, as in training. The control timer still runs at ``control_rate_hz`` as a
+        staleness watchdog: a tick publishes (the safe action) only while there is no input yet or
+        the newest input is stale; while input is fresh the timer publishes nothing. The achieved
+        rate is then the input rate. Use it when the sensor stream runs at (or near) the model's
+        control rate; ``deploy`` runs it this way (see the README).
     No input yet, stale input, a malformed message, an inference exception or a non-finite result
     publishes the safe action instead: ``zero`` (zeros, clipped into the bounds), ``hold`` (the
     last published command; zero if none yet) or ``default`` (``default_action``). Entering and
@@ -144,7 +165,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from fpmd_ros import messages
@@ -210,8 +231,9 @@ PARAMETERS = {
         constraints='an existing .onnx or .pt file; ' + _UNCONFIGURED_ONLY)),
     'observation_mode': ('observation', _descriptor(
         'Input: observation (std_msgs/Float32MultiArray on "observation"), joint_states '
-        '(sensor_msgs/JointState on "joint_states", mapped by joint name) or image (not '
-        'supported yet).', ParameterType.PARAMETER_STRING,
+        '(sensor_msgs/JointState on "joint_states", mapped by joint name) or image '
+        '(sensor_msgs/Image rgb8 on "image_raw", frame-stacked as in training; pixel policies '
+        'only, and pixel policies only with image).', ParameterType.PARAMETER_STRING,
         constraints='one of: ' + ', '.join(OBSERVATION_MODES) + '; ' + _UNCONFIGURED_ONLY)),
     'control_rate_hz': (0.0, _descriptor(
         'Control loop rate; 0 = the model\'s rate (1 / control_period_s). Must not be below the '
@@ -484,13 +506,26 @@ class SafetyMonitor:
 # --- inputs by observation mode ---------------------------------------------------------------
 
 class _Input:
-    """One observation source: its topic and type, and message -> observation (ValueError)."""
+    """One observation source: its topic and type, and message -> observation (ValueError).
+
+    ``observation`` is called once per new message, from the control step (never from the
+    subscription callback), with the message's steady-clock arrival time and the current
+    ``state_timeout_s`` in ns; stateless inputs ignore both."""
 
     topic: str
     msg_type: type
 
-    def observation(self, msg) -> np.ndarray:
+    def observation(self, msg, received_ns: int, state_timeout_ns: int) -> np.ndarray:
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget what earlier messages left behind (on activate)."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def diagnostic_values(self) -> dict:
+        return {}
 
 
 class _VectorInput(_Input):
@@ -500,8 +535,11 @@ class _VectorInput(_Input):
         self.obs_dim = meta['obs_dim']
         self.obs_terms = [(str(name), int(size)) for name, size in meta['obs_terms']]
 
-    def observation(self, msg) -> np.ndarray:
+    def observation(self, msg, received_ns: int, state_timeout_ns: int) -> np.ndarray:
         return messages.decode_observation(msg, self.obs_dim, self.obs_terms)
+
+    def describe(self) -> str:
+        return f'obs {self.obs_dim}'
 
 
 class _JointStateInput(_Input):
@@ -510,22 +548,93 @@ class _JointStateInput(_Input):
     def __init__(self, mapping: JointObservationMap):
         self.mapping = mapping
 
-    def observation(self, msg) -> np.ndarray:
+    def observation(self, msg, received_ns: int, state_timeout_ns: int) -> np.ndarray:
         return self.mapping.observation(msg)
+
+    def describe(self) -> str:
+        return f'obs {self.mapping.size}'
+
+
+class _ImageInput(_Input):
+    """Camera frames (sensor_msgs/Image, rgb8, the model's H x W) stacked as in training.
+
+    Each new message that a control step sees is decoded and pushed into one
+    :class:`fpmd_core.rendering.FrameStack` (the training env's definition: oldest frame first,
+    the newest in the last 3 channels); a message is never pushed twice, so ticks without a new
+    image do not fill the stack with copies. A frame that fails to decode raises ValueError and
+    does not enter the stack. When the previous good frame arrived more than
+    ``state_timeout_s`` before this one (the first frame, after a stale gap or a long run of
+    malformed frames, after activation), the stack is refilled with this frame, as the training
+    env does at a reset: frames across a gap are not the consecutive steps the policy was
+    trained on. The ONNX graph does the scaling (/255 - 0.5) and the encoder, so the stack goes
+    to the policy as raw uint8."""
+
+    topic, msg_type = 'image_raw', Image
+
+    def __init__(self, meta: dict, shape: tuple[int, ...]):
+        from fpmd_core.rendering import FrameStack  # imports mujoco: only in image mode
+
+        self.height, self.width, channels = shape
+        k = meta.get('frame_stack')
+        if meta.get('obs_dtype') != 'uint8' or not isinstance(k, int) or k < 1 \
+                or channels != 3 * k:
+            raise ConfigureError(
+                f"policy: pixel metadata obs_shape {list(shape)}, obs_dtype "
+                f"{meta.get('obs_dtype')!r}, frame_stack {k!r}; expected uint8 frames (H, W, 3k) "
+                'with k = frame_stack >= 1')
+        self.frame_stack = k
+        self._frames = FrameStack(k)
+        self._last_good_ns: int | None = None
+        self.frames_stacked = 0
+        self.refills = 0
+
+    def observation(self, msg, received_ns: int, state_timeout_ns: int) -> np.ndarray:
+        frame = messages.decode_image(msg, self.height, self.width)
+        if self._last_good_ns is None or received_ns - self._last_good_ns > state_timeout_ns:
+            stack = self._frames.reset(frame)
+            self.refills += 1
+        else:
+            stack = self._frames.push(frame)
+        self._last_good_ns = received_ns
+        self.frames_stacked += 1
+        return stack
+
+    def reset(self) -> None:
+        self._last_good_ns = None
+
+    def describe(self) -> str:
+        return (f'obs {self.height}x{self.width}x{3 * self.frame_stack} '
+                f'({self.frame_stack} stacked rgb8 frames)')
+
+    def diagnostic_values(self) -> dict:
+        return {'image_size': f'{self.width}x{self.height}', 'frame_stack': self.frame_stack,
+                'frames_stacked': self.frames_stacked, 'frame_stack_refills': self.refills}
 
 
 def make_input(mode: str, meta: dict, joint_names, exclude_positions) -> _Input:
+    """The input for ``mode``, or ConfigureError when the mode does not fit the policy (a pixel
+    policy needs ``image``; ``image`` needs a pixel policy)."""
+    from fpmd_core.runtime import observation_shape
+
+    shape = observation_shape(meta)
+    pixels = len(shape) == 3
+    if mode in ('observation', 'joint_states') and pixels:
+        raise ConfigureError(
+            f"parameter 'observation_mode' is {mode!r} but the policy takes camera frames "
+            f"(obs_shape {list(shape)}, frame_stack {meta.get('frame_stack')}); expected "
+            "'image'")
     if mode == 'observation':
         return _VectorInput(meta)
     if mode == 'joint_states':
         return _JointStateInput(JointObservationMap.from_parameters(
             joint_names, exclude_positions, meta))
     if mode == 'image':
-        # Issue 6: an _ImageInput (sensor_msgs/Image on camera/image_raw, frame-stacked as in
-        # training) plugs in here.
-        raise ConfigureError("parameter 'observation_mode' is 'image', which is not supported "
-                             "yet (camera input comes with issue 6); expected 'observation' or "
-                             "'joint_states'")
+        if not pixels:
+            raise ConfigureError(
+                "parameter 'observation_mode' is 'image' but the policy takes a state vector "
+                f"(obs_shape {list(shape)}); expected 'observation' or 'joint_states' for this "
+                'policy, or a pixel policy (trained with task.pixels) for image')
+        return _ImageInput(meta, shape)
     raise ConfigureError(f"parameter 'observation_mode' is {mode!r}; expected one of: "
                          f"{', '.join(OBSERVATION_MODES)}")
 
@@ -745,7 +854,8 @@ class PolicyController(LifecycleNode):
         model_rate = model_rate_hz(meta)
         self.get_logger().info(
             f"{meta['algorithm']} policy for {meta['task']} ({Path(path).name}, sha256 "
-            f"{self.policy.model_hash[:12]}): obs {meta['obs_dim']} from {self._input.topic}, "
+            f"{self.policy.model_hash[:12]}): {self._input.describe()} from "
+            f"{self._subscription.topic_name}, "
             f"actions {meta['act_dim']} ({', '.join(self.actuator_names)}); "
             f'{self.rate_hz:g} Hz' + ('' if abs(self.rate_hz - model_rate) < 1e-6 * model_rate
                                       else f" (model: {model_rate:g} Hz)")
@@ -753,7 +863,11 @@ class PolicyController(LifecycleNode):
             f'{self.state_timeout_ns / 1e9:g} s')
 
     def _warm_up(self) -> None:
-        obs = np.zeros(self.meta['obs_dim'], dtype=np.float32)
+        from fpmd_core.runtime import observation_shape
+
+        # The dtype the policy is fed in operation: uint8 frames for pixel policies.
+        dtype = np.uint8 if self.meta.get('obs_dtype') == 'uint8' else np.float32
+        obs = np.zeros(observation_shape(self.meta), dtype=dtype)
         for _ in range(WARMUP_INFERENCES):
             try:
                 action = np.asarray(self.policy(obs), dtype=np.float64)
@@ -767,6 +881,7 @@ class PolicyController(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         now = time.monotonic_ns()
         self.safety.reset(Safety.WAITING, now)
+        self._input.reset()  # image mode: the first frame after activation refills the stack
         self._active_since_ns = now
         self._control_timer = self.create_timer(1.0 / self.rate_hz, self._on_tick,
                                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -837,9 +952,9 @@ class PolicyController(LifecycleNode):
                     f'{self.state_timeout_ns / 1e9:g})', None)
         if self._computed_seq == self._latest_seq:
             return self._computed  # same message as last tick: same result
-        msg, seq = self._latest_msg, self._latest_seq
+        msg, seq, received_ns = self._latest_msg, self._latest_seq, self._latest_ns
         try:
-            observation = self._input.observation(msg)
+            observation = self._input.observation(msg, received_ns, self.state_timeout_ns)
         except ValueError as error:
             result = (Safety.MALFORMED, f'malformed {self._input.topic} message: {error}', None)
         else:
@@ -955,11 +1070,13 @@ class PolicyController(LifecycleNode):
             'algorithm': self.meta.get('algorithm', ''),
             'task': self.meta.get('task', ''),
             'observation_mode': str(self._param('observation_mode')),
+            'input_topic': self._subscription.topic_name if self._subscription else '',
             'safe_action': getattr(self, 'safe_kind', ''),
             'trigger': self.trigger,
             'commands_published': self.commands_published,
             'inferences': self.inferences,
             'trouble_episodes': self.safety.trouble_episodes,
+            **(self._input.diagnostic_values() if self._input is not None else {}),
         }
         status = messages.diagnostic_status(
             f'{self.get_fully_qualified_name()}: control loop', level, message,

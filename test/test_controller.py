@@ -395,7 +395,10 @@ CONFIGURE_FAILURES = {
                          r"joint_names' gives 4 values.*obs_dim is 11"),
     'model joints without exclusion': (dict(observation_mode='joint_states'),
                                        r'gives 12 values.*exclude_joint_positions: \[rootx\]'),
-    'image': (dict(observation_mode='image'), r"'image'.*not supported yet"),
+    'image with a state policy': (dict(observation_mode='image'),
+                                  r"'observation_mode' is 'image' but the policy takes a state "
+                                  r"vector \(obs_shape \[11\]\); expected 'observation' or "
+                                  r"'joint_states'"),
     'rate below model': (dict(control_rate_hz=60.0), r"'control_rate_hz' is 60 Hz.*125 Hz"),
     'default wrong length': (dict(safe_action='default', default_action=[0.1, 0.2]),
                              r"'default_action' has 2 values; expected 3"),
