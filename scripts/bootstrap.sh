@@ -6,7 +6,11 @@
 #   sees the system site-packages and the "ros" group of constraints.txt is skipped.
 # - Writes .venv/.fpmd-stamp (hash of constraints.txt + Python version + mode) only after a fully
 #   successful install. A .venv without a matching stamp is removed and rebuilt from scratch.
-# - When the stamp matches, does nothing.
+# - When the stamp matches, does nothing to the venv.
+# - Every run (before the stamp check, cheaply: one `ldconfig -p`) checks the system libraries
+#   for offscreen rendering (EGL, OSMesa; camera topics and pixel tasks need them). If some are
+#   missing: as root with apt-get, installs RENDER_PACKAGES; otherwise prints the command to run
+#   and goes on (everything but rendering works without them).
 #
 # Environment: FPMD_PYTHON=/path/to/python picks the interpreter explicitly.
 set -euo pipefail
@@ -28,6 +32,58 @@ arch="$(uname -m)"
 if [[ "$os" != "Linux" || "$arch" != "x86_64" ]]; then
     die "unsupported platform $os/$arch: fpmd_ros needs Linux x86_64 (the ROS 2 wheels on PyPI exist only for x86-64 Linux)"
 fi
+
+# --- system libraries for offscreen rendering ----------------------------------------------------
+# MuJoCo renders headless through EGL (MUJOCO_GL=egl, the default without a display) or OSMesa
+# (MUJOCO_GL=osmesa), both from Mesa (llvmpipe on a machine without a GPU). They are system
+# packages, not Python ones, so the venv stamp cannot vouch for them: this runs every time.
+RENDER_PACKAGES=(libosmesa6 libegl1 libegl-mesa0 libgl1 libglx-mesa0 libgl1-mesa-dri libgbm1)
+
+missing_render_libraries() {  # the missing ones, space-separated; empty when all are there
+    local ldconfig cache lib missing=()
+    ldconfig="$(PATH="$PATH:/usr/sbin:/sbin" command -v ldconfig || true)"
+    [[ -n "$ldconfig" ]] || return 0   # cannot tell; rendering will say what fails
+    cache="$("$ldconfig" -p 2>/dev/null || true)"
+    # libEGL_mesa.so.0 is Mesa's EGL vendor behind glvnd's libEGL.so.1; swrast_dri.so is its
+    # software rasteriser (libgl1-mesa-dri), which EGL needs on a machine without a GPU driver.
+    for lib in libOSMesa.so libEGL.so.1 libEGL_mesa.so.0 libGL.so.1 libgbm.so.1; do
+        grep -qE "^[[:space:]]+${lib//./\\.}[. ]" <<<"$cache" || missing+=("$lib")
+    done
+    compgen -G '/usr/lib/*/dri/swrast_dri.so' >/dev/null \
+        || compgen -G '/usr/lib*/dri/swrast_dri.so' >/dev/null || missing+=("dri/swrast_dri.so")
+    echo "${missing[*]}"
+}
+
+apt_install_render_packages() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${RENDER_PACKAGES[@]}" >&2
+}
+
+check_render_libraries() {
+    local missing install_cmd
+    missing="$(missing_render_libraries)"
+    [[ -n "$missing" ]] || return 0
+    install_cmd="apt-get install -y --no-install-recommends ${RENDER_PACKAGES[*]}"
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "offscreen rendering libraries missing ($missing); installing: $install_cmd"
+        # `apt-get update` only when needed: it is slow and the lists are often fresh enough.
+        if apt_install_render_packages \
+                || { log "install failed; running apt-get update and trying again" &&
+                     apt-get update -q >&2 && apt_install_render_packages; }; then
+            log "rendering libraries installed"
+        else
+            log "WARNING: could not install the rendering libraries; camera topics and pixel" \
+                "tasks will fail until they are installed: $install_cmd"
+        fi
+    else
+        [[ "$(id -u)" == 0 ]] || install_cmd="sudo $install_cmd"
+        log "WARNING: offscreen rendering libraries missing ($missing): camera topics and pixel" \
+            "tasks need them (everything else works). On Debian/Ubuntu: $install_cmd" \
+            "(elsewhere: Mesa's EGL and OSMesa packages)"
+    fi
+}
+
+check_render_libraries
 
 # --- interpreter -----------------------------------------------------------------------------------
 # Look for interpreters outside our own venv (it may be activated).
