@@ -46,8 +46,10 @@ Topics and services (relative names, so the node lives in a namespace such as ``
     pub ``transition`` (std_msgs/Float64MultiArray, lockstep only): see fpmd_ros.messages.
         Its ``stamp`` is the sim time of its observation.
     pub ``camera/image_raw`` (sensor_msgs/Image, rgb8; with ``camera_enabled``): one frame of
-        every state the node reaches (each reset and each step, the terminal state of an
-        episode included, both modes), stamped with that state's sim time, so its
+        every state the node reaches in lockstep mode (each reset and each step, the terminal
+        state of an episode included); in realtime mode one frame per control step, like
+        ``observation`` (after an autoreset, the new episode's). Stamped with the state's sim
+        time, so its
         ``header.stamp`` equals the ``stamp`` of the transition of the same state; frame_id is
         the camera's name (``camera`` for an unnamed or the free camera). In lockstep mode a
         state's frame is published before its transition. Rendered only while someone
@@ -447,10 +449,11 @@ class MujocoSimNode(Node):
 
     def _publish_transition(self, observation, reward: float, terminated: bool,
                             truncated: bool) -> None:
-        """A new state: its camera frame, then (lockstep) its transition, so a trainer that
-        has a transition already has its frame or is about to receive it."""
-        self._publish_frame()
+        """Lockstep: a new state's camera frame, then its transition, so a trainer that has a
+        transition already has its frame or is about to receive it. Every state has a frame,
+        the terminal one of an episode included (it is the last transition's observation)."""
         if self._transition_pub is not None:
+            self._publish_frame()
             self._transition_pub.publish(messages.encode_transition(
                 observation, reward, terminated, truncated, self.step_index,
                 self.episode_index, self.sim_time_ns))
@@ -480,6 +483,10 @@ class MujocoSimNode(Node):
 
     def _publish_state(self) -> None:
         """The current state, once per control step (after an autoreset: the new episode's)."""
+        if self._transition_pub is None:
+            # Realtime: one frame per control step like the other sensor streams; a terminal
+            # frame would make a controller with trigger:=observation act twice in one tick.
+            self._publish_frame()
         if self._obs_pub.get_subscription_count():
             self._obs_pub.publish(messages.to_float32_multiarray(self._observation,
                                                                  self.spec.obs_terms))
