@@ -144,9 +144,7 @@ def export_untrained_policy(path: Path, task: str = POLICY_TASK, pixels: bool = 
     from fpmd_core.agents import make_agent
     from fpmd_core.config import make_config
     from fpmd_core.export import export_onnx
-    from fpmd_core.tasks import make_env, task_spec
-
-    from fpmd_core.tasks import env_from_config
+    from fpmd_core.tasks import env_from_config, task_spec
 
     overrides = {'task.id': task, 'agent.hidden': 16}
     if pixels:

@@ -82,8 +82,8 @@ def test_ints_are_accepted_for_floats_and_become_floats():
 
 
 def test_unknown_profile():
-    with pytest.raises(ConfigError, match=r"profile: expected one of \['cpu', 'cpu_pixels', 'paper', "
-                                          r"'paper_pixels'\], got 'gpu'"):
+    with pytest.raises(ConfigError, match=r"profile: expected one of \['cpu', 'cpu_pixels', "
+                                          r"'paper', 'paper_pixels'\], got 'gpu'"):
         make_config('gpu')
 
 

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sim_helpers import RunningSim, SeedPerEpisode  # noqa: E402
 
-from fpmd_core.tasks import make_env  # noqa: E402
+from fpmd_core.tasks import PixelOptions, make_env  # noqa: E402
 from fpmd_ros.ros_env import RosVectorEnv, SimError, SimTimeoutError  # noqa: E402
 
 TASK = 'InvertedPendulum-v5'
@@ -187,3 +187,52 @@ def test_sim_process_refuses_bad_parameters():
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2, output
     assert "parameter 'mode' is 'fast'; expected one of: lockstep, realtime" in output
+
+
+PIXEL_TASK = 'cartpole-swingup'
+PIXELS = PixelOptions(32, 32, '', 3)
+
+
+def test_pixel_observations_equal_the_in_process_pixel_env():
+    """Frames over DDS, paired with transitions by stamp and stacked by the env, equal the
+    in-process pixel env's observations, also across autoresets (final_obs included)."""
+    name = f'pix_p{os.getpid()}'
+    sim = RunningSim(name, task=PIXEL_TASK, max_episode_steps=8, action_repeat=2,
+                     camera_enabled=True, image_width=32, image_height=32)
+    env = reference = None
+    try:
+        env = RosVectorEnv(PIXEL_TASK, namespaces=[name], max_episode_steps=8, action_repeat=2,
+                           pixels=PIXELS, step_timeout_s=5.0)
+        assert env.single_observation_space == gym.spaces.Box(0, 255, (32, 32, 9), np.uint8)
+        reference = gym.vector.SyncVectorEnv(
+            [lambda: SeedPerEpisode(make_env(PIXEL_TASK, 8, action_repeat=2, pixels=PIXELS))],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        obs, _ = env.reset(seed=5)
+        np.testing.assert_array_equal(obs, reference.reset(seed=[5])[0])
+        assert obs.dtype == np.uint8 and obs.std() > 0
+        rng = np.random.default_rng(0)
+        ends = 0
+        for _ in range(10):  # 4 env steps per episode: two autoresets
+            actions = rng.uniform(-1, 1, (1, 1)).astype(np.float32)
+            obs, rewards, terminated, truncated, infos = env.step(actions)
+            ref_obs, ref_rewards, _, ref_truncated, ref_infos = reference.step(actions)
+            np.testing.assert_array_equal(obs, ref_obs)
+            np.testing.assert_array_equal(rewards, ref_rewards)
+            np.testing.assert_array_equal(truncated, ref_truncated)
+            if '_final_obs' in ref_infos:
+                np.testing.assert_array_equal(infos['final_obs'][0], ref_infos['final_obs'][0])
+                ends += 1
+        assert ends == 2
+        assert not env._sims[0].frames  # every frame was paired with its transition
+    finally:
+        for closable in (env, reference):
+            if closable is not None:
+                closable.close()
+        sim.stop()
+
+
+def test_a_sim_without_the_expected_camera_is_refused_by_name(sims):
+    with pytest.raises(SimError, match=f'{NAMES[0]}: has action_repeat = 1, expected 2'):
+        RosVectorEnv(TASK, namespaces=NAMES[:1], action_repeat=2, connect_timeout_s=10.0)
+    with pytest.raises(SimTimeoutError, match='no publisher on .*camera/image_raw'):
+        RosVectorEnv(TASK, namespaces=NAMES[:1], pixels=PIXELS, connect_timeout_s=1.5)

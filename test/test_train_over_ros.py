@@ -82,6 +82,31 @@ def test_short_training_run_over_ros(tmp_path, listener):
     assert {'env_steps', 'updates', 'env_steps_per_s', 'recoveries'} <= set(values)
 
 
+def test_short_pixel_training_run_over_ros(tmp_path):
+    """The sims publish camera frames, the trainer stacks them and exports a uint8-input
+    policy: the pixel pipeline end to end over real DDS, in seconds."""
+    config = tmp_path / 'pixels.yaml'
+    config.write_text(
+        'profile: cpu_pixels\n'
+        'task: {id: cartpole-swingup, num_envs: 1, image_size: 32, max_episode_steps: 20}\n'
+        'agent: {algo: fpmd_m, hidden: 32, batch_size: 16}\n'
+        'trainer: {total_steps: 60, warmup_steps: 40, eval_interval: 0, eval_episodes: 1, '
+        'checkpoint_interval: 0, log_interval: 20, replay_size: 1000}\n')
+    out = tmp_path / 'out'
+    run = RunnerProcess('train_sim', f'config:={config}', f'output_dir:={out}')
+    try:
+        code = run.wait(timeout_s=RUN_TIMEOUT_S)
+    finally:
+        run.stop()
+    assert code == 0, run.output[-5000:]
+    assert 'training finished: 60 env steps, 21 updates' in run.output
+    from fpmd_core.runtime import OnnxPolicy
+
+    meta = OnnxPolicy(out / 'policy.onnx').metadata
+    assert (meta['task'], meta['obs_shape'], meta['action_repeat']) == (
+        'cartpole-swingup', [32, 32, 9], 2)
+
+
 def _kill_sim_mid_run(run: RunnerProcess, listener: Listener, diagnostics) -> float:
     """Wait until the trainer has stepped a while, then SIGKILL /env_1/mujoco_sim."""
     stepping = listener.spin_until(lambda: _env_steps(diagnostics) >= 100, RUN_TIMEOUT_S)
