@@ -1,0 +1,347 @@
+"""Issue 7 benchmark: learning curves of FPMD-R, FPMD-M, SAC and DPMD over tasks x seeds.
+
+    nice -n 5 python bench/bench_learning.py --jobs 2 [--tasks Hopper-v5 ...] [--seeds 3] \
+        [--total-steps 100000] [--profile cpu|paper] [--aggregate-only]
+
+Every (task, algorithm, seed) is one training run of ``fpmd_core.trainer.Trainer``, started as its
+own process (``python -m fpmd_core.cli --profile P --set ...``, ``--jobs`` at a time) with its
+output in ``<out-dir>/<task>/<algo>/seed_<s>/`` (eval.csv, train.csv, train.log, run.json; the
+trainer's checkpoints, TensorBoard logs and policy.onnx too, which git ignores). A run whose
+eval.csv already reaches ``--total-steps`` is skipped, so an interrupted benchmark resumes by
+running the same command again; an unfinished run dir is cleared and its run started over.
+
+Evaluation protocol (the trainer's): every ``trainer.eval_interval`` env steps and at the end,
+``trainer.eval_episodes`` episodes (seeds fixed per episode index) in deploy mode (EMA policy, one
+network call from x0 = 0, no critic: what is exported) and, for FPMD-R/FPMD-M/DPMD, best-of-N
+(the training sampler without exploration noise, N = ``agent.particles`` scored by the critic).
+
+Aggregate (also alone with ``--aggregate-only``, from the run dirs on disk): per task and
+algorithm over the finished seeds, the final deploy-mode return (mean ± sample std over seeds),
+the best deploy-mode return (maximum over evaluations of the seed-mean curve), the same two for
+best-of-N, the wall time and the env steps/s after the warm-up; written to
+``<out-dir>/summary.json`` and ``summary.md``, and one learning-curve PNG per task,
+``<out-dir>/<task>.png`` (seed mean, shaded ± std, deploy mode solid and best-of-N dashed).
+
+The trainer picks CUDA when present (``trainer.device: auto``): the same command runs on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from fpmd_core.config import make_config  # noqa: E402
+
+TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
+ALGOS = ("fpmd_r", "fpmd_m", "sac", "dpmd")
+LABELS = {"fpmd_r": "FPMD-R", "fpmd_m": "FPMD-M", "sac": "SAC", "dpmd": "DPMD"}
+COLORS = {"fpmd_r": "tab:blue", "fpmd_m": "tab:orange", "sac": "tab:green", "dpmd": "tab:red"}
+# Slowest first, so that the long runs do not end up alone at the end of a parallel schedule.
+COST_ORDER = {"dpmd": 0, "fpmd_r": 1, "fpmd_m": 2, "sac": 3}
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+def run_dir(out_dir: Path, task: str, algo: str, seed: int) -> Path:
+    return out_dir / task / algo / f"seed_{seed}"
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def finished(directory: Path, total_steps: int) -> bool:
+    rows = read_csv(directory / "eval.csv")
+    return bool(rows) and int(rows[-1]["env_steps"]) >= total_steps
+
+
+def run_overrides(args, task: str, algo: str, seed: int, directory: Path) -> list[str]:
+    sets = {"task.id": task, "agent.algo": algo, "trainer.seed": seed,
+            "trainer.total_steps": args.total_steps, "trainer.output_dir": str(directory),
+            "trainer.progress": "false", "trainer.torch_threads": args.torch_threads}
+    for name, value in (("eval_interval", args.eval_interval),
+                        ("eval_episodes", args.eval_episodes),
+                        ("warmup_steps", args.warmup_steps),
+                        ("checkpoint_interval", args.checkpoint_interval)):
+        if value is not None:
+            sets[f"trainer.{name}"] = value
+    return [f"{k}={v}" for k, v in sets.items()] + list(args.overrides)
+
+
+def start_run(args, task: str, algo: str, seed: int) -> tuple[subprocess.Popen, Path, float]:
+    directory = run_dir(args.out_dir, task, algo, seed)
+    if directory.exists():
+        print(f"  {directory}: unfinished, cleared and started over", flush=True)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    overrides = run_overrides(args, task, algo, seed, directory.resolve())
+    make_config(args.profile, overrides=overrides)  # fail here, not in the child, on a bad --set
+    command = [sys.executable, "-m", "fpmd_core.cli", "--profile", args.profile]
+    for item in overrides:
+        command += ["--set", item]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
+    info = {"task": task, "algo": algo, "seed": seed, "profile": args.profile,
+            "total_steps": args.total_steps, "overrides": overrides, "command": command,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (directory / "run.json").write_text(json.dumps(info, indent=2))
+    log = (directory / "train.log").open("w")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc, directory, time.perf_counter()
+
+
+def run_all(args) -> None:
+    pending = [(task, algo, seed) for task in args.tasks for algo in args.algos
+               for seed in range(args.seeds)]
+    todo = [r for r in pending if not finished(run_dir(args.out_dir, *r), args.total_steps)]
+    print(f"{len(pending)} runs, {len(pending) - len(todo)} already finished, {len(todo)} to "
+          f"run with {args.jobs} at a time", flush=True)
+    todo.sort(key=lambda r: (COST_ORDER.get(r[1], 9), r[2], r[0]))
+    running: list[tuple[subprocess.Popen, Path, float, tuple]] = []
+    failed = []
+    try:
+        while todo or running:
+            while todo and len(running) < args.jobs:
+                key = todo.pop(0)
+                print(f"start {'/'.join(map(str, key))}", flush=True)
+                running.append((*start_run(args, *key), key))
+            time.sleep(1.0)
+            for item in list(running):
+                proc, directory, started, key = item
+                if proc.poll() is None:
+                    continue
+                running.remove(item)
+                wall = time.perf_counter() - started
+                info = json.loads((directory / "run.json").read_text())
+                info |= {"returncode": proc.returncode, "process_wall_s": round(wall, 1)}
+                (directory / "run.json").write_text(json.dumps(info, indent=2))
+                status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                print(f"{status} {'/'.join(map(str, key))} in {wall:.0f} s "
+                      f"(log: {directory / 'train.log'})", flush=True)
+                if proc.returncode != 0:
+                    failed.append(key)
+    except KeyboardInterrupt:
+        for proc, *_ in running:
+            proc.terminate()
+        for proc, *_ in running:
+            proc.wait()
+        raise
+    if failed:
+        print(f"{len(failed)} runs failed: {failed}", flush=True)
+
+
+# --- aggregation ---------------------------------------------------------------------------------
+
+def _float(value) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def seed_runs(out_dir: Path, task: str, algo: str) -> list[dict]:
+    runs = []
+    for directory in sorted((out_dir / task / algo).glob("seed_*")):
+        rows = read_csv(directory / "eval.csv")
+        info_path = directory / "run.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        total = info.get("total_steps")
+        if not rows or total is None or int(rows[-1]["env_steps"]) < total:
+            continue  # unfinished: left out of the aggregate
+        train = read_csv(directory / "train.csv")
+        rates = [_float(r.get("perf/env_steps_per_s")) for r in train
+                 if int(r["updates"] or 0) > 0 and _float(r.get("perf/env_steps_per_s"))]
+        runs.append({"dir": directory, "info": info, "eval": rows,
+                     "rate": float(np.median(rates)) if rates else None})
+    return runs
+
+
+def curve(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Env steps evaluated by every seed; seed mean and sample std there."""
+    per_seed = [{int(r["env_steps"]): _float(r.get(key)) for r in run["eval"]} for run in runs]
+    steps = sorted(set.intersection(*(set(k for k, v in s.items() if v is not None)
+                                      for s in per_seed)))
+    values = np.array([[s[step] for step in steps] for s in per_seed], dtype=float)
+    if values.size == 0:
+        return np.array(steps), np.array([]), np.array([])
+    std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
+    return np.array(steps), values.mean(axis=0), std
+
+
+def stats(runs: list[dict], key: str) -> dict | None:
+    finals = [_float(run["eval"][-1].get(key)) for run in runs]
+    if not runs or any(v is None for v in finals):
+        return None
+    steps, mean, _ = curve(runs, key)
+    best = int(np.argmax(mean))
+    return {"final_mean": float(np.mean(finals)),
+            "final_std": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+            "final_per_seed": finals,
+            "best_mean": float(mean[best]), "best_at_env_steps": int(steps[best])}
+
+
+def aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> dict:
+    summary: dict = {"tasks": {}, "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+                                               "python": platform.python_version()}}
+    for task in tasks:
+        entry = {}
+        for algo in algos:
+            runs = seed_runs(out_dir, task, algo)
+            if not runs:
+                continue
+            info = runs[0]["info"]
+            walls = [float(run["eval"][-1]["wall_time_s"]) for run in runs]
+            process = [run["info"].get("process_wall_s") for run in runs]
+            rates = [run["rate"] for run in runs if run["rate"] is not None]
+            entry[algo] = {
+                "seeds": [run["info"].get("seed") for run in runs],
+                "profile": info.get("profile"), "total_steps": info.get("total_steps"),
+                "overrides": [o for o in info.get("overrides", [])
+                              if not o.startswith(("trainer.output_dir", "trainer.seed"))],
+                "deploy": stats(runs, "return_deploy"),
+                "best_of_n": stats(runs, "return_best_of_n"),
+                "train_wall_s_mean": float(np.mean(walls)),
+                "process_wall_s_mean": float(np.mean(process)) if None not in process else None,
+                "env_steps_per_s_after_warmup": float(np.median(rates)) if rates else None,
+                "eval_steps": [int(r["env_steps"]) for r in runs[0]["eval"]],
+            }
+        if entry:
+            summary["tasks"][task] = entry
+    return summary
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown(summary: dict) -> str:
+    def cell(s: dict | None, which: str) -> str:
+        if s is None:
+            return "n/a"
+        if which == "final":
+            return f"{s['final_mean']:.1f} ± {s['final_std']:.1f}"
+        return f"{s['best_mean']:.1f} (at {s['best_at_env_steps'] / 1000:g}k)"
+
+    lines = ["| task | algorithm | seeds | env steps | final deploy | best deploy | "
+             "final best-of-N | best best-of-N | wall (min) | env steps/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for task, entry in summary["tasks"].items():
+        for algo, row in entry.items():
+            rate = row["env_steps_per_s_after_warmup"]
+            lines.append(
+                f"| {task} | {LABELS.get(algo, algo)} | {len(row['seeds'])} | "
+                f"{row['total_steps']} | {cell(row['deploy'], 'final')} | "
+                f"{cell(row['deploy'], 'best')} | {cell(row['best_of_n'], 'final')} | "
+                f"{cell(row['best_of_n'], 'best')} | {row['train_wall_s_mean'] / 60:.1f} | "
+                + (f"{rate:.1f} |" if rate else "n/a |"))
+    return "\n".join(lines) + "\n"
+
+
+def plot_task(out_dir: Path, task: str, algos: list[str], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    meta = None
+    for algo in algos:
+        runs = seed_runs(out_dir, task, algo)
+        if not runs:
+            continue
+        meta = meta or runs[0]["info"]
+        color = COLORS.get(algo)
+        steps, mean, std = curve(runs, "return_deploy")
+        ax.plot(steps, mean, color=color, marker="o", ms=3,
+                label=f"{LABELS.get(algo, algo)} deploy (NFE 1), {len(runs)} seeds")
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
+        if algo != "sac":
+            steps, mean, _ = curve(runs, "return_best_of_n")
+            if len(mean):
+                ax.plot(steps, mean, color=color, ls="--", lw=1,
+                        label=f"{LABELS.get(algo, algo)} best-of-N")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return (mean over seeds, ± std shaded)")
+    if meta:
+        ax.set_title(f"{task}: profile {meta.get('profile')}, {meta.get('total_steps')} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def write_aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> None:
+    summary = aggregate(out_dir, tasks, algos)
+    text = markdown(summary)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "summary.md").write_text(text)
+    for task in summary["tasks"]:
+        plot_task(out_dir, task, algos, out_dir / f"{task}.png")
+    print(text, end="")
+    print(f"written: {out_dir / 'summary.json'}, {out_dir / 'summary.md'}, "
+          f"{', '.join(str(out_dir / f'{t}.png') for t in summary['tasks'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help=f"default {' '.join(TASKS)} (--aggregate-only: those on disk)")
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1")
+    parser.add_argument("--total-steps", type=int, default=100_000)
+    parser.add_argument("--profile", default="cpu", choices=["cpu", "paper"])
+    parser.add_argument("--eval-interval", type=int, default=None,
+                        help="trainer.eval_interval (default: the profile's)")
+    parser.add_argument("--eval-episodes", type=int, default=None,
+                        help="trainer.eval_episodes (default: the profile's)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="trainer.warmup_steps (default: the profile's)")
+    parser.add_argument("--checkpoint-interval", type=int, default=None,
+                        help="trainer.checkpoint_interval (default: the profile's)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="per run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE", help="extra override for every run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    parser.add_argument("--out-dir", type=Path, default=Path("bench/results/learning"))
+    parser.add_argument("--aggregate-only", action="store_true",
+                        help="only re-make summary and plots from the run dirs on disk")
+    args = parser.parse_args()
+    args.out_dir = args.out_dir if args.out_dir.is_absolute() else REPO / args.out_dir
+    if args.aggregate_only:
+        on_disk = sorted(p.name for p in args.out_dir.iterdir() if p.is_dir()) \
+            if args.out_dir.is_dir() else []
+        tasks = args.tasks or on_disk
+    else:
+        tasks = args.tasks = args.tasks or list(TASKS)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        run_all(args)
+        print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    write_aggregate(args.out_dir, tasks, args.algos)
+
+
+if __name__ == "__main__":
+    main()
