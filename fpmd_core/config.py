@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,9 @@ PROFILES["cpu_pixels"] = PROFILES["cpu"] | _PIXELS | {"trainer.replay_size": 50_
                                                      "agent.batch_size": 128}
 
 
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
     """Return `value` if it matches the annotated type (ints are accepted for floats)."""
     expected = {"int": int, "float": float, "str": str, "bool": bool}.get(annotation, annotation)
@@ -217,6 +221,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     elif expected is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif expected is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 (PyYAML) reads 1e-3 as a string, not a number
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
         if ok and not math.isfinite(value):

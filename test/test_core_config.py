@@ -198,6 +198,16 @@ def test_parse_override(text, expected):
     assert parse_override(text) == expected
 
 
+def test_exponent_notation_is_a_number_in_files_and_overrides(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as the string '1e-3'; float fields accept it as a number.
+    config = tmp_path / 'c.yaml'
+    config.write_text('agent: {critic_lr: 1e-3}\n')
+    assert make_config(file=config).agent.critic_lr == 1e-3
+    assert make_config(overrides=['agent.actor_lr=2E-4']).agent.actor_lr == 2e-4
+    with pytest.raises(ConfigError, match="agent.particles: expected int, got str '1e2'"):
+        make_config(overrides=['agent.particles=1e2'])
+
+
 @pytest.mark.parametrize(('text', 'message'), [
     ('agent.particles', 'expected section.field=value'),
     ('agent.particles=[1, 2]', 'expected a scalar value'),
