@@ -82,7 +82,7 @@ def percentiles_ms(samples_ns) -> dict:
 
 def bare_inference(policy_path: Path, calls: int) -> dict:
     """The ONNX policy alone on one thread, and the controller's per-image input work."""
-    from fpmd_core.rendering import FrameStack
+    from fpmd_core.frames import FrameStack
     from fpmd_core.runtime import OnnxPolicy
     from fpmd_ros import messages
 
@@ -114,7 +114,7 @@ def bare_inference(policy_path: Path, calls: int) -> dict:
 def expected_commands(policy_path: Path, bank: list[np.ndarray]) -> np.ndarray:
     """(BANK, act_dim): the command for the stack that bank position j completes when the bank
     is sent in its cycle, i.e. frames (j-2, j-1, j)."""
-    from fpmd_core.rendering import FrameStack
+    from fpmd_core.frames import FrameStack
     from fpmd_core.runtime import OnnxPolicy
 
     policy = OnnxPolicy(policy_path, threads=1)

@@ -15,7 +15,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from .rendering import Camera, FrameStack
+from .frames import FrameStack
+from .rendering import Camera
 
 _DMC_PATTERN = re.compile(r"^([a-z_]+)-([a-z_]+)$")
 

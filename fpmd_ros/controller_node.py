@@ -71,7 +71,7 @@ Observation from ``image_raw`` (sensor_msgs/Image), pixel policies
     (padded rows are cropped) and ``step`` x H bytes of data; anything else (another encoding
     such as ``bgr8``, another size, a short step, empty or short data) makes it malformed. The
     observation is the last k = ``frame_stack`` good frames stacked on the channel axis, oldest
-    first, by :class:`fpmd_core.rendering.FrameStack`, the training env's own frame stack. Every
+    first, by :class:`fpmd_core.frames.FrameStack`, the training env's own frame stack. Every
     new message that a control step sees is decoded and pushed once: with ``trigger`` =
     ``observation`` that is every image (run the camera at the model's rate, which includes its
     ``action_repeat``: consecutive training frames are one control period apart); with the
@@ -559,7 +559,7 @@ class _ImageInput(_Input):
     """Camera frames (sensor_msgs/Image, rgb8, the model's H x W) stacked as in training.
 
     Each new message that a control step sees is decoded and pushed into one
-    :class:`fpmd_core.rendering.FrameStack` (the training env's definition: oldest frame first,
+    :class:`fpmd_core.frames.FrameStack` (the training env's definition: oldest frame first,
     the newest in the last 3 channels); a message is never pushed twice, so ticks without a new
     image do not fill the stack with copies. A frame that fails to decode raises ValueError and
     does not enter the stack. When the previous good frame arrived more than
@@ -572,7 +572,7 @@ class _ImageInput(_Input):
     topic, msg_type = 'image_raw', Image
 
     def __init__(self, meta: dict, shape: tuple[int, ...]):
-        from fpmd_core.rendering import FrameStack  # imports mujoco: only in image mode
+        from fpmd_core.frames import FrameStack
 
         self.height, self.width, channels = shape
         k = meta.get('frame_stack')

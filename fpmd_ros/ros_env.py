@@ -16,7 +16,7 @@
   list: one seed per sim), so sim ``i``'s episodes from then on use seeds ``seed_i + 0, 1, ...``.
 * Pixel tasks (``pixels``): the transitions carry the state; the observation is built here from
   each sim's ``<ns>/camera/image_raw``: the frame whose ``header.stamp`` equals the transition's
-  ``stamp`` (never by arrival order), stacked with ``fpmd_core.rendering.FrameStack`` exactly as
+  ``stamp`` (never by arrival order), stacked with ``fpmd_core.frames.FrameStack`` exactly as
   the in-process pixel env stacks them. The sims must run with ``camera_enabled`` and the same
   image size, camera and ``action_repeat`` (checked at connection).
 * Everything waits against the wall clock: sims missing at startup are named after
@@ -46,7 +46,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from fpmd_core.rendering import FrameStack
+from fpmd_core.frames import FrameStack
 from fpmd_core.tasks import PixelOptions, default_camera, make_env, scale_action, task_spec
 from fpmd_ros import messages
 from fpmd_ros.sim_node import LOCKSTEP_QOS, NODE_NAME

@@ -4,7 +4,7 @@ The test policy is an untrained pixel FPMD export (cpu_pixels profile) for dm_co
 cartpole-swingup at 32x32 with 3 stacked frames: obs (32, 32, 9) uint8, one actuator with bounds
 [-1, 1], model rate 50 Hz (control period 0.02 s including action repeat 2). Expected commands
 are computed here with the same ONNX file through :class:`fpmd_core.runtime.OnnxPolicy` and the
-training env's :class:`fpmd_core.rendering.FrameStack`, fed the frames the test sends.
+training env's :class:`fpmd_core.frames.FrameStack`, fed the frames the test sends.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def stacked(*frames: np.ndarray) -> np.ndarray:
 def expected_commands(reference, frames, refill_at=(0,)) -> list[np.ndarray]:
     """The command for each frame when the controller stacks them as training does (refilled
     with the frame at the indices in ``refill_at``)."""
-    from fpmd_core.rendering import FrameStack
+    from fpmd_core.frames import FrameStack
 
     stack = FrameStack(FRAME_STACK)
     return [act(reference, stack.reset(f) if i in refill_at else stack.push(f))

@@ -11,8 +11,9 @@ from fpmd_core.agents import make_agent
 from fpmd_core.checkpoint import save_checkpoint
 from fpmd_core.config import make_config
 from fpmd_core.export import export_onnx
+from fpmd_core.frames import FrameStack
 from fpmd_core.nets import random_shift
-from fpmd_core.rendering import Camera, FrameStack, RenderError
+from fpmd_core.rendering import Camera, RenderError
 from fpmd_core.runtime import CheckpointPolicy, ObservationError, OnnxPolicy
 from fpmd_core.tasks import (
     PixelOptions,
