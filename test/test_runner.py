@@ -45,10 +45,11 @@ def test_deploy_with_sim_runs_the_controller_until_ctrl_c(tmp_path):
 
 
 def test_refused_configure_stops_the_graph(tmp_path):
-    policy = export_untrained_policy(tmp_path / 'policy.onnx')
+    policy = export_untrained_policy(tmp_path / 'policy.onnx', 'cartpole-swingup', pixels=True)
     namespace = f'deploy_bad_p{os.getpid()}'
-    # 'image' is not supported by the controller yet: configure fails, saying so.
-    run = RunnerProcess('deploy', f'policy:={policy}', 'observation_mode:=image',
+    # A pixel policy on joint_states passes the graph (no sim to configure) but not the
+    # controller's configure, which says why.
+    run = RunnerProcess('deploy', f'policy:={policy}', 'observation_mode:=joint_states',
                         f'namespace:={namespace}')
     try:
         code = run.wait(timeout_s=START_TIMEOUT_S)
@@ -56,3 +57,4 @@ def test_refused_configure_stops_the_graph(tmp_path):
         run.stop()
     assert code == 1, run.output[-5000:]
     assert f'configure refused by /{namespace}/policy_controller' in run.output
+    assert "takes camera frames" in run.output
