@@ -254,6 +254,20 @@ def env_from_config(task, normalized_actions: bool = True) -> gym.Env:
                     action_repeat=task.action_repeat, pixels=pixel_options(task))
 
 
+def env_from_metadata(meta: dict, max_episode_steps: int = 0,
+                      normalized_actions: bool = False) -> gym.Env:
+    """The env an exported policy was trained on, from its metadata (task, action repeat and,
+    for pixel policies, image size, camera and frame stack); env units by default, as a
+    deployed policy acts."""
+    shape = meta.get("obs_shape") or [meta["obs_dim"]]
+    pixels = None
+    if len(shape) == 3:
+        pixels = PixelOptions(int(shape[1]), int(shape[0]), str(meta.get("camera", "")),
+                              int(shape[2]) // 3)
+    return make_env(str(meta["task"]), max_episode_steps, normalized_actions,
+                    action_repeat=int(meta.get("action_repeat", 1)), pixels=pixels)
+
+
 def pixel_options(task) -> PixelOptions | None:
     if not task.pixels:
         return None

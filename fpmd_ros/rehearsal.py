@@ -53,8 +53,10 @@ from fpmd_ros.graph import (
     LaunchArgument,
     _float,
     _int,
+    _text,
     _with_defaults,
     deploy_graph,
+    policy_metadata,
 )
 from fpmd_ros.participant import PrivateParticipant
 
@@ -130,9 +132,15 @@ def make_plan(args: dict[str, Any]) -> Plan:
     """The deploy graph (sim:=true) for ``args`` with the rehearsal's sim settings, or
     GraphArgumentError naming the argument."""
     from fpmd_core.runtime import load_policy
-    from fpmd_core.tasks import make_env, task_spec
+    from fpmd_core.tasks import env_from_metadata, task_spec
 
     values = _with_defaults(args, REHEARSAL_ARGUMENTS)
+    policy_path = os.path.abspath(os.path.expanduser(_text(values, 'policy')))
+    if 'observation_mode' not in args and os.path.isfile(policy_path):
+        # A policy trained from pixels watches the sim's camera.
+        pixels = bool(policy_metadata(policy_path).get('frame_stack'))
+        values['observation_mode'] = 'image' if pixels else 'observation'
+
     episodes = _int(values, 'episodes', 1, 10_000)
     realtime_factor = _float(values, 'realtime_factor', 0.0, inclusive=False)
     if not 0.01 <= realtime_factor <= 100.0:
@@ -153,7 +161,7 @@ def make_plan(args: dict[str, Any]) -> Plan:
     if trigger == 'timer' and not controller.parameters['control_rate_hz']:
         # A timer loop must keep up with a sim that runs faster than real time.
         controller.parameters['control_rate_hz'] = model_rate_hz * max(1.0, realtime_factor)
-    env = make_env(task, max_episode_steps, normalized_actions=False)
+    env = env_from_metadata(meta, max_episode_steps)
     limit = task_spec(env, task).max_episode_steps
     env.close()
     if not timeout_s:
@@ -169,12 +177,15 @@ def make_plan(args: dict[str, Any]) -> Plan:
 
 def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0) -> list[Episode]:
     """``policy`` (env units) stepping the task in-process, one episode per seed, the action
-    clipped to the bounds as ``policy_controller`` does."""
-    from fpmd_core.tasks import make_env
+    clipped to the bounds as ``policy_controller`` does; a pixel policy sees the frames of the
+    camera it was trained with."""
+    from fpmd_core.tasks import env_from_metadata
 
     low = np.asarray(policy.metadata['action_low'], dtype=np.float64)
     high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
-    env = make_env(task, max_episode_steps, normalized_actions=False)
+    if policy.metadata['task'] != task:
+        raise ValueError(f'policy task {policy.metadata["task"]!r}, expected {task!r}')
+    env = env_from_metadata(policy.metadata, max_episode_steps)
     results = []
     try:
         for seed in seeds:

@@ -55,6 +55,27 @@ def test_rehearsal_runs_end_to_end_and_prints_both_returns(policy):
     assert controller < out.index(f'/{namespace}/mujoco_sim stopped (exit code 0)')
 
 
+def test_rehearsal_of_a_pixel_policy_watches_the_sim_camera(tmp_path):
+    """A policy trained from pixels: the rehearsal picks observation_mode image, the realtime
+    sim renders the camera the policy was trained with, and the controller acts on its frames."""
+    pixel_policy = export_untrained_policy(tmp_path / 'pixels.onnx', 'cartpole-swingup',
+                                           pixels=True)
+    plan = rehearsal.make_plan({'policy': str(pixel_policy), 'max_episode_steps': '20'})
+    assert plan.controller.parameters['observation_mode'] == 'image'
+    assert plan.sim.parameters['camera_enabled'] and plan.sim.parameters['action_repeat'] == 2
+    namespace = f'rehearsal_pix_p{os.getpid()}'
+    run = RunnerProcess(None, f'policy:={pixel_policy}', 'episodes:=1', 'max_episode_steps:=20',
+                        f'namespace:={namespace}', module='fpmd_ros.rehearsal')
+    code = run.wait(timeout_s=RUN_TIMEOUT_S)
+    out = run.output
+    assert code in (0, 1), out[-5000:]
+    rate = re.search(r'control rate: achieved ([\d.]+) Hz', out)
+    assert rate and float(rate.group(1)) > 0, out[-3000:]
+    closed = next(line for line in out.splitlines() if 'closed-loop return' in line)
+    in_process = next(line for line in out.splitlines() if 'in-process return' in line)
+    assert len(_returns(closed)) == len(_returns(in_process)) == 1
+
+
 def test_in_process_evaluation_follows_the_seeds(policy):
     from fpmd_core.runtime import load_policy
     from fpmd_core.tasks import make_env
@@ -99,7 +120,8 @@ def test_plan_sets_the_sim_and_a_fast_enough_timer(policy, capsys):
     plan = rehearsal.make_plan({'policy': str(policy), 'realtime_factor': '2', 'seed': '7',
                                 'max_episode_steps': '50', 'trigger': 'timer'})
     assert plan.sim.parameters == {'task': TASK, 'mode': 'realtime', 'publish_clock': False,
-                                   'realtime_factor': 2.0, 'seed': 7, 'max_episode_steps': 50}
+                                   'realtime_factor': 2.0, 'seed': 7, 'max_episode_steps': 50,
+                                   'action_repeat': 1}
     # A timer loop keeps up with a sim at twice real time; the observation trigger needs none.
     assert plan.controller.parameters['control_rate_hz'] == 50.0
     assert rehearsal.make_plan({'policy': str(policy)}).controller.parameters == {
