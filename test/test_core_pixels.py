@@ -223,3 +223,30 @@ def test_a_short_pixel_run_trains_and_exports(tmp_path):
     assert result.updates == 21  # from env step 40 (the last warm-up step) to 60
     assert trainer.replay.data['obs'].dtype == np.uint8
     assert OnnxPolicy(result.policy).metadata['obs_shape'] == [SIZE, SIZE, 9]
+
+
+def test_egl_and_osmesa_backends_render_the_same_frame():
+    """MUJOCO_GL selects the backend (read once, at import: one process each)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = ('import hashlib, numpy as np\n'
+              'from fpmd_core.tasks import PixelOptions, make_env\n'
+              f'env = make_env({TASK!r}, pixels=PixelOptions(48, 48))\n'
+              'obs, _ = env.reset(seed=4)\n'
+              'assert obs.std() > 0\n'
+              'print(hashlib.sha256(obs.tobytes()).hexdigest())\n'
+              'env.close()\n')
+    digests = {}
+    for backend in ('egl', 'osmesa'):
+        # This process imported mujoco with EGL, which set PYOPENGL_PLATFORM for its children.
+        env = {k: v for k, v in os.environ.items() if k != 'PYOPENGL_PLATFORM'}
+        env['MUJOCO_GL'] = backend
+        done = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, f'{backend}: {done.stderr[-2000:]}'
+        digests[backend] = done.stdout.strip().splitlines()[-1]
+    assert digests['egl'] == digests['osmesa']
+    assert hashlib.sha256(b'').hexdigest() not in digests.values()
