@@ -18,7 +18,8 @@ network call from x0 = 0, no critic: what is exported) and, for FPMD-R/FPMD-M/DP
 Aggregate (also alone with ``--aggregate-only``, from the run dirs on disk): per task and
 algorithm over the finished seeds, the final deploy-mode return (mean ± sample std over seeds),
 the best deploy-mode return (maximum over evaluations of the seed-mean curve), the same two for
-best-of-N, the wall time and the env steps/s after the warm-up; written to
+best-of-N, the wall time and the env steps/s after the warm-up (updates and evaluations
+included, mean over seeds); written to
 ``<out-dir>/summary.json`` and ``summary.md``, and one learning-curve PNG per task,
 ``<out-dir>/<task>.png`` (seed mean, shaded ± std, deploy mode solid and best-of-N dashed).
 
@@ -49,6 +50,7 @@ from fpmd_core.config import make_config  # noqa: E402
 TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 ALGOS = ("fpmd_r", "fpmd_m", "sac", "dpmd")
 LABELS = {"fpmd_r": "FPMD-R", "fpmd_m": "FPMD-M", "sac": "SAC", "dpmd": "DPMD"}
+NFE = {"dpmd": 20}  # network calls of the deploy action (DPMD: its DDPM steps)
 COLORS = {"fpmd_r": "tab:blue", "fpmd_m": "tab:orange", "sac": "tab:green", "dpmd": "tab:red"}
 # Slowest first, so that the long runs do not end up alone at the end of a parallel schedule.
 COST_ORDER = {"dpmd": 0, "fpmd_r": 1, "fpmd_m": 2, "sac": 3}
@@ -164,12 +166,19 @@ def seed_runs(out_dir: Path, task: str, algo: str) -> list[dict]:
         total = info.get("total_steps")
         if not rows or total is None or int(rows[-1]["env_steps"]) < total:
             continue  # unfinished: left out of the aggregate
-        train = read_csv(directory / "train.csv")
-        rates = [_float(r.get("perf/env_steps_per_s")) for r in train
-                 if int(r["updates"] or 0) > 0 and _float(r.get("perf/env_steps_per_s"))]
-        runs.append({"dir": directory, "info": info, "eval": rows,
-                     "rate": float(np.median(rates)) if rates else None})
+        runs.append({"dir": directory, "info": info, "eval": rows, "rate": learning_rate(rows)})
     return runs
+
+
+def learning_rate(rows: list[dict]) -> float | None:
+    """Env steps/s from the first evaluation after updates began to the last one: collection,
+    updates and the evaluations in between (the warm-up of random actions left out)."""
+    started = [r for r in rows if int(r["updates"]) > 0]
+    if len(started) < 2:
+        return None
+    first, last = started[0], started[-1]
+    seconds = float(last["wall_time_s"]) - float(first["wall_time_s"])
+    return (int(last["env_steps"]) - int(first["env_steps"])) / seconds if seconds > 0 else None
 
 
 def curve(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,7 +227,7 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> dict:
                 "best_of_n": stats(runs, "return_best_of_n"),
                 "train_wall_s_mean": float(np.mean(walls)),
                 "process_wall_s_mean": float(np.mean(process)) if None not in process else None,
-                "env_steps_per_s_after_warmup": float(np.median(rates)) if rates else None,
+                "env_steps_per_s_after_warmup": float(np.mean(rates)) if rates else None,
                 "eval_steps": [int(r["env_steps"]) for r in runs[0]["eval"]],
             }
         if entry:
@@ -275,7 +284,8 @@ def plot_task(out_dir: Path, task: str, algos: list[str], png: Path) -> None:
         color = COLORS.get(algo)
         steps, mean, std = curve(runs, "return_deploy")
         ax.plot(steps, mean, color=color, marker="o", ms=3,
-                label=f"{LABELS.get(algo, algo)} deploy (NFE 1), {len(runs)} seeds")
+                label=f"{LABELS.get(algo, algo)} deploy (NFE {NFE.get(algo, 1)}), "
+                      f"{len(runs)} seeds")
         ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
         if algo != "sac":
             steps, mean, _ = curve(runs, "return_best_of_n")
