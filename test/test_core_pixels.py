@@ -55,6 +55,19 @@ def test_pixel_env_observes_stacked_uint8_frames_and_keeps_the_state_in_info():
     env.close()
 
 
+@pytest.mark.parametrize('task', ['cartpole-swingup', 'cheetah-run', 'walker-walk'])
+def test_the_papers_visual_tasks_make_pixel_envs(task):
+    cfg = make_config('cpu_pixels', overrides={'task.id': task})
+    env = env_from_config(cfg.task)
+    obs, _ = env.reset(seed=0)
+    next_obs, reward, _, _, _ = env.step(env.action_space.sample())
+    assert obs.shape == next_obs.shape == (84, 84, 9) and next_obs.dtype == np.uint8
+    assert next_obs[..., 6:].std() > 0 and np.isfinite(reward)
+    spec = task_spec(env, task)
+    assert (spec.action_repeat, spec.camera) == (2, '0')
+    env.close()
+
+
 def test_action_repeat_sums_rewards_and_lengthens_the_control_period():
     plain = make_env(TASK, normalized_actions=False)
     repeated = make_env(TASK, normalized_actions=False, action_repeat=2)
