@@ -170,7 +170,7 @@ def _train_sim_actions(kinds, **values):
 
 def test_train_sim_launch_defaults(fake_launch):
     specs = _train_sim_actions(fake_launch)
-    # config/train_sim.yaml: one env, InvertedPendulum-v5, fpmd_m, 10000 steps, seed 0.
+    # config/train_sim.yaml: one env, InvertedPendulum-v5, fpmd_m, 25000 steps, seed 0.
     assert [(s.executable, s.name, s.namespace) for s in specs] == [
         ('mujoco_sim', 'mujoco_sim', 'env_0'), ('trainer', 'trainer', '')]
     sim, trainer = specs
@@ -182,7 +182,7 @@ def test_train_sim_launch_defaults(fake_launch):
     assert params['config'] == graph.default_config_path()
     assert Path(params['config']).is_file()
     assert (params['task'], params['algo'], params['num_envs'], params['env_namespaces'],
-            params['total_steps'], params['seed']) == (TASK, 'fpmd_m', 1, ['env_0'], 10000, 0)
+            params['total_steps'], params['seed']) == (TASK, 'fpmd_m', 1, ['env_0'], 25000, 0)
     assert params['output_dir'] == os.path.abspath('runs/fpmd')
     assert params['step_timeout_s'] == 10.0 and isinstance(params['step_timeout_s'], float)
     assert params['connect_timeout_s'] == 60.0 and isinstance(params['connect_timeout_s'], float)
