@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import Parameter as ParameterMsg
@@ -47,7 +48,14 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from fpmd_core.frames import FrameStack
-from fpmd_core.tasks import PixelOptions, default_camera, make_env, scale_action, task_spec
+from fpmd_core.tasks import (
+    PixelOptions,
+    default_camera,
+    make_env,
+    mujoco_handles,
+    scale_action,
+    task_spec,
+)
 from fpmd_ros import messages
 from fpmd_ros.sim_node import LOCKSTEP_QOS, NODE_NAME
 
@@ -222,6 +230,7 @@ class RosVectorEnv(gym.vector.VectorEnv):
             self.task_spec = task_spec(local, task_id)
             # What the sims' transitions carry: the state, also for pixel tasks.
             self.state_dim = int(np.prod(local.unwrapped.observation_space.shape))
+            self._model = mujoco_handles(local)[0]  # resolves camera names at connection
         finally:
             local.close()
         spec = self.task_spec
@@ -290,7 +299,8 @@ class RosVectorEnv(gym.vector.VectorEnv):
         if self.pixels is not None:
             names += ['camera_enabled', 'image_width', 'image_height', 'camera']
             expected |= {'camera_enabled': True, 'image_width': self.pixels.width,
-                         'image_height': self.pixels.height, 'camera': self.pixels.camera}
+                         'image_height': self.pixels.height,
+                         'camera': self._camera_index(self.pixels.camera)}
         replies = self._call_all(
             {s.index: (s.get_params_client, GetParameters.Request(names=names))
              for s in self._sims}, 'get_parameters', deadline)
@@ -300,13 +310,21 @@ class RosVectorEnv(gym.vector.VectorEnv):
                 raise SimError(sim.name, f'does not declare the parameters {", ".join(names)}')
             for name, value in zip(names, values, strict=True):
                 have = _parameter_value(value)
-                if name == 'camera' and have == '':
-                    have = default_camera(self.task_id)
+                if name == 'camera':  # a name and its id are the same camera
+                    have = self._camera_index(have)
                 if have != expected[name]:
                     raise SimError(sim.name, f'has {name} = {have!r}, expected '
                                    f'{expected[name]!r}' + (
                                        '; RosVectorEnv needs lockstep' if name == 'mode'
                                        else ''))
+
+    def _camera_index(self, camera: str) -> int | str:
+        """The camera's id ('' = the task's default); an unknown name stays a name."""
+        camera = camera or default_camera(self.task_id)
+        if camera.lstrip('-').isdigit():
+            return int(camera)
+        index = mujoco.mj_name2id(self._model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        return index if index >= 0 else camera
 
     def _call_all(self, requests: dict, what: str, deadline: float) -> dict:
         futures = {i: client.call_async(request) for i, (client, request) in requests.items()}

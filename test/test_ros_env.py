@@ -197,8 +197,9 @@ def test_pixel_observations_equal_the_in_process_pixel_env():
     """Frames over DDS, paired with transitions by stamp and stacked by the env, equal the
     in-process pixel env's observations, also across autoresets (final_obs included)."""
     name = f'pix_p{os.getpid()}'
+    # The sim names its camera, the env uses the default id: the same camera (cartpole's 0).
     sim = RunningSim(name, task=PIXEL_TASK, max_episode_steps=8, action_repeat=2,
-                     camera_enabled=True, image_width=32, image_height=32)
+                     camera_enabled=True, image_width=32, image_height=32, camera='fixed')
     env = reference = None
     try:
         env = RosVectorEnv(PIXEL_TASK, namespaces=[name], max_episode_steps=8, action_repeat=2,
