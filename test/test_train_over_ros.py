@@ -109,7 +109,9 @@ def test_short_pixel_training_run_over_ros(tmp_path):
 
 def _kill_sim_mid_run(run: RunnerProcess, listener: Listener, diagnostics) -> float:
     """Wait until the trainer has stepped a while, then SIGKILL /env_1/mujoco_sim."""
-    stepping = listener.spin_until(lambda: _env_steps(diagnostics) >= 100, RUN_TIMEOUT_S)
+    stepping = listener.spin_until(
+        lambda: _env_steps(diagnostics) >= 100 or run.proc.poll() is not None, RUN_TIMEOUT_S)
+    stepping = stepping and _env_steps(diagnostics) >= 100
     assert stepping, f'the trainer never reported 100 env steps:\n{run.output[-5000:]}'
     assert run.proc.poll() is None, run.output[-5000:]
     os.kill(run.pid_of('/env_1/mujoco_sim'), signal.SIGKILL)
@@ -168,8 +170,10 @@ def test_ctrl_c_stops_training_with_a_checkpoint(tmp_path, listener):
     run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**6, 10**6)}',
                         f'output_dir:={out}')
     try:
-        assert listener.spin_until(lambda: _env_steps(diagnostics) >= 50, RUN_TIMEOUT_S), \
-            run.output[-5000:]
+        # Stop waiting as soon as the runner exits: a failed start is reported at once.
+        listener.spin_until(lambda: _env_steps(diagnostics) >= 50 or run.proc.poll() is not None,
+                            RUN_TIMEOUT_S)
+        assert _env_steps(diagnostics) >= 50, run.output[-5000:]
         run.proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends the runner
         code = run.wait(timeout_s=120)
     finally:
