@@ -29,6 +29,33 @@ class RenderError(RuntimeError):
 
 
 
+class UnknownCameraError(RenderError, ValueError):
+    """The model has no camera of that id or name."""
+
+
+def camera_id(model: mujoco.MjModel, camera: int | str) -> int:
+    """The id of `camera` in `model`: an id (int or numeric string; -1 is the free camera) or a
+    camera name. The one place camera names and ids are resolved."""
+    text = str(camera).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not -1 <= index < model.ncam:
+            raise UnknownCameraError(f"camera: expected -1 (free camera) or an id in "
+                                     f"[0, {model.ncam - 1}], got {index}")
+        return index
+    # mj_name2id answers -1 for an unknown name, which must not become the free camera.
+    index = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, text) if text else -1
+    if index < 0:
+        names = [model.camera(i).name for i in range(model.ncam)]
+        raise UnknownCameraError(f"camera: no camera named {camera!r}; the model has {names}")
+    return index
+
+
+def camera_list(model: mujoco.MjModel) -> str:
+    """'0 (fixed), 1 (lookatcart)': the model's cameras, for error messages."""
+    return ", ".join(f"{i} ({model.camera(i).name or 'unnamed'})" for i in range(model.ncam))
+
+
 class Camera:
     """RGB images (H, W, 3) uint8 of one camera of `model`.
 
@@ -42,15 +69,7 @@ class Camera:
         if width < 1 or height < 1:
             raise RenderError(f"image size: expected positive width and height, got "
                               f"{width}x{height}")
-        if isinstance(camera, str) and camera.lstrip("-").isdigit():
-            camera = int(camera)
-        if isinstance(camera, int):
-            if not -1 <= camera < model.ncam:
-                raise RenderError(f"camera: expected -1 (free camera) or an id in "
-                                  f"[0, {model.ncam - 1}], got {camera}")
-        elif mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
-            names = [model.camera(i).name for i in range(model.ncam)]
-            raise RenderError(f"camera: no camera named {camera!r}; the model has {names}")
+        camera = camera_id(model, camera)
         if fast:
             model.vis.quality.shadowsize = 0
             model.vis.quality.offsamples = 0

@@ -240,12 +240,8 @@ def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool 
     if action_repeat != 1:
         env = ActionRepeat(env, action_repeat)
     if pixels is not None:
-        env = PixelObservations(env, pixels, _camera_id(pixels.camera or default_camera(task_id)))
+        env = PixelObservations(env, pixels, pixels.camera or default_camera(task_id))
     return env
-
-
-def _camera_id(camera: str) -> int | str:
-    return int(camera) if camera.lstrip("-").isdigit() else camera
 
 
 def env_from_config(task, normalized_actions: bool = True) -> gym.Env:

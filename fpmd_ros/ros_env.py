@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import Parameter as ParameterMsg
@@ -48,6 +47,7 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from fpmd_core.frames import FrameStack
+from fpmd_core.rendering import UnknownCameraError, camera_id
 from fpmd_core.tasks import (
     PixelOptions,
     default_camera,
@@ -319,12 +319,12 @@ class RosVectorEnv(gym.vector.VectorEnv):
                                        else ''))
 
     def _camera_index(self, camera: str) -> int | str:
-        """The camera's id ('' = the task's default); an unknown name stays a name."""
+        """The camera's id ('' = the task's default); an unknown camera stays as given."""
         camera = camera or default_camera(self.task_id)
-        if camera.lstrip('-').isdigit():
-            return int(camera)
-        index = mujoco.mj_name2id(self._model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-        return index if index >= 0 else camera
+        try:
+            return camera_id(self._model, camera)
+        except UnknownCameraError:
+            return camera
 
     def _call_all(self, requests: dict, what: str, deadline: float) -> dict:
         futures = {i: client.call_async(request) for i, (client, request) in requests.items()}

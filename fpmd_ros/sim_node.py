@@ -122,7 +122,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from fpmd_core.rendering import Camera, RenderError
+from fpmd_core.rendering import Camera, RenderError, UnknownCameraError, camera_id, camera_list
 from fpmd_core.tasks import TaskError, default_camera, make_env, mujoco_handles, task_spec
 from fpmd_ros import messages
 from fpmd_ros.params import declare_all
@@ -185,20 +185,12 @@ class SimParameterError(ValueError):
 def resolve_camera(model, camera: str) -> int:
     """The id of ``camera`` (a name, an id, or -1 for the free camera) in ``model``; raises
     SimParameterError naming the model's cameras when there is no such camera."""
-    camera = camera.strip()
-    if camera.lstrip('-').isdigit():
-        camera_id = int(camera)
-    else:  # mj_name2id answers -1 for an unknown name, which is not the free camera here
-        camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) if camera \
-            else None
-        camera_id = camera_id if camera_id is not None and camera_id >= 0 else None
-    if camera_id is None or not -1 <= camera_id < model.ncam:
-        cameras = ', '.join(f'{i} ({model.camera(i).name or "unnamed"})'
-                            for i in range(model.ncam))
+    try:
+        return camera_id(model, camera)
+    except UnknownCameraError:
         raise SimParameterError(
-            f"parameter 'camera' is {camera!r}; the model has no such camera. Expected -1 (the "
-            f"free camera) or one of: {cameras or 'none (only -1)'}")
-    return camera_id
+            f"parameter 'camera' is {camera.strip()!r}; the model has no such camera. Expected -1 "
+            f"(the free camera) or one of: {camera_list(model) or 'none (only -1)'}") from None
 
 
 # name -> (default, descriptor)
