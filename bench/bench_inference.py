@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
 
 from fpmd_core.agents import make_agent  # noqa: E402
 from fpmd_core.agents.sampling import sample_actions  # noqa: E402
@@ -144,16 +145,6 @@ def time_block(call, count: int, warmup: int) -> tuple[list[float], list[float]]
             cpu.append((time.thread_time_ns() - start_cpu) / 1000.0)
             wall.append((time.perf_counter_ns() - start) / 1000.0)
     return wall, cpu
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarise(samples: dict, profiles: list[str]) -> dict:

@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
+
 from fpmd_core.config import make_config  # noqa: E402
 
 TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
@@ -206,7 +208,7 @@ def stats(runs: list[dict], key: str) -> dict | None:
 
 
 def aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> dict:
-    summary: dict = {"tasks": {}, "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+    summary: dict = {"tasks": {}, "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                                                "python": platform.python_version()}}
     for task in tasks:
         entry = {}
@@ -233,16 +235,6 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> dict:
         if entry:
             summary["tasks"][task] = entry
     return summary
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown(summary: dict) -> str:
