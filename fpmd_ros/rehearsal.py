@@ -131,15 +131,15 @@ class Episode:
 def make_plan(args: dict[str, Any]) -> Plan:
     """The deploy graph (sim:=true) for ``args`` with the rehearsal's sim settings, or
     GraphArgumentError naming the argument."""
-    from fpmd_core.runtime import load_policy
     from fpmd_core.tasks import env_from_metadata, task_spec
 
     values = _with_defaults(args, REHEARSAL_ARGUMENTS)
     policy_path = os.path.abspath(os.path.expanduser(_text(values, 'policy')))
-    if 'observation_mode' not in args and os.path.isfile(policy_path):
+    # Read once; a missing file is left to deploy_graph, which names the argument.
+    meta = policy_metadata(policy_path) if os.path.isfile(policy_path) else {}
+    if 'observation_mode' not in args and meta:
         # A policy trained from pixels watches the sim's camera.
-        pixels = bool(policy_metadata(policy_path).get('frame_stack'))
-        values['observation_mode'] = 'image' if pixels else 'observation'
+        values['observation_mode'] = 'image' if meta.get('frame_stack') else 'observation'
 
     episodes = _int(values, 'episodes', 1, 10_000)
     realtime_factor = _float(values, 'realtime_factor', 0.0, inclusive=False)
@@ -154,7 +154,6 @@ def make_plan(args: dict[str, Any]) -> Plan:
     specs = deploy_graph({**deploy_args, 'sim': 'true'})  # checks the policy and its task
     controller = next(s for s in specs if s.executable == CONTROLLER_EXECUTABLE)
     policy = controller.parameters['policy']
-    meta = load_policy(policy).metadata
     task = str(meta['task'])
     model_rate_hz = 1.0 / float(meta['control_period_s'])
     trigger = controller.parameters['trigger']
