@@ -51,6 +51,13 @@ def validate_metadata(meta: object, source: str) -> dict:
             int(np.prod(shape)) == meta["obs_dim"]):
         raise PolicyError(f"{source}: metadata obs_shape {shape!r} is not (obs_dim,) or "
                           f"(H, W, C) with H*W*C = obs_dim={meta['obs_dim']}")
+    if len(shape) == 3:
+        k = meta.get("frame_stack")
+        if meta.get("obs_dtype") != "uint8" or not isinstance(k, int) or isinstance(k, bool) \
+                or k < 1 or shape[2] != 3 * k:
+            raise PolicyError(f"{source}: pixel metadata obs_shape {shape}, obs_dtype "
+                              f"{meta.get('obs_dtype')!r}, frame_stack {k!r}; expected uint8 "
+                              "frames (H, W, 3k) with k = frame_stack >= 1")
     if sum(size for _, size in meta["obs_terms"]) != meta["obs_dim"]:
         raise PolicyError(f"{source}: obs_terms sizes do not sum to obs_dim={meta['obs_dim']}")
     return meta

@@ -574,14 +574,9 @@ class _ImageInput(_Input):
     def __init__(self, meta: dict, shape: tuple[int, ...]):
         from fpmd_core.frames import FrameStack
 
-        self.height, self.width, channels = shape
-        k = meta.get('frame_stack')
-        if meta.get('obs_dtype') != 'uint8' or not isinstance(k, int) or k < 1 \
-                or channels != 3 * k:
-            raise ConfigureError(
-                f"policy: pixel metadata obs_shape {list(shape)}, obs_dtype "
-                f"{meta.get('obs_dtype')!r}, frame_stack {k!r}; expected uint8 frames (H, W, 3k) "
-                'with k = frame_stack >= 1')
+        # fpmd_core.runtime.validate_metadata checked obs_dtype and that channels = 3 x frame_stack.
+        self.height, self.width, _ = shape
+        k = meta['frame_stack']
         self.frame_stack = k
         self._frames = FrameStack(k)
         self._last_good_ns: int | None = None

@@ -214,6 +214,27 @@ def test_pixel_policy_refuses_wrong_frames(pixel_policy):
         policy(frames[0][..., :6])
 
 
+@pytest.mark.parametrize(('field', 'value'), [('frame_stack', 2), ('obs_dtype', 'float32'),
+                                              ('frame_stack', None)])
+def test_inconsistent_pixel_metadata_is_refused_by_name(pixel_policy, tmp_path, field, value):
+    import json
+
+    import onnx
+
+    from fpmd_core.export import METADATA_KEY
+    from fpmd_core.runtime import PolicyError
+
+    model = onnx.load(str(pixel_policy[3]))
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    meta = json.loads(entry.value)
+    meta[field] = value
+    entry.value = json.dumps(meta)
+    bad = tmp_path / 'bad.onnx'
+    onnx.save(model, str(bad))
+    with pytest.raises(PolicyError, match=r'pixel metadata obs_shape \[32, 32, 9\]'):
+        OnnxPolicy(bad)
+
+
 def test_checkpoint_policy_matches_the_onnx_export(pixel_policy, tmp_path):
     cfg, spec, agent, path, frames = pixel_policy
     import dataclasses
