@@ -284,3 +284,37 @@ def test_egl_and_osmesa_backends_render_the_same_frame():
         digests[backend] = done.stdout.strip().splitlines()[-1]
     assert digests['egl'] == digests['osmesa']
     assert hashlib.sha256(b'').hexdigest() not in digests.values()
+
+
+@pytest.mark.parametrize('found, backend', [
+    ({'EGL', 'OSMesa'}, 'egl'), ({'OSMesa'}, 'osmesa'), (set(), 'disable')])
+def test_headless_backend_is_one_that_is_installed(found, backend):
+    """mujoco imports the named backend's library at its own import: naming a missing one
+    breaks even state-only work (seen on a GPU server without libEGL)."""
+    from fpmd_core import headless_backend
+
+    assert headless_backend(lambda name: f'lib{name}.so' if name in found else None) == backend
+
+
+def test_without_any_gl_library_state_tasks_run_and_rendering_names_the_packages():
+    import os
+    import subprocess
+    import sys
+
+    script = ('from fpmd_core.tasks import PixelOptions, make_env\n'
+              'from fpmd_core.rendering import RenderError\n'
+              'env = make_env("InvertedPendulum-v5")\n'
+              'env.reset(seed=0)\n'
+              'print("reward", float(env.step(env.action_space.sample())[1]))\n'
+              'try:\n'
+              f'    make_env({TASK!r}, pixels=PixelOptions(48, 48))\n'
+              'except RenderError as err:\n'
+              '    print("RenderError", err)\n')
+    env = {k: v for k, v in os.environ.items() if k not in ('PYOPENGL_PLATFORM', 'DISPLAY')}
+    env['MUJOCO_GL'] = 'disable'  # what fpmd_core picks when neither EGL nor OSMesa is found
+    done = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'reward 1.0' in done.stdout
+    assert "RenderError cannot create an offscreen OpenGL context with MUJOCO_GL='disable'" \
+        in done.stdout and 'apt-get install' in done.stdout
