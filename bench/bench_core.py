@@ -6,6 +6,12 @@ Measures, interleaved so machine noise hits all alike: gradient updates/s (rando
 batch, one thread by default) of SAC, DPMD, FPMD-R (paper K=20, N=32 and the CPU profile) and
 FPMD-M; and deploy-mode latency through onnxruntime at batch 1 (one intra-op thread) of each
 exported policy. Reports ratios against SAC measured in the same run.
+
+GPU profile: ``--profile paper --device auto`` times the four algorithms with the paper's
+settings on CUDA when present (updates on the device, deploy latency still on the CPU, as
+deployed):
+
+    python bench/bench_core.py --profile paper --device auto --out bench/results/core_gpu.json
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model  # bench/, the script's own directory
 
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
 from fpmd_core.export import export_onnx
 from fpmd_core.runtime import OnnxPolicy
 from fpmd_core.tasks import make_env, task_spec
+from fpmd_core.trainer import resolve_device
 
 VARIANTS = {
     "sac": ("cpu", {"agent.algo": "sac"}),
@@ -36,19 +44,34 @@ VARIANTS = {
 }
 
 
-def batch(spec, size: int) -> dict[str, torch.Tensor]:
-    return {"obs": torch.randn(size, spec.obs_dim), "next_obs": torch.randn(size, spec.obs_dim),
+def variants(profile: str | None) -> dict[str, tuple[str, dict]]:
+    """The default CPU set, or the four algorithms all on one profile."""
+    if profile is None:
+        return VARIANTS
+    return {algo: (profile, {"agent.algo": algo}) for algo in ("sac", "dpmd", "fpmd_r", "fpmd_m")}
+
+
+def batch(spec, size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    data = {"obs": torch.randn(size, spec.obs_dim), "next_obs": torch.randn(size, spec.obs_dim),
             "actions": torch.rand(size, spec.act_dim) * 2 - 1, "rewards": torch.randn(size),
             "terminated": torch.zeros(size)}
+    return {key: value.to(device) for key, value in data.items()}
 
 
 def updates_per_second(agent, data, seconds: float) -> float:
     agent.update(data)
+    synchronize(agent.device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         agent.update(data)
         count += 1
+    synchronize(agent.device)
     return count / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def latency_us(policy: OnnxPolicy, obs: np.ndarray, calls: int) -> dict[str, float]:
@@ -69,37 +92,44 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per variant per round")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", default=None, choices=["paper", "cpu"],
+                        help="all four algorithms on this profile (default: the CPU set above)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="where updates run (auto: CUDA when present)")
     parser.add_argument("--out", default="bench/results/core.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     env = make_env(args.task)
     spec = task_spec(env, args.task)
+    chosen = variants(args.profile)
     agents, policies, configs = {}, {}, {}
     tmp = Path(tempfile.mkdtemp())
-    for name, (profile, overrides) in VARIANTS.items():
+    for name, (profile, overrides) in chosen.items():
         cfg = make_config(profile, overrides={**overrides, "task.id": args.task})
         configs[name] = {k: getattr(cfg.agent, k) for k in
                          ("hidden", "layers", "batch_size", "particles", "flow_steps")}
-        agents[name] = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, torch.device("cpu"))
+        agents[name] = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, device)
         policies[name] = OnnxPolicy(export_onnx(agents[name], spec, cfg, tmp / f"{name}.onnx"))
-    rates = {name: [] for name in VARIANTS}
-    latencies = {name: [] for name in VARIANTS}
+    rates = {name: [] for name in chosen}
+    latencies = {name: [] for name in chosen}
     obs = np.random.default_rng(0).standard_normal(spec.obs_dim).astype(np.float32)
     # Latency rounds are kept apart from update rounds: right after seconds of heavy updates,
     # a batch-1 call measures the cache and clock state the updates left behind.
     for _ in range(args.rounds):
         for name, agent in agents.items():
-            data = batch(spec, agent.cfg.batch_size)
+            data = batch(spec, agent.cfg.batch_size, device)
             rates[name].append(updates_per_second(agent, data, args.seconds))
     for _ in range(args.rounds):
-        for name in VARIANTS:
+        for name in chosen:
             latencies[name].append(latency_us(policies[name], obs, args.calls))
     result = {"task": args.task, "threads": args.threads, "machine": platform.processor() or
-              platform.machine(), "cpu_count": torch.get_num_threads(), "configs": configs,
-              "variants": {}}
+              platform.machine(), "cpu_model": cpu_model(), "cpu_count": torch.get_num_threads(),
+              "device": str(device), "gpu": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else None, "configs": configs, "variants": {}}
     sac_rate = statistics.median(rates["sac"])
     sac_p50 = statistics.median(lat["p50"] for lat in latencies["sac"])
-    for name in VARIANTS:
+    for name in chosen:
         rate = statistics.median(rates[name])
         p50 = statistics.median(lat["p50"] for lat in latencies[name])
         p99 = statistics.median(lat["p99"] for lat in latencies[name])
@@ -108,7 +138,7 @@ def main() -> None:
             "deploy_latency_us_p50": p50, "deploy_latency_us_p99": p99,
             "latency_ratio_vs_sac": p50 / sac_p50, "nfe": policies[name].metadata["nfe"]}
     dpmd = result["variants"]["dpmd"]["deploy_latency_us_p50"]
-    for name in ("fpmd_r_cpu", "fpmd_m"):
+    for name in (n for n in chosen if n.startswith("fpmd") and n != "fpmd_r_paper"):
         result["variants"][name]["speedup_vs_dpmd"] = dpmd / \
             result["variants"][name]["deploy_latency_us_p50"]
     out = Path(args.out)
