@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
+from machine import machine  # noqa: E402  (bench/, the script's own directory)
 
 from fpmd_core.config import make_config  # noqa: E402
 
@@ -105,7 +104,7 @@ def start_run(args, task: str, algo: str, seed: int) -> tuple[subprocess.Popen, 
     env.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
     info = {"task": task, "algo": algo, "seed": seed, "profile": args.profile,
             "total_steps": args.total_steps, "overrides": overrides, "command": command,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
     (directory / "run.json").write_text(json.dumps(info, indent=2))
     log = (directory / "train.log").open("w")
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -159,14 +158,15 @@ def _float(value) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def seed_runs(out_dir: Path, task: str, algo: str) -> list[dict]:
+def seed_runs(out_dir: Path, task: str, algo: str, partial: bool = False) -> list[dict]:
+    """The seeds that reached total_steps; with `partial`, every seed with an evaluation."""
     runs = []
     for directory in sorted((out_dir / task / algo).glob("seed_*")):
         rows = read_csv(directory / "eval.csv")
         info_path = directory / "run.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         total = info.get("total_steps")
-        if not rows or total is None or int(rows[-1]["env_steps"]) < total:
+        if not rows or total is None or (int(rows[-1]["env_steps"]) < total and not partial):
             continue  # unfinished: left out of the aggregate
         runs.append({"dir": directory, "info": info, "eval": rows, "rate": learning_rate(rows)})
     return runs
@@ -207,22 +207,24 @@ def stats(runs: list[dict], key: str) -> dict | None:
             "best_mean": float(mean[best]), "best_at_env_steps": int(steps[best])}
 
 
-def aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> dict:
-    summary: dict = {"tasks": {}, "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                                               "python": platform.python_version()}}
+def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool = False) -> dict:
+    summary: dict = {"tasks": {}, "machine": None, "aggregated_on": machine()}
+    recorded = []
     for task in tasks:
         entry = {}
         for algo in algos:
-            runs = seed_runs(out_dir, task, algo)
+            runs = seed_runs(out_dir, task, algo, partial)
             if not runs:
                 continue
             info = runs[0]["info"]
+            recorded += [run["info"]["machine"] for run in runs if "machine" in run["info"]]
             walls = [float(run["eval"][-1]["wall_time_s"]) for run in runs]
             process = [run["info"].get("process_wall_s") for run in runs]
             rates = [run["rate"] for run in runs if run["rate"] is not None]
             entry[algo] = {
                 "seeds": [run["info"].get("seed") for run in runs],
                 "profile": info.get("profile"), "total_steps": info.get("total_steps"),
+                "env_steps_reached": min(int(run["eval"][-1]["env_steps"]) for run in runs),
                 "overrides": [o for o in info.get("overrides", [])
                               if not o.startswith(("trainer.output_dir", "trainer.seed"))],
                 "deploy": stats(runs, "return_deploy"),
@@ -234,6 +236,9 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> dict:
             }
         if entry:
             summary["tasks"][task] = entry
+    # Runs record where they ran; older run dirs do not, so then it is left unknown (None).
+    if recorded and all(m == recorded[0] for m in recorded):
+        summary["machine"] = recorded[0]
     return summary
 
 
@@ -253,14 +258,15 @@ def markdown(summary: dict) -> str:
             rate = row["env_steps_per_s_after_warmup"]
             lines.append(
                 f"| {task} | {LABELS.get(algo, algo)} | {len(row['seeds'])} | "
-                f"{row['total_steps']} | {cell(row['deploy'], 'final')} | "
+                f"{row['env_steps_reached']} | {cell(row['deploy'], 'final')} | "
                 f"{cell(row['deploy'], 'best')} | {cell(row['best_of_n'], 'final')} | "
                 f"{cell(row['best_of_n'], 'best')} | {row['train_wall_s_mean'] / 60:.1f} | "
                 + (f"{rate:.1f} |" if rate else "n/a |"))
     return "\n".join(lines) + "\n"
 
 
-def plot_task(out_dir: Path, task: str, algos: list[str], png: Path) -> None:
+def plot_task(out_dir: Path, task: str, algos: list[str], png: Path,
+              partial: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +275,7 @@ def plot_task(out_dir: Path, task: str, algos: list[str], png: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     meta = None
     for algo in algos:
-        runs = seed_runs(out_dir, task, algo)
+        runs = seed_runs(out_dir, task, algo, partial)
         if not runs:
             continue
         meta = meta or runs[0]["info"]
@@ -287,7 +293,9 @@ def plot_task(out_dir: Path, task: str, algos: list[str], png: Path) -> None:
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return (mean over seeds, ± std shaded)")
     if meta:
-        ax.set_title(f"{task}: profile {meta.get('profile')}, {meta.get('total_steps')} steps")
+        stopped = " (runs stopped early)" if partial else ""
+        ax.set_title(f"{task}: profile {meta.get('profile')}, {meta.get('total_steps')} "
+                     f"steps{stopped}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -295,13 +303,15 @@ def plot_task(out_dir: Path, task: str, algos: list[str], png: Path) -> None:
     plt.close(fig)
 
 
-def write_aggregate(out_dir: Path, tasks: list[str], algos: list[str]) -> None:
-    summary = aggregate(out_dir, tasks, algos)
+def write_aggregate(out_dir: Path, tasks: list[str], algos: list[str],
+                    partial: bool = False) -> None:
+    summary = aggregate(out_dir, tasks, algos, partial)
+    summary["unfinished_runs_included"] = partial
     text = markdown(summary)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "summary.md").write_text(text)
     for task in summary["tasks"]:
-        plot_task(out_dir, task, algos, out_dir / f"{task}.png")
+        plot_task(out_dir, task, algos, out_dir / f"{task}.png", partial)
     print(text, end="")
     print(f"written: {out_dir / 'summary.json'}, {out_dir / 'summary.md'}, "
           f"{', '.join(str(out_dir / f'{t}.png') for t in summary['tasks'])}")
@@ -330,11 +340,16 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results/learning"))
     parser.add_argument("--aggregate-only", action="store_true",
                         help="only re-make summary and plots from the run dirs on disk")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="aggregate runs stopped before --total-steps too, up to their last "
+                             "evaluation (the table's env steps column says how far)")
     args = parser.parse_args()
     args.out_dir = args.out_dir if args.out_dir.is_absolute() else REPO / args.out_dir
     if args.aggregate_only:
         on_disk = sorted(p.name for p in args.out_dir.iterdir() if p.is_dir()) \
             if args.out_dir.is_dir() else []
+        if not (args.tasks or on_disk):
+            parser.error(f"--aggregate-only: no task directories under {args.out_dir}")
         tasks = args.tasks or on_disk
     else:
         tasks = args.tasks = args.tasks or list(TASKS)
@@ -342,7 +357,7 @@ def main() -> None:
         start = time.perf_counter()
         run_all(args)
         print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    write_aggregate(args.out_dir, tasks, args.algos)
+    write_aggregate(args.out_dir, tasks, args.algos, args.include_unfinished)
 
 
 if __name__ == "__main__":
