@@ -121,11 +121,12 @@ When a control step runs (``trigger``)
         ``image_raw``), so the command for state x_t is published about one inference after x_t
         arrives: the plant (a sampled-data system such as mujoco_sim in realtime mode or a
         ros2_control loop publishing joint_states) gets the command for its newest state before its
-        next step, as in training. The control timer still runs at ``control_rate_hz`` as a
-        staleness watchdog: a tick publishes (the safe action) only while there is no input yet or
-        the newest input is stale; while input is fresh the timer publishes nothing. The achieved
-        rate is then the input rate. Use it when the sensor stream runs at (or near) the model's
-        control rate; ``deploy`` runs it this way (see the README).
+        next step, as in training. The control timer is then a staleness watchdog: every message
+        pushes its next tick back to ``state_timeout_s`` after that message, so while input flows
+        it never fires; with no input yet, or once the newest input is stale, it ticks at
+        ``control_rate_hz`` and each tick publishes the safe action, until a message arrives.
+        The achieved rate is then the input rate. Use it when the sensor stream runs at (or
+        near) the model's control rate; ``deploy`` runs it this way (see the README).
     No input yet, stale input, a malformed message, an inference exception or a non-finite result
     publishes the safe action instead: ``zero`` (zeros, clipped into the bounds), ``hold`` (the
     last published command; zero if none yet) or ``default`` (``default_action``). Entering and
@@ -358,7 +359,8 @@ def check_default_action(default_action, meta: dict) -> np.ndarray:
 # --- pure helpers: safe action, rate limit, joint mapping, safety state ---------------------------
 
 def clip_to_bounds(action, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    return np.clip(np.asarray(action, dtype=np.float64), low, high)
+    # minimum/maximum rather than np.clip: a few µs less per control step, same result.
+    return np.minimum(np.maximum(np.asarray(action, dtype=np.float64), low), high)
 
 
 def safe_action(kind: str, low: np.ndarray, high: np.ndarray, last: np.ndarray | None,
@@ -717,6 +719,7 @@ class PolicyController(LifecycleNode):
         self._action_pub = None
         self._diagnostics_pub = None
         self._control_timer = None
+        self._timer_period_ns = 0
         self._diagnostics_timer = None
         self.safety = SafetyMonitor()
         self.rate_hz = 0.0
@@ -786,7 +789,7 @@ class PolicyController(LifecycleNode):
             if parameter.name == 'control_rate_hz':
                 self.rate_hz = resolve_rate(parameter.value, self.meta)
                 if self._control_timer is not None:
-                    self._control_timer.timer_period_ns = int(round(1e9 / self.rate_hz))
+                    self._set_timer_period(self._control_period_ns())
                 self.get_logger().info(f'control rate {self.rate_hz:g} Hz')
             elif parameter.name in ('state_timeout_s', 'safe_action', 'default_action',
                                     'max_action_delta'):
@@ -880,10 +883,11 @@ class PolicyController(LifecycleNode):
         self._active_since_ns = now
         self._control_timer = self.create_timer(1.0 / self.rate_hz, self._on_tick,
                                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._timer_period_ns = self._control_period_ns()
         self.get_logger().info(
             f'active: controlling at {self.rate_hz:g} Hz' if self.trigger == 'timer' else
-            f'active: controlling on each {self._input.topic} message (watchdog at '
-            f'{self.rate_hz:g} Hz)')
+            f'active: controlling on each {self._input.topic} message (safe action at '
+            f'{self.rate_hz:g} Hz while there is none for state_timeout_s)')
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -927,6 +931,20 @@ class PolicyController(LifecycleNode):
         self._latest_seq += 1
         if self.trigger == 'observation' and self._control_timer is not None:
             self._control_step(self._latest_ns)
+            # Push the watchdog's next tick to state_timeout_s from now: while input flows it
+            # never wakes the executor (at 1 kHz that was 1000 idle ticks per second).
+            self._set_timer_period(self.state_timeout_ns)
+            self._control_timer.reset()
+
+    def _control_period_ns(self) -> int:
+        return int(round(1e9 / self.rate_hz))
+
+    def _set_timer_period(self, period_ns: int) -> None:
+        if period_ns != self._timer_period_ns:
+            self._control_timer.timer_period_ns = period_ns
+            self._timer_period_ns = period_ns
+            # A new period only applies from the next call on: restart the count from now.
+            self._control_timer.reset()
 
     def input_age_s(self, now_ns: int | None = None) -> float | None:
         if self._latest_msg is None:
@@ -969,7 +987,7 @@ class PolicyController(LifecycleNode):
         finally:
             self._latencies_ns.append(time.perf_counter_ns() - start)
             self.inferences += 1
-        if action.shape != self.low.shape or not np.all(np.isfinite(action)):
+        if action.shape != self.low.shape or not np.isfinite(action).all():
             return (Safety.INFERENCE_ERROR,
                     f'policy returned {np.array2string(action, precision=4)}; expected '
                     f'{self.low.size} finite values', None)
@@ -977,9 +995,10 @@ class PolicyController(LifecycleNode):
 
     def _on_tick(self) -> None:
         now = time.monotonic_ns()
-        if (self.trigger == 'observation' and self._latest_msg is not None
-                and now - self._latest_ns <= self.state_timeout_ns):
-            return  # fresh input: its arrival ran the control step; the watchdog stays quiet
+        if self.trigger == 'observation':
+            self._set_timer_period(self._control_period_ns())  # until the next message
+            if self._latest_msg is not None and now - self._latest_ns <= self.state_timeout_ns:
+                return  # fresh input: its arrival ran the control step; the watchdog stays quiet
         self._control_step(now)
 
     def _control_step(self, now: int) -> None:
@@ -1004,7 +1023,7 @@ class PolicyController(LifecycleNode):
 
     def _publish(self, action: np.ndarray) -> None:
         action = np.asarray(action, dtype=np.float64)
-        if not np.all(np.isfinite(action)):  # unreachable by construction; never publish NaN
+        if not np.isfinite(action).all():  # unreachable by construction; never publish NaN
             action = clip_to_bounds(np.zeros_like(self.low), self.low, self.high)
         self._command_pub.publish(messages.encode_command(action))
         if self._action_pub.get_subscription_count():  # for recording: built only when wanted

@@ -134,7 +134,7 @@ def from_multiarray(msg, expected_segments: Segments | None = None, dtype=np.flo
         expected = [(str(label), int(size)) for label, size in expected_segments]
         if segments != expected:
             raise ValueError(f'layout segments {segments}, expected {expected}')
-    if not allow_nonfinite and not np.all(np.isfinite(data)):
+    if not allow_nonfinite and not np.isfinite(data).all():
         raise ValueError(f'non-finite value (NaN/Inf) at index {_first_nonfinite(data)}')
     return data
 

@@ -690,6 +690,9 @@ def test_observation_trigger_publishes_one_command_per_input(make_controller, po
         probe.spin(0.2)
         assert len(probe.commands) == count, probe.commands[count:]
         assert np.allclose(probe.commands[-1][1], want, atol=1e-6)
+        # The watchdog does not even wake up meanwhile: its next tick is state_timeout_s after
+        # the message (about 0.4 s from here), not one control period (8 ms) away.
+        assert node._control_timer.time_until_next_call() > 0.2e9
     assert node.safety.state is Safety.OK
     # Stale: the watchdog publishes the safe action again, diagnostics ERROR.
     assert probe.spin_until(lambda: node.safety.state is Safety.STALE, 5.0)
