@@ -7,11 +7,11 @@ batch, one thread by default) of SAC, DPMD, FPMD-R (paper K=20, N=32 and the CPU
 FPMD-M; and deploy-mode latency through onnxruntime at batch 1 (one intra-op thread) of each
 exported policy. Reports ratios against SAC measured in the same run.
 
-GPU profile: ``--profile paper --device auto`` times the four algorithms with the paper's
-settings on CUDA when present (updates on the device, deploy latency still on the CPU, as
-deployed):
+GPU profile: updates run on CUDA when present (``--device auto``, the default; deploy latency
+stays on the CPU, as deployed), and ``--profile paper`` times the four algorithms with the
+paper's settings:
 
-    python bench/bench_core.py --profile paper --device auto --out bench/results/core_gpu.json
+    python bench/bench_core.py --profile paper --out bench/results/core_gpu.json
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", default=None, choices=["paper", "cpu"],
                         help="all four algorithms on this profile (default: the CPU set above)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where updates run (auto: CUDA when present)")
     parser.add_argument("--out", default="bench/results/core.json")
     args = parser.parse_args()
