@@ -137,13 +137,13 @@ def train_run(args, run_dir: Path) -> None:
     Trainer(cfg).run()
 
 
-def load_agent(path: Path, device: torch.device):
+def load_agent(path: Path, device: torch.device, algos: tuple[str, ...] = ("fpmd_r",)):
+    """(agent, config, env steps, replay observations) of a trainer checkpoint."""
     payload = load_checkpoint(path, map_location=device)
     cfg = config_from_dict(payload["config"])
     spec = payload["task_spec"]
-    if cfg.agent.algo != "fpmd_r":
-        raise SystemExit(f"{path}: algorithm {cfg.agent.algo}, the trajectory figure needs an "
-                         "fpmd_r run")
+    if cfg.agent.algo not in algos:
+        raise SystemExit(f"{path}: algorithm {cfg.agent.algo}; expected one of {algos}")
     agent = make_agent(tuple(spec["obs_shape"]) or spec["obs_dim"], spec["act_dim"], cfg.agent,
                        device)
     agent.load_full_state(payload["agent"])
