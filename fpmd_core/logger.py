@@ -14,7 +14,10 @@ TRAIN_FIELDS = ("env_steps", "updates", "loss/critic", "loss/actor", "alpha", "q
 
 
 class RunLogger:
-    def __init__(self, out_dir: Path, tensorboard: bool = True):
+    def __init__(self, out_dir: Path, tensorboard: bool = True, start_env_steps: int = 0):
+        """CSV rows past `start_env_steps` left by an earlier run in `out_dir` are dropped: a
+        fresh run (0) starts new files, a resumed one keeps the rows up to its checkpoint (rows
+        written after it would otherwise appear twice)."""
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.writer = None
@@ -24,6 +27,8 @@ class RunLogger:
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
         self.eval_csv = out_dir / "eval.csv"
         self.train_csv = out_dir / "train.csv"
+        for path, fields in ((self.eval_csv, EVAL_FIELDS), (self.train_csv, TRAIN_FIELDS)):
+            _keep_rows_until(path, fields, start_env_steps)
 
     def scalars(self, values: dict[str, float], env_steps: int) -> None:
         if self.writer:
@@ -51,6 +56,20 @@ class RunLogger:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+
+def _keep_rows_until(path: Path, fields, env_steps: int) -> None:
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["env_steps"]) <= env_steps]
+    if not rows:
+        path.unlink()
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def plot_learning_curve(eval_csv: Path, out_png: Path, title: str) -> Path | None:

@@ -107,7 +107,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, tc = self.cfg, self.cfg.trainer
-        logger = RunLogger(self.output_dir)
+        logger = RunLogger(self.output_dir, start_env_steps=self.env_steps)
         if self.obs is None:
             self.obs, _ = self.envs.reset(seed=tc.seed)
         progress = _progress_bar(tc, self.env_steps)

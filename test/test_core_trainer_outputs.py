@@ -174,3 +174,21 @@ def test_fpmd_train_command_line_end_to_end(tmp_path, capsys):
                     str(tmp_path / 'checkpoints' / 'final.pt')]
     assert cli.main(argv2) == 0
     assert load_checkpoint(tmp_path / 'checkpoints' / 'final.pt')['counters']['env_steps'] == 100
+
+
+def test_a_run_into_an_existing_output_dir_rewrites_the_csvs_from_its_start(tmp_path):
+    """A fresh run starts new CSVs; a resumed one keeps the rows up to its checkpoint and
+    writes the later ones once (they used to be appended after the earlier run's rows)."""
+    short = {'agent.algo': 'sac', 'trainer.total_steps': 120, 'trainer.warmup_steps': 40,
+             'trainer.eval_interval': 40, 'trainer.log_interval': 20,
+             'trainer.checkpoint_interval': 80}
+    run(tmp_path, **short)
+    run(tmp_path, **short)  # again, from scratch, into the same directory
+    for name in ('eval.csv', 'train.csv'):
+        steps = [int(r['env_steps']) for r in read_csv(tmp_path / name)[1]]
+        assert steps == sorted(set(steps)) and steps[-1] == 120, (name, steps)
+    values = dict(TINY, **short, **{'trainer.output_dir': str(tmp_path)})
+    Trainer(make_config('cpu', overrides=values),
+            resume=tmp_path / 'checkpoints' / 'step_80.pt').run()
+    steps = [int(r['env_steps']) for r in read_csv(tmp_path / 'eval.csv')[1]]
+    assert steps == [40, 80, 120]
