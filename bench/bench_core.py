@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_model  # bench/, the script's own directory
+from machine import machine  # bench/, the script's own directory
 
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
@@ -123,10 +122,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in chosen:
             latencies[name].append(latency_us(policies[name], obs, args.calls))
-    result = {"task": args.task, "threads": args.threads, "machine": platform.processor() or
-              platform.machine(), "cpu_model": cpu_model(), "cpu_count": torch.get_num_threads(),
-              "device": str(device), "gpu": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else None, "configs": configs, "variants": {}}
+    result = {"task": args.task, "threads": args.threads, "machine": machine(),
+              "device": str(device), "configs": configs, "variants": {}}
     sac_rate = statistics.median(rates["sac"])
     sac_p50 = statistics.median(lat["p50"] for lat in latencies["sac"])
     for name in chosen:
@@ -138,7 +135,9 @@ def main() -> None:
             "deploy_latency_us_p50": p50, "deploy_latency_us_p99": p99,
             "latency_ratio_vs_sac": p50 / sac_p50, "nfe": policies[name].metadata["nfe"]}
     dpmd = result["variants"]["dpmd"]["deploy_latency_us_p50"]
-    for name in (n for n in chosen if n.startswith("fpmd") and n != "fpmd_r_paper"):
+    # Against DPMD on the same profile only (same network sizes).
+    for name in (n for n, (profile, _) in chosen.items()
+                 if n.startswith("fpmd") and profile == chosen["dpmd"][0]):
         result["variants"][name]["speedup_vs_dpmd"] = dpmd / \
             result["variants"][name]["deploy_latency_us_p50"]
     out = Path(args.out)

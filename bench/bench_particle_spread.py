@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench_straightness import load_agent  # noqa: E402  (bench/, the script's own directory)
+from bench_straightness import checkpoints, load_agent  # noqa: E402  (bench/, this directory)
 
 ALGOS = ("fpmd_r", "fpmd_m", "dpmd")
 UNIFORM = 256
@@ -60,13 +60,6 @@ def spread(path: Path, seed: int) -> dict:
             "q_gain_uniform": float((q_uniform.max(1).values - q.max(1).values).mean())}
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    found = sorted(run_dir.glob("checkpoints/step_*.pt"),
-                   key=lambda p: int(p.stem.split("_")[1]))
-    final = run_dir / "checkpoints" / "final.pt"
-    return found + ([final] if final.is_file() else [])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
@@ -75,15 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for run_dir in args.run_dirs:
-        paths = checkpoints(run_dir)
+        paths = checkpoints(run_dir)  # final.pt only where no step_*.pt has its step count
         if not paths:
             parser.error(f"{run_dir}: no checkpoints/step_*.pt or final.pt")
-        seen = set()
-        for path in paths:
+        for path in paths.values():
             row = spread(path, args.seed)
-            if row["env_steps"] in seen:
-                continue  # final.pt repeats the last step_*.pt
-            seen.add(row["env_steps"])
             rows.append(row)
             print(f"{run_dir} {row['algo']} {row['env_steps']:>6} steps: particle std "
                   f"{row['particle_std']:.3f}, Q spread {row['q_spread']:.3f}, Q gain of uniform "
