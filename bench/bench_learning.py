@@ -235,11 +235,31 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
                 "eval_steps": [int(r["env_steps"]) for r in runs[0]["eval"]],
             }
         if entry:
+            add_equal_budget(entry, out_dir, task, partial)
             summary["tasks"][task] = entry
     # Runs record where they ran; older run dirs do not, so then it is left unknown (None).
     if recorded and all(m == recorded[0] for m in recorded):
         summary["machine"] = recorded[0]
     return summary
+
+
+def add_equal_budget(entry: dict, out_dir: Path, task: str, partial: bool) -> None:
+    """Runs stopped early reach different env steps, so their final returns are not at equal
+    budget; record each algorithm's deploy return at the last step every run of the task
+    evaluated."""
+    runs = {algo: seed_runs(out_dir, task, algo, partial) for algo in entry}
+    evaluated = [set(curve(algo_runs, "return_deploy")[0].tolist())
+                 for algo_runs in runs.values()]
+    common = set.intersection(*evaluated) if evaluated else set()
+    if not common:
+        return
+    step = max(common)
+    for algo, algo_runs in runs.items():
+        values = [_float(next(r["return_deploy"] for r in run["eval"]
+                              if int(r["env_steps"]) == step)) for run in algo_runs]
+        entry[algo]["deploy_at_equal_budget"] = {
+            "env_steps": step, "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
 def markdown(summary: dict) -> str:
@@ -253,6 +273,7 @@ def markdown(summary: dict) -> str:
     lines = ["| task | algorithm | seeds | env steps | final deploy | best deploy | "
              "final best-of-N | best best-of-N | wall (min) | env steps/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    equal = []
     for task, entry in summary["tasks"].items():
         for algo, row in entry.items():
             rate = row["env_steps_per_s_after_warmup"]
@@ -262,6 +283,14 @@ def markdown(summary: dict) -> str:
                 f"{cell(row['deploy'], 'best')} | {cell(row['best_of_n'], 'final')} | "
                 f"{cell(row['best_of_n'], 'best')} | {row['train_wall_s_mean'] / 60:.1f} | "
                 + (f"{rate:.1f} |" if rate else "n/a |"))
+            at = row.get("deploy_at_equal_budget")
+            if summary.get("unfinished_runs_included") and at:
+                equal.append(f"| {task} | {LABELS.get(algo, algo)} | {at['env_steps']} | "
+                             f"{at['mean']:.1f} ± {at['std']:.1f} |")
+    if equal:
+        lines += ["", "Equal budget (runs stopped early): deploy return at the last env step "
+                  "every run of the task evaluated.", "",
+                  "| task | algorithm | env steps | deploy |", "|---|---|---|---|", *equal]
     return "\n".join(lines) + "\n"
 
 
