@@ -57,7 +57,6 @@ STEPS = 20
 LABELS = {"fpmd_r": "FPMD-R", "fpmd_m": "FPMD-M"}
 DEFAULT_RUN = "bench/results/learning/InvertedPendulum-v5/fpmd_r/seed_0"
 DEFAULT_CSV = "bench/results/learning/*/fpmd_[rm]/seed_*/train.csv"
-GITIGNORE = "*.pt\n*.pt.*.tmp\ncheckpoints/\ntensorboard/\npolicy.onnx\nlearning_curve.png\n"
 
 
 # --- (a) one-step error from train.csv -----------------------------------------------------------
@@ -265,8 +264,6 @@ def main() -> None:
         own = out_dir / "straightness_run"
         run_dir, trained = own / args.task / "fpmd_r" / f"seed_{args.seed}", True
         if len(checkpoints(run_dir)) < 2:
-            own.mkdir(parents=True, exist_ok=True)
-            (own / ".gitignore").write_text(GITIGNORE)
             train_run(args, run_dir)
     found = checkpoints(run_dir)
     device = resolve_device("auto")
