@@ -71,18 +71,19 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, envs=None, eval_env=None, resume: str | Path | None = None,
+    def __init__(self, cfg: Config, envs=None, resume: str | Path | None = None,
                  on_progress=None):
         """`envs`: a SAME_STEP-autoreset vector env (default: in-process `task.num_envs`
-        copies). `on_progress(trainer)` is called after every vector step (ROS diagnostics)."""
+        copies). `on_progress(trainer)` is called after every vector step (ROS diagnostics).
+        Evaluation always runs in-process, on `trainer.eval_episodes` envs of its own."""
         self.cfg, tc = cfg, cfg.trainer
         if tc.torch_threads:
             torch.set_num_threads(tc.torch_threads)
         seed_everything(tc.seed, tc.deterministic)
         self.device = resolve_device(tc.device)
         self.output_dir = Path(tc.output_dir)
-        self.eval_env = eval_env or env_from_config(cfg.task)
-        self.spec = task_spec(self.eval_env, cfg.task.id)
+        self.eval_envs = [env_from_config(cfg.task) for _ in range(tc.eval_episodes)]
+        self.spec = task_spec(self.eval_envs[0], cfg.task.id)
         self.envs = envs or make_vector_env(cfg.task.id, cfg.task.num_envs,
                                             cfg.task.max_episode_steps,
                                             action_repeat=cfg.task.action_repeat,
@@ -179,29 +180,19 @@ class Trainer:
         self.env_steps += self.envs.num_envs
 
     # --- evaluation and logging --------------------------------------------------------
-    def evaluate(self, mode: str, episodes: int) -> tuple[float, float]:
-        """Mean return and length over `episodes` (seeds fixed per episode index)."""
-        returns, lengths = [], []
-        for episode in range(episodes):
-            obs, _ = self.eval_env.reset(seed=10_000 + self.cfg.trainer.seed * 1000 + episode)
-            total, length, done = 0.0, 0, False
-            while not done:
-                action = self.agent.act(obs[None], mode)[0]
-                obs, reward, terminated, truncated, _ = self.eval_env.step(action)
-                total, length = total + float(reward), length + 1
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(length)
-        return float(np.mean(returns)), float(np.mean(lengths))
+    def evaluate(self, mode: str) -> tuple[float, float]:
+        """Mean return and length over `trainer.eval_episodes` episodes (seeds fixed per
+        episode index)."""
+        seeds = [10_000 + self.cfg.trainer.seed * 1000 + i for i in range(len(self.eval_envs))]
+        return evaluate_episodes(self.agent, self.eval_envs, mode, seeds)
 
     def _evaluate(self, logger: RunLogger) -> None:
         tc = self.cfg.trainer
         row = {"env_steps": self.env_steps, "updates": self.agent.gradient_steps,
                "wall_time_s": round(time.perf_counter() - self.start_time, 2)}
-        row["return_deploy"], row["length_deploy"] = self.evaluate("deploy", tc.eval_episodes)
+        row["return_deploy"], row["length_deploy"] = self.evaluate("deploy")
         if tc.eval_best_of_n and self.cfg.agent.algo != "sac":
-            row["return_best_of_n"], row["length_best_of_n"] = self.evaluate(
-                "best_of_n", tc.eval_episodes)
+            row["return_best_of_n"], row["length_best_of_n"] = self.evaluate("best_of_n")
         self.last_eval = row
         logger.evaluation(row)
 
@@ -291,6 +282,24 @@ class Trainer:
             self.episode_returns = envs["episode_returns"].cpu().numpy()
         # else: remote envs start new episodes (self.obs stays None -> reset in run()).
         self.last_checkpoint = Path(path)
+
+
+def evaluate_episodes(agent, envs: list, mode: str, seeds: list[int]) -> tuple[float, float]:
+    """Mean return and length of one episode per env, the episodes side by side: one batched
+    policy call per step rather than one per episode and step, since a small network's call
+    costs about the same at batch 1 as at batch 10 (on a GPU, kernel launches set its time)."""
+    obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(envs, seeds, strict=True)])
+    returns, lengths = np.zeros(len(envs)), np.zeros(len(envs), dtype=int)
+    running = np.ones(len(envs), dtype=bool)
+    while running.any():
+        indices = np.flatnonzero(running)
+        actions = agent.act(obs[indices], mode)
+        for index, action in zip(indices, actions, strict=True):
+            obs[index], reward, terminated, truncated, _ = envs[index].step(action)
+            returns[index] += float(reward)
+            lengths[index] += 1
+            running[index] = not (terminated or truncated)
+    return float(returns.mean()), float(lengths.mean())
 
 
 def _crossed(before: int, after: int, interval: int) -> bool:

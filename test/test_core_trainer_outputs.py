@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from fpmd_core import cli
+from fpmd_core.agents import make_agent
 from fpmd_core.checkpoint import load_checkpoint
 from fpmd_core.config import make_config
 from fpmd_core.logger import EVAL_FIELDS, TRAIN_FIELDS
 from fpmd_core.runtime import OnnxPolicy
-from fpmd_core.trainer import Trainer
+from fpmd_core.tasks import make_env, task_spec
+from fpmd_core.trainer import Trainer, evaluate_episodes
 
 TINY = {
     'task.id': 'InvertedPendulum-v5', 'agent.hidden': 32, 'agent.layers': 2,
@@ -192,3 +194,20 @@ def test_a_run_into_an_existing_output_dir_rewrites_the_csvs_from_its_start(tmp_
             resume=tmp_path / 'checkpoints' / 'step_80.pt').run()
     steps = [int(r['env_steps']) for r in read_csv(tmp_path / 'eval.csv')[1]]
     assert steps == [40, 80, 120]
+
+
+def test_side_by_side_evaluation_scores_each_episode_as_if_run_alone():
+    # Episodes cut at different lengths: one that has ended must stop stepping and stop
+    # counting while the others go on.
+    torch.manual_seed(0)
+    cfg = make_config('cpu', overrides=dict(TINY, **{'agent.algo': 'sac'}))
+    envs = [make_env(cfg.task.id, steps) for steps in (2, 4, 7)]
+    spec = task_spec(envs[0], cfg.task.id)
+    agent = make_agent(spec.obs_shape, spec.act_dim, cfg.agent, torch.device('cpu'))
+    seeds = [3, 4, 5]
+    alone = [evaluate_episodes(agent, [env], 'deploy', [seed])
+             for env, seed in zip(envs, seeds, strict=True)]
+    assert [length for _, length in alone] == [2, 4, 7]
+    mean_return, mean_length = evaluate_episodes(agent, envs, 'deploy', seeds)
+    assert mean_length == pytest.approx(13 / 3)
+    assert mean_return == pytest.approx(np.mean([ret for ret, _ in alone]), rel=1e-5)
