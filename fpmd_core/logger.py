@@ -15,16 +15,19 @@ TRAIN_FIELDS = ("env_steps", "updates", "loss/critic", "loss/actor", "alpha", "q
 
 class RunLogger:
     def __init__(self, out_dir: Path, tensorboard: bool = True, start_env_steps: int = 0):
-        """CSV rows past `start_env_steps` left by an earlier run in `out_dir` are dropped: a
-        fresh run (0) starts new files, a resumed one keeps the rows up to its checkpoint (rows
-        written after it would otherwise appear twice)."""
+        """Rows past `start_env_steps` left by an earlier run in `out_dir` are dropped: a
+        fresh run (0) starts new CSVs, a resumed one keeps the rows up to its checkpoint (rows
+        written after it would otherwise appear twice). TensorBoard gets the same rule without
+        deleting the earlier event files: the new file starts with a restart marker that hides
+        their later steps (`purge_step`)."""
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"),
+                                        purge_step=start_env_steps + 1)
         self.eval_csv = out_dir / "eval.csv"
         self.train_csv = out_dir / "train.csv"
         for path, fields in ((self.eval_csv, EVAL_FIELDS), (self.train_csv, TRAIN_FIELDS)):

@@ -178,9 +178,10 @@ def test_fpmd_train_command_line_end_to_end(tmp_path, capsys):
     assert load_checkpoint(tmp_path / 'checkpoints' / 'final.pt')['counters']['env_steps'] == 100
 
 
-def test_a_run_into_an_existing_output_dir_rewrites_the_csvs_from_its_start(tmp_path):
-    """A fresh run starts new CSVs; a resumed one keeps the rows up to its checkpoint and
-    writes the later ones once (they used to be appended after the earlier run's rows)."""
+def test_a_run_into_an_existing_output_dir_rewrites_its_logs_from_its_start(tmp_path):
+    """A fresh run starts new CSVs and TensorBoard curves; a resumed one keeps the rows up to
+    its checkpoint and writes the later ones once (they used to be appended after the earlier
+    run's)."""
     short = {'agent.algo': 'sac', 'trainer.total_steps': 120, 'trainer.warmup_steps': 40,
              'trainer.eval_interval': 40, 'trainer.log_interval': 20,
              'trainer.checkpoint_interval': 80}
@@ -194,6 +195,12 @@ def test_a_run_into_an_existing_output_dir_rewrites_the_csvs_from_its_start(tmp_
             resume=tmp_path / 'checkpoints' / 'step_80.pt').run()
     steps = [int(r['env_steps']) for r in read_csv(tmp_path / 'eval.csv')[1]]
     assert steps == [40, 80, 120]
+    # TensorBoard reads all three runs' event files and shows each step once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / 'tensorboard'))
+    events.Reload()
+    assert [e.step for e in events.Scalars('eval/return_deploy')] == [40, 80, 120]
 
 
 def test_side_by_side_evaluation_scores_each_episode_as_if_run_alone():
