@@ -55,3 +55,25 @@ def reliable_qos(depth: int = 10):
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.VOLATILE,
     )
+
+
+def controller_factory(ros_context, ros_executor, make_probe):
+    """make(**parameters) -> (PolicyController with those parameter overrides, probe), on the
+    test executor; the first call makes the probe (`make_probe(context, executor)`), which
+    every controller of the test shares."""
+    from rclpy.parameter import Parameter
+
+    from fpmd_ros.controller_node import PolicyController
+
+    probes = []
+
+    def make(**parameters):
+        node = PolicyController(
+            context=ros_context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
+        ros_executor.add_node(node)
+        if not probes:
+            probes.append(make_probe(ros_context, ros_executor))
+        return node, probes[0]
+
+    return make

@@ -31,7 +31,7 @@ from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import reliable_qos, spin_until  # noqa: E402
+from ros_helpers import controller_factory, reliable_qos, spin_until  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray, Float64MultiArray  # noqa: E402
 
@@ -175,18 +175,7 @@ NAME = 'policy_controller'
 @pytest.fixture
 def make_controller(ros_context, ros_executor):
     """make_controller(**parameters) -> (PolicyController, Probe) on the test executor."""
-    probe_holder = []
-
-    def make(**parameters):
-        node = PolicyController(
-            context=ros_context,
-            parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
-        ros_executor.add_node(node)
-        if not probe_holder:
-            probe_holder.append(Probe(ros_context, ros_executor))
-        return node, probe_holder[0]
-
-    return make
+    return controller_factory(ros_context, ros_executor, Probe)
 
 
 def configured(make_controller, policy_path, **parameters):

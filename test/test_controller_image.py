@@ -22,12 +22,12 @@ import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import reliable_qos  # noqa: E402
+from ros_helpers import controller_factory, reliable_qos  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from fpmd_ros import messages  # noqa: E402
-from fpmd_ros.controller_node import PolicyController, Safety  # noqa: E402
+from fpmd_ros.controller_node import Safety  # noqa: E402
 
 NAME = 'policy_controller'
 SIZE = 32
@@ -159,18 +159,7 @@ class ImageProbe:
 @pytest.fixture
 def make_controller(ros_context, ros_executor):
     """make_controller(**parameters) -> (PolicyController, ImageProbe) on the test executor."""
-    probes = []
-
-    def make(**parameters):
-        node = PolicyController(
-            context=ros_context,
-            parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
-        ros_executor.add_node(node)
-        if not probes:
-            probes.append(ImageProbe(ros_context, ros_executor))
-        return node, probes[0]
-
-    return make
+    return controller_factory(ros_context, ros_executor, ImageProbe)
 
 
 def active(make_controller, path, **parameters):
