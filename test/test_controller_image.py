@@ -9,25 +9,21 @@ training env's :class:`fpmd_core.frames.FrameStack`, fed the frames the test sen
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
-os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from ros_helpers import controller_factory, reliable_qos
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float64MultiArray
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import rclpy  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import controller_factory, reliable_qos  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Float64MultiArray  # noqa: E402
-
-from fpmd_ros import messages  # noqa: E402
-from fpmd_ros.controller_node import Safety  # noqa: E402
+from fpmd_ros import messages
+from fpmd_ros.controller_node import Safety
 
 NAME = 'policy_controller'
 SIZE = 32

@@ -7,16 +7,13 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+import gymnasium as gym
+import numpy as np
+import pytest
+from sim_helpers import RunningSim, SeedPerEpisode
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from sim_helpers import RunningSim, SeedPerEpisode  # noqa: E402
-
-from fpmd_core.tasks import PixelOptions, make_env  # noqa: E402
-from fpmd_ros.ros_env import RosVectorEnv, SimError, SimTimeoutError  # noqa: E402
+from fpmd_core.tasks import PixelOptions, make_env
+from fpmd_ros.ros_env import RosVectorEnv, SimError, SimTimeoutError
 
 TASK = 'InvertedPendulum-v5'
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,26 +10,23 @@ import math
 import os
 import time
 
-os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+import numpy as np
+import pytest
+import rclpy
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from ros_helpers import reliable_qos, spin_until
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import JointState
+from sim_helpers import RunningSim
+from std_msgs.msg import Float32MultiArray, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import rclpy  # noqa: E402
-from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
-from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import reliable_qos, spin_until  # noqa: E402
-from rosgraph_msgs.msg import Clock as ClockMsg  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
-from sim_helpers import RunningSim  # noqa: E402
-from std_msgs.msg import Float32MultiArray, Float64MultiArray  # noqa: E402
-from std_srvs.srv import SetBool, Trigger  # noqa: E402
-
-from fpmd_core.tasks import make_env, mujoco_handles  # noqa: E402
-from fpmd_ros import messages  # noqa: E402
-from fpmd_ros.sim_node import (  # noqa: E402
+from fpmd_core.tasks import make_env, mujoco_handles
+from fpmd_ros import messages
+from fpmd_ros.sim_node import (
     EPISODE_QOS,
     LOCKSTEP_QOS,
     MujocoSimNode,
