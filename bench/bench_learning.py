@@ -211,11 +211,12 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
     summary: dict = {"tasks": {}, "machine": None, "aggregated_on": machine()}
     recorded = []
     for task in tasks:
-        entry = {}
+        entry, task_runs = {}, {}
         for algo in algos:
             runs = seed_runs(out_dir, task, algo, partial)
             if not runs:
                 continue
+            task_runs[algo] = runs
             info = runs[0]["info"]
             recorded += [run["info"]["machine"] for run in runs if "machine" in run["info"]]
             walls = [float(run["eval"][-1]["wall_time_s"]) for run in runs]
@@ -235,7 +236,8 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
                 "eval_steps": [int(r["env_steps"]) for r in runs[0]["eval"]],
             }
         if entry:
-            add_equal_budget(entry, out_dir, task, partial)
+            if partial:
+                add_equal_budget(entry, task_runs)
             summary["tasks"][task] = entry
     # Runs record where they ran; older run dirs do not, so then it is left unknown (None).
     if recorded and all(m == recorded[0] for m in recorded):
@@ -243,11 +245,10 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
     return summary
 
 
-def add_equal_budget(entry: dict, out_dir: Path, task: str, partial: bool) -> None:
+def add_equal_budget(entry: dict, runs: dict[str, list[dict]]) -> None:
     """Runs stopped early reach different env steps, so their final returns are not at equal
     budget; record each algorithm's deploy return at the last step every run of the task
-    evaluated."""
-    runs = {algo: seed_runs(out_dir, task, algo, partial) for algo in entry}
+    evaluated (`runs`: algo -> its seed runs)."""
     evaluated = [set(curve(algo_runs, "return_deploy")[0].tolist())
                  for algo_runs in runs.values()]
     common = set.intersection(*evaluated) if evaluated else set()
@@ -284,7 +285,7 @@ def markdown(summary: dict) -> str:
                 f"{cell(row['best_of_n'], 'best')} | {row['train_wall_s_mean'] / 60:.1f} | "
                 + (f"{rate:.1f} |" if rate else "n/a |"))
             at = row.get("deploy_at_equal_budget")
-            if summary.get("unfinished_runs_included") and at:
+            if at:
                 equal.append(f"| {task} | {LABELS.get(algo, algo)} | {at['env_steps']} | "
                              f"{at['mean']:.1f} ± {at['std']:.1f} |")
     if equal:
