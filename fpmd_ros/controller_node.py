@@ -170,13 +170,12 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from fpmd_ros import messages
+from fpmd_ros.interface import OBSERVATION_MODES, TRIGGERS, model_rate_hz
 from fpmd_ros.params import declare_all
 from fpmd_ros.params import descriptor as _descriptor
 
 NODE_NAME = 'policy_controller'
-OBSERVATION_MODES = ('observation', 'joint_states', 'image')
 SAFE_ACTIONS = ('zero', 'hold', 'default')
-TRIGGERS = ('timer', 'observation')
 MAX_RATE_HZ = 2000.0
 RATE_TOLERANCE = 0.01  # a control rate up to 1 % below the model's still counts as the same
 WARMUP_INFERENCES = 10
@@ -309,10 +308,6 @@ def check_parameter(name: str, value) -> str | None:
         if duplicates:
             return f"parameter {name!r} repeats {', '.join(duplicates)}; expected unique names"
     return None
-
-
-def model_rate_hz(meta: dict) -> float:
-    return 1.0 / float(meta['control_period_s'])
 
 
 def resolve_rate(control_rate_hz: float, meta: dict) -> float:

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fpmd_core.config import ALGORITHMS
+from fpmd_ros.interface import OBSERVATION_MODES, TRIGGERS
+
 PACKAGE = 'fpmd_ros'
 SIM_EXECUTABLE = SIM_NODE_NAME = 'mujoco_sim'
 TRAINER_EXECUTABLE = TRAINER_NODE_NAME = 'trainer'
@@ -36,9 +39,6 @@ DEFAULT_CONFIG = 'train_sim.yaml'
 SEED_STRIDE = 1_000_000
 MAX_SEED = 2**31 - 1
 SIM_RESPAWN_DELAY_S = 1.0
-OBSERVATION_MODES = ('observation', 'joint_states', 'image')
-TRIGGERS = ('timer', 'observation')  # policy_controller's `trigger` (checked there too)
-ALGORITHMS = ('fpmd_r', 'fpmd_m', 'dpmd', 'sac')  # fpmd_core.config.ALGORITHMS (checked there too)
 
 _NAME = r'[A-Za-z_][A-Za-z0-9_]*'
 _NAMESPACE = re.compile(rf'^/?({_NAME}(/{_NAME})*)?/?$')

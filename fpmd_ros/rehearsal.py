@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from fpmd_ros import interface
 from fpmd_ros.graph import (
     CONTROLLER_EXECUTABLE,
     DEPLOY_ARGUMENTS,
@@ -155,7 +156,7 @@ def make_plan(args: dict[str, Any]) -> Plan:
     controller = next(s for s in specs if s.executable == CONTROLLER_EXECUTABLE)
     policy = controller.parameters['policy']
     task = str(meta['task'])
-    model_rate_hz = 1.0 / float(meta['control_period_s'])
+    model_rate_hz = interface.model_rate_hz(meta)
     trigger = controller.parameters['trigger']
     if trigger == 'timer' and not controller.parameters['control_rate_hz']:
         # A timer loop must keep up with a sim that runs faster than real time.

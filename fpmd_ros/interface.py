@@ -1,0 +1,21 @@
+"""Names and choices of the ROS interface, defined once for the nodes, the graphs and the runner.
+
+Kept free of rclpy, torch and MuJoCo imports so that launch files can read it cheaply.
+"""
+
+from __future__ import annotations
+
+PACKAGE = 'fpmd_ros'
+
+SIM_NODE_NAME = 'mujoco_sim'
+TRAINER_NODE_NAME = 'trainer'
+CONTROLLER_NODE_NAME = 'policy_controller'
+
+# policy_controller: where the observation comes from, and what starts a control step.
+OBSERVATION_MODES = ('observation', 'joint_states', 'image')
+TRIGGERS = ('timer', 'observation')
+
+
+def model_rate_hz(meta: dict) -> float:
+    """The control rate a policy was trained at: 1 / its metadata's ``control_period_s``."""
+    return 1.0 / float(meta['control_period_s'])
