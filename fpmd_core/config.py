@@ -333,6 +333,35 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+RESOLVED_CONFIG_NAME = "config.yaml"
+"""The resolved configuration's file name in a run's output directory."""
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write every field of `cfg` as YAML (atomically); `make_config(file=path)` reads it back
+    to an equal Config, whatever profile produced it."""
+    import os
+    import tempfile
+
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = ("# The resolved configuration of this run: every field, after profile, file and\n"
+            "# overrides. Train again with: fpmd-train --config <this file>\n"
+            + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config saved with `to_dict` (checkpoints, exports), validating every field."""
     cfg = Config()

@@ -19,3 +19,10 @@ TRIGGERS = ('timer', 'observation')
 def model_rate_hz(meta: dict) -> float:
     """The control rate a policy was trained at: 1 / its metadata's ``control_period_s``."""
     return 1.0 / float(meta['control_period_s'])
+
+
+# Process exit codes shared by the nodes, the runner and the rehearsal (scripts see them from
+# `ros2 launch` and from `python -m fpmd_ros.runner` alike).
+EXIT_OK = 0
+EXIT_ERROR = 1  # unexpected error
+EXIT_INVALID_PARAMETERS = 2  # a parameter, config or file is invalid: a respawn cannot help

@@ -264,3 +264,15 @@ def test_cli_rejects_unknown_profile_through_argparse(capsys):
         cli.main(['--profile', 'gpu'])
     assert info.value.code == 2
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_saved_config_reads_back_equal_whatever_the_profile(tmp_path):
+    from fpmd_core.config import make_config, save_config
+
+    cfg = make_config("cpu", overrides={"task.id": "Hopper-v5", "agent.algo": "sac",
+                                        "agent.critic_lr": 1e-3})
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = make_config(file=path)
+    assert again == cfg
+    assert again.agent.hidden == 128  # a cpu-profile value, read from the file without a profile
+    assert not list(path.parent.glob("*.tmp"))
