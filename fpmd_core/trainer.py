@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from .agents import NonFiniteLossError, make_agent
-from .checkpoint import check_matches, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_agent_state, load_checkpoint, save_checkpoint
 from .config import Config, config_from_dict
 from .export import export_onnx
+from .files import remove_stale_temp_files
 from .logger import RunLogger, plot_learning_curve
 from .replay import ReplayBuffer
 from .tasks import (
@@ -108,6 +109,10 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, tc = self.cfg, self.cfg.trainer
+        # Left by a run killed while writing (checkpoints, policy.onnx); a write removes those
+        # of its own folder too, but a run may end before its first checkpoint.
+        for folder in (self.output_dir, self.output_dir / "checkpoints"):
+            remove_stale_temp_files(folder)
         logger = RunLogger(self.output_dir, start_env_steps=self.env_steps)
         if self.obs is None:
             self.obs, _ = self.envs.reset(seed=tc.seed)
@@ -241,7 +246,7 @@ class Trainer:
         return self.last_checkpoint
 
     def _restore(self, path: str | Path) -> None:
-        payload = load_checkpoint(path, map_location=self.device)
+        payload = load_checkpoint(path)
         saved = config_from_dict(payload["config"])
         for field in ("task.id", "task.num_envs", "task.pixels", "task.image_size",
                       "task.frame_stack", "task.action_repeat", "agent.algo", "agent.hidden",
@@ -250,19 +255,14 @@ class Trainer:
             have, want = getattr(getattr(saved, section), name), \
                 getattr(getattr(self.cfg, section), name)
             if have != want:
-                from .checkpoint import CheckpointError
-
                 raise CheckpointError(f"checkpoint {path}: {field} is {have!r}, "
                                       f"the run is configured with {want!r}")
-        check_matches(payload, path, obs_dim=self.spec.obs_dim, act_dim=self.spec.act_dim)
+        load_agent_state(self.agent, payload, path)
         try:
-            self.agent.load_full_state(payload["agent"])
             self.replay.load_state_dict(payload["replay"])
         except (RuntimeError, ValueError, KeyError) as err:
-            from .checkpoint import CheckpointError
-
-            raise CheckpointError(f"checkpoint {path}: does not fit the configured agent: "
-                                  f"{' '.join(str(err).split())}") from None
+            raise CheckpointError(f"checkpoint {path}: its replay buffer does not fit the "
+                                  f"configured one: {' '.join(str(err).split())}") from None
         self.env_steps = int(payload["counters"]["env_steps"])
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"].cpu())
