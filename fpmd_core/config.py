@@ -151,7 +151,10 @@ class TrainerConfig:
     output_dir: str = "runs/fpmd"
     """Where checkpoints, logs, plots and the exported policy go."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar on a terminal; false, or without a terminal (ros2 launch, a log
+    file), a progress line every `progress_interval_s` instead."""
+    progress_interval_s: float = 30.0
+    """Seconds between two progress lines (when there is no progress bar)."""
 
 
 @dataclass
@@ -421,7 +424,7 @@ def validate(cfg: Config) -> None:
     for name, value in [
         ("agent.noise_scale_init", a.noise_scale_init), ("agent.explore_noise", a.explore_noise),
         ("agent.grad_clip", a.grad_clip), ("agent.output_bound", a.output_bound),
-        ("agent.adaptive_p", a.adaptive_p),
+        ("agent.adaptive_p", a.adaptive_p), ("trainer.progress_interval_s", t.progress_interval_s),
     ]:
         _require(value >= 0.0, f"{name}: expected a number >= 0, got {value}")
     _require(a.batch_size <= t.replay_size,
