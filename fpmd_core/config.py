@@ -427,6 +427,11 @@ def validate(cfg: Config) -> None:
         ("agent.adaptive_p", a.adaptive_p), ("trainer.progress_interval_s", t.progress_interval_s),
     ]:
         _require(value >= 0.0, f"{name}: expected a number >= 0, got {value}")
+    # Updates start after the warm-up: a run that ends there would export an untrained policy.
+    _require(t.total_steps > t.warmup_steps,
+             f"trainer.total_steps: expected more than trainer.warmup_steps ({t.warmup_steps}), "
+             f"got {t.total_steps}: a run that ends within the warm-up of random actions trains "
+             "nothing and exports an untrained policy")
     _require(a.batch_size <= t.replay_size,
              f"agent.batch_size: expected <= trainer.replay_size ({t.replay_size})")
 
