@@ -41,14 +41,11 @@ data_files = [
 ]
 
 # ---------------------------------------------------------------------------
-# Executables installed into lib/fpmd_ros (see setup.cfg) so that `ros2 run` finds them.
-# EXTEND HERE: the ROS nodes are added to this list as they land, e.g.
-#   'mujoco_sim = fpmd_ros.sim_node:main',
-#   'trainer = fpmd_ros.trainer_node:main',
-#   'policy_controller = fpmd_ros.controller_node:main',
+# The ROS nodes, installed into lib/fpmd_ros (see setup.cfg), where `ros2 run fpmd_ros` finds
+# and lists them. Only nodes belong here: the in-process trainer `fpmd-train` is not one; it is
+# scripts/fpmd-train, which scripts/bootstrap.sh links into .venv/bin.
 # ---------------------------------------------------------------------------
 CONSOLE_SCRIPTS = [
-    'fpmd-train = fpmd_core.cli:main',
     'mujoco_sim = fpmd_ros.sim_node:main',
     'policy_controller = fpmd_ros.controller_node:main',
     'trainer = fpmd_ros.trainer_node:main',

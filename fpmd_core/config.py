@@ -151,7 +151,10 @@ class TrainerConfig:
     output_dir: str = "runs/fpmd"
     """Where checkpoints, logs, plots and the exported policy go."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar on a terminal; false, or without a terminal (ros2 launch, a log
+    file), a progress line every `progress_interval_s` instead."""
+    progress_interval_s: float = 30.0
+    """Seconds between two progress lines (when there is no progress bar)."""
 
 
 @dataclass
@@ -421,9 +424,14 @@ def validate(cfg: Config) -> None:
     for name, value in [
         ("agent.noise_scale_init", a.noise_scale_init), ("agent.explore_noise", a.explore_noise),
         ("agent.grad_clip", a.grad_clip), ("agent.output_bound", a.output_bound),
-        ("agent.adaptive_p", a.adaptive_p),
+        ("agent.adaptive_p", a.adaptive_p), ("trainer.progress_interval_s", t.progress_interval_s),
     ]:
         _require(value >= 0.0, f"{name}: expected a number >= 0, got {value}")
+    # Updates start after the warm-up: a run that ends there would export an untrained policy.
+    _require(t.total_steps > t.warmup_steps,
+             f"trainer.total_steps: expected more than trainer.warmup_steps ({t.warmup_steps}), "
+             f"got {t.total_steps}: a run that ends within the warm-up of random actions trains "
+             "nothing and exports an untrained policy")
     _require(a.batch_size <= t.replay_size,
              f"agent.batch_size: expected <= trainer.replay_size ({t.replay_size})")
 

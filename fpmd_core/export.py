@@ -12,14 +12,13 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import Config
+from .files import write_atomically
 
 METADATA_KEY = "fpmd_metadata"
 METADATA_FORMAT = "fpmd_ros.policy/1"
@@ -88,7 +87,7 @@ def deploy_graph(agent, spec, noise_input: bool = False) -> DeployGraph:
 
 def export_onnx(agent, spec, cfg: Config, path: str | Path, env_steps: int = 0,
                 noise_input: bool = False) -> Path:
-    """Write the deploy graph to `path` atomically; returns the path."""
+    """Write the deploy graph to `path` atomically (mode 0644); returns the path."""
     import onnx
 
     path = Path(path)
@@ -114,11 +113,7 @@ def export_onnx(agent, spec, cfg: Config, path: str | Path, env_steps: int = 0,
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
     onnx.checker.check_model(model)
     data = model.SerializeToString()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    write_atomically(path, lambda handle: handle.write(data))
     graph.to(agent.device)
     return path
 

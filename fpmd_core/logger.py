@@ -1,12 +1,20 @@
-"""Run outputs with stable names: TensorBoard scalars, CSV files, the learning-curve PNG."""
+"""Run outputs with stable names: TensorBoard scalars, CSV files, the learning-curve PNG, and
+progress lines for logs."""
 
 from __future__ import annotations
 
 import csv
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+# Means over the evaluation episodes, then the spread of their returns (std over the episodes,
+# ddof 0, min, max); new columns go at the end so that existing readers keep their positions.
 EVAL_FIELDS = ("env_steps", "updates", "wall_time_s", "return_deploy", "return_best_of_n",
-               "length_deploy", "length_best_of_n")
+               "length_deploy", "length_best_of_n",
+               "return_deploy_std", "return_deploy_min", "return_deploy_max",
+               "return_best_of_n_std", "return_best_of_n_min", "return_best_of_n_max")
 TRAIN_FIELDS = ("env_steps", "updates", "loss/critic", "loss/actor", "alpha", "q/mean",
                 "weights/std", "weights/max", "weights/min", "grad_norm/actor", "entropy",
                 "one_step_error", "train/episode_return", "perf/updates_per_s",
@@ -101,3 +109,64 @@ def plot_learning_curve(eval_csv: Path, out_png: Path, title: str) -> Path | Non
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+class ProgressLine:
+    """Progress as a log line every `interval_s` seconds and one at the end: env steps, steps/s
+    (since the previous line), the last evaluation's deploy-mode return and the time left at
+    that rate. For logs, where a progress bar cannot be read."""
+
+    def __init__(self, total_steps: int, start_steps: int, interval_s: float,
+                 clock: Callable[[], float] = time.monotonic, stream=None):
+        self.total_steps, self.interval_s = total_steps, interval_s
+        self.clock, self.stream = clock, stream
+        self.start_time = self.line_time = clock()
+        self.start_steps = self.line_steps = start_steps
+
+    def update(self, env_steps: int, last_eval: dict) -> None:
+        now = self.clock()
+        if now - self.line_time >= self.interval_s:
+            self._write(self.line(env_steps, last_eval, now))
+            self.line_time, self.line_steps = now, env_steps
+
+    def close(self, env_steps: int, last_eval: dict) -> None:
+        now = self.clock()
+        steps, elapsed = env_steps - self.start_steps, now - self.start_time
+        rate = f"{steps / elapsed:.1f} steps/s" if elapsed > 0 else "- steps/s"
+        self._write(f"progress: done, {env_steps}/{self.total_steps} env steps, {rate}, "
+                    f"{_last_eval_text(last_eval)}, took {format_duration(elapsed)}")
+
+    def line(self, env_steps: int, last_eval: dict, now: float) -> str:
+        steps, elapsed = env_steps - self.line_steps, now - self.line_time
+        rate = steps / elapsed if elapsed > 0 else 0.0
+        left = max(self.total_steps - env_steps, 0)
+        eta = format_duration(left / rate) if rate > 0 else "unknown"
+        percent = 100.0 * env_steps / self.total_steps
+        return (f"progress: {env_steps}/{self.total_steps} env steps ({percent:.1f}%), "
+                f"{rate:.1f} steps/s, {_last_eval_text(last_eval)}, ETA {eta}")
+
+    def _write(self, text: str) -> None:
+        # stderr looked up at each write: a test's or a launcher's redirection applies.
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+
+def _last_eval_text(last_eval: dict) -> str:
+    if not last_eval or last_eval.get("return_deploy") is None:
+        return "no evaluation yet"
+    return (f"last eval return {last_eval['return_deploy']:.1f} "
+            f"(deploy, at {last_eval['env_steps']} env steps)")
+
+
+def format_duration(seconds: float) -> str:
+    """42 s, 5 min 15 s, 3 h 07 min, 2 d 04 h."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours:02d} h"

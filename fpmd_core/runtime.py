@@ -202,7 +202,7 @@ class CheckpointPolicy(_Policy):
         import torch
 
         from .agents import make_agent
-        from .checkpoint import load_checkpoint
+        from .checkpoint import load_agent_state, load_checkpoint
         from .config import config_from_dict
         from .export import deploy_graph, policy_metadata
         from .tasks import TaskSpec
@@ -214,16 +214,18 @@ class CheckpointPolicy(_Policy):
         spec_dict["obs_terms"] = tuple(tuple(t) for t in spec_dict["obs_terms"])
         spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in spec_dict.items()})
-        torch.set_num_threads(threads)
-        agent = make_agent(spec.obs_shape or spec.obs_dim, spec.act_dim, cfg.agent,
-                           torch.device("cpu"))
-        agent.load_full_state(payload["agent"])
-        # The general graph: it accepts an optional x0 (`noise`) like an export with noise input.
-        self.graph = deploy_graph(agent, spec, noise_input=True).eval()
+        # What the caller expects is checked before any tensor is loaded: a checkpoint of
+        # another task, algorithm or size is named as such, not as a state_dict error.
         self.metadata = validate_metadata(
             policy_metadata(cfg, spec, False, int(payload["counters"]["env_steps"])),
             f"checkpoint {self.path}")
         check_expected(self.metadata, f"checkpoint {self.path}", expected or {})
+        torch.set_num_threads(threads)
+        agent = make_agent(spec.obs_shape or spec.obs_dim, spec.act_dim, cfg.agent,
+                           torch.device("cpu"))
+        load_agent_state(agent, payload, self.path)
+        # The general graph: it accepts an optional x0 (`noise`) like an export with noise input.
+        self.graph = deploy_graph(agent, spec, noise_input=True).eval()
         self.model_hash = file_hash(self.path)
 
     def _takes_noise(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 
 from .agents import NonFiniteLossError, make_agent
-from .checkpoint import check_matches, load_checkpoint, save_checkpoint
-from .config import Config, config_from_dict
+from .checkpoint import CheckpointError, load_agent_state, load_checkpoint, save_checkpoint
+from .config import RESOLVED_CONFIG_NAME, Config, ConfigError, config_from_dict, save_config
 from .export import export_onnx
-from .logger import RunLogger, plot_learning_curve
+from .files import remove_stale_temp_files
+from .logger import ProgressLine, RunLogger, plot_learning_curve
 from .replay import ReplayBuffer
 from .tasks import (
     env_from_config,
@@ -58,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("trainer.device: 'cuda' requested but no CUDA device is available")
+        raise ConfigError("trainer.device: 'cuda' requested but no CUDA device is available")
     return torch.device(name)
 
 
@@ -108,10 +110,17 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, tc = self.cfg, self.cfg.trainer
+        # Left by a run killed while writing (checkpoints, policy.onnx); a write removes those
+        # of its own folder too, but a run may end before its first checkpoint.
+        for folder in (self.output_dir, self.output_dir / "checkpoints"):
+            remove_stale_temp_files(folder)
+        save_config(cfg, self.output_dir / RESOLVED_CONFIG_NAME)
         logger = RunLogger(self.output_dir, start_env_steps=self.env_steps)
         if self.obs is None:
             self.obs, _ = self.envs.reset(seed=tc.seed)
         progress = _progress_bar(tc, self.env_steps)
+        progress_line = None if progress is not None else ProgressLine(
+            tc.total_steps, self.env_steps, tc.progress_interval_s)
         window_start, window_updates, window_steps = time.perf_counter(), 0, 0
         self.start_time = time.perf_counter()
         metrics: dict[str, float] = {}
@@ -137,6 +146,8 @@ class Trainer:
                 if progress is not None:
                     progress.update(self.env_steps - before)
                     progress.set_postfix(self._postfix(), refresh=False)
+                else:
+                    progress_line.update(self.env_steps, self.last_eval)
                 if self.on_progress is not None:
                     self.on_progress(self)
         except NonFiniteLossError as err:
@@ -149,6 +160,8 @@ class Trainer:
                 progress.close()
         if not self.last_eval or self.last_eval["env_steps"] != self.env_steps:
             self._evaluate(logger)
+        if progress_line is not None:
+            progress_line.close(self.env_steps, self.last_eval)
         checkpoint = self.save(self.output_dir / "checkpoints" / "final.pt")
         policy = export_onnx(self.agent, self.spec, cfg, self.output_dir / "policy.onnx",
                              env_steps=self.env_steps)
@@ -183,16 +196,28 @@ class Trainer:
     def evaluate(self, mode: str) -> tuple[float, float]:
         """Mean return and length over `trainer.eval_episodes` episodes (seeds fixed per
         episode index)."""
+        returns, lengths = self._episodes(mode)
+        return float(returns.mean()), float(lengths.mean())
+
+    def _episodes(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
         seeds = [10_000 + self.cfg.trainer.seed * 1000 + i for i in range(len(self.eval_envs))]
-        return evaluate_episodes(self.agent, self.eval_envs, mode, seeds)
+        return run_episodes(self.agent, self.eval_envs, mode, seeds)
 
     def _evaluate(self, logger: RunLogger) -> None:
         tc = self.cfg.trainer
         row = {"env_steps": self.env_steps, "updates": self.agent.gradient_steps,
                "wall_time_s": round(time.perf_counter() - self.start_time, 2)}
-        row["return_deploy"], row["length_deploy"] = self.evaluate("deploy")
+        modes = ["deploy"]
         if tc.eval_best_of_n and self.cfg.agent.algo != "sac":
-            row["return_best_of_n"], row["length_best_of_n"] = self.evaluate("best_of_n")
+            modes.append("best_of_n")
+        for mode in modes:
+            returns, lengths = self._episodes(mode)
+            row[f"return_{mode}"], row[f"length_{mode}"] = float(returns.mean()), \
+                float(lengths.mean())
+            # The spread over the episodes (population std: defined for one episode too).
+            row[f"return_{mode}_std"] = float(returns.std())
+            row[f"return_{mode}_min"] = float(returns.min())
+            row[f"return_{mode}_max"] = float(returns.max())
         self.last_eval = row
         logger.evaluation(row)
 
@@ -241,7 +266,7 @@ class Trainer:
         return self.last_checkpoint
 
     def _restore(self, path: str | Path) -> None:
-        payload = load_checkpoint(path, map_location=self.device)
+        payload = load_checkpoint(path)
         saved = config_from_dict(payload["config"])
         for field in ("task.id", "task.num_envs", "task.pixels", "task.image_size",
                       "task.frame_stack", "task.action_repeat", "agent.algo", "agent.hidden",
@@ -250,19 +275,14 @@ class Trainer:
             have, want = getattr(getattr(saved, section), name), \
                 getattr(getattr(self.cfg, section), name)
             if have != want:
-                from .checkpoint import CheckpointError
-
                 raise CheckpointError(f"checkpoint {path}: {field} is {have!r}, "
                                       f"the run is configured with {want!r}")
-        check_matches(payload, path, obs_dim=self.spec.obs_dim, act_dim=self.spec.act_dim)
+        load_agent_state(self.agent, payload, path)
         try:
-            self.agent.load_full_state(payload["agent"])
             self.replay.load_state_dict(payload["replay"])
         except (RuntimeError, ValueError, KeyError) as err:
-            from .checkpoint import CheckpointError
-
-            raise CheckpointError(f"checkpoint {path}: does not fit the configured agent: "
-                                  f"{' '.join(str(err).split())}") from None
+            raise CheckpointError(f"checkpoint {path}: its replay buffer does not fit the "
+                                  f"configured one: {' '.join(str(err).split())}") from None
         self.env_steps = int(payload["counters"]["env_steps"])
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"].cpu())
@@ -285,7 +305,14 @@ class Trainer:
 
 
 def evaluate_episodes(agent, envs: list, mode: str, seeds: list[int]) -> tuple[float, float]:
-    """Mean return and length of one episode per env, the episodes side by side: one batched
+    """Mean return and length of one episode per env (`run_episodes`)."""
+    returns, lengths = run_episodes(agent, envs, mode, seeds)
+    return float(returns.mean()), float(lengths.mean())
+
+
+def run_episodes(agent, envs: list, mode: str,
+                 seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Return and length of one episode per env, the episodes side by side: one batched
     policy call per step rather than one per episode and step, since a small network's call
     costs about the same at batch 1 as at batch 10 (on a GPU, kernel launches set its time)."""
     obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(envs, seeds, strict=True)])
@@ -299,7 +326,7 @@ def evaluate_episodes(agent, envs: list, mode: str, seeds: list[int]) -> tuple[f
             returns[index] += float(reward)
             lengths[index] += 1
             running[index] = not (terminated or truncated)
-    return float(returns.mean()), float(lengths.mean())
+    return returns, lengths
 
 
 def _crossed(before: int, after: int, interval: int) -> bool:
@@ -307,7 +334,10 @@ def _crossed(before: int, after: int, interval: int) -> bool:
 
 
 def _progress_bar(tc, initial: int):
-    if not tc.progress:
+    """A tqdm bar on a terminal; None (progress lines instead) with trainer.progress false or
+    when stderr is not a terminal (ros2 launch, a log file): there a bar shows nothing until
+    the end and then one enormous line."""
+    if not tc.progress or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 

@@ -6,7 +6,10 @@
 #   sees the system site-packages and the "ros" group of constraints.txt is skipped.
 # - Writes .venv/.fpmd-stamp (hash of constraints.txt + Python version + mode) only after a fully
 #   successful install. A .venv without a matching stamp is removed and rebuilt from scratch.
-# - When the stamp matches, does nothing to the venv.
+# - When the stamp matches, does nothing to the venv but the next point.
+# - Every run links .venv/bin/fpmd-train to scripts/fpmd-train (scripts/install_fpmd_train.sh), so
+#   that `fpmd-train` is on PATH wherever the venv is activated (it is not a ROS node, so colcon
+#   does not install it).
 # - Every run (before the stamp check, cheaply: one `ldconfig -p`) checks the system libraries
 #   for offscreen rendering (EGL, OSMesa; camera topics and pixel tasks need them). If some are
 #   missing: as root with apt-get, installs RENDER_PACKAGES; otherwise prints the command to run
@@ -147,7 +150,8 @@ want_stamp="$( { cat "$CONSTRAINTS"; echo "python=$PY_DESC"; echo "mode=$MODE"; 
 
 if [[ -d "$VENV" ]]; then
     if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]] && "$VENV/bin/python" -c '' 2>/dev/null; then
-        exit 0   # up to date: nothing to do
+        bash "$ROOT/scripts/install_fpmd_train.sh" "$VENV"
+        exit 0   # up to date: nothing else to do
     fi
     if [[ ! -f "$STAMP" ]]; then
         log "found $VENV without $(basename "$STAMP"): a previous bootstrap was interrupted or failed;" \
@@ -213,4 +217,5 @@ log "checking imports"
     || die "the new environment cannot import its core packages (see above)"
 
 printf '%s\n' "$want_stamp" >"$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
+bash "$ROOT/scripts/install_fpmd_train.sh" "$VENV"
 log "environment ready in $((SECONDS - start)) s: $VENV"

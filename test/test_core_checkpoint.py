@@ -1,21 +1,24 @@
 """Checkpoints: save -> load gives the same deploy action; a resumed run equals an uninterrupted
-one bit for bit; corrupt, truncated, foreign, mismatched and malicious files are refused with an
-error that names the problem, and loading never runs pickled code."""
+one bit for bit; corrupt (down to one changed bit), truncated, foreign, mismatched and malicious
+files are refused with an error that names the problem, and loading never runs pickled code;
+temporary files of a killed writer are removed by the next write."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fpmd_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fpmd_core.checkpoint import DIGEST_KEY, CheckpointError, load_checkpoint, save_checkpoint
 from fpmd_core.config import make_config
 from fpmd_core.export import deploy_graph
-from fpmd_core.runtime import CheckpointPolicy, ObservationError, PolicyError
+from fpmd_core.runtime import CheckpointPolicy, ObservationError, PolicyError, load_policy
 from fpmd_core.trainer import Trainer
 
 TASK = 'InvertedPendulum-v5'
@@ -248,3 +251,144 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
         save_checkpoint({'counters': {'env_steps': 2}, 'bad': lambda: None}, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+# --- one changed bit -------------------------------------------------------------------------
+
+def flip_bit_inside(path: Path, tensor: torch.Tensor, out: Path) -> Path:
+    """A copy of `path` with one bit changed in the middle of `tensor`'s stored bytes."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().numpy().tobytes()
+    start = data.find(raw)
+    assert start >= 0 and data.find(raw, start + 1) < 0, 'tensor bytes not found once'
+    data[start + len(raw) // 2] ^= 0x08
+    out.write_bytes(data)
+    return out
+
+
+@pytest.mark.parametrize('tensor', ['policy weight', 'replay observations'])
+def test_one_flipped_bit_inside_a_tensor_is_refused_by_every_loader(uninterrupted, tmp_path,
+                                                                    tensor):
+    _, result = uninterrupted
+    payload = load_checkpoint(result.checkpoint)
+    value = (payload['agent']['modules']['ema_policy.net.0.weight'] if tensor == 'policy weight'
+             else payload['replay']['data']['obs'])
+    bad = flip_bit_inside(result.checkpoint, value, tmp_path / 'flipped.pt')
+    # torch alone reads it without complaint, with one value changed:
+    changed = torch.load(bad, weights_only=True)
+    differs = (changed['agent']['modules']['ema_policy.net.0.weight'] if tensor == 'policy weight'
+               else changed['replay']['data']['obs']) != value
+    assert int(differs.sum()) == 1
+    corrupt = rf'checkpoint {bad}: corrupt: its content does not match the sha256 digest'
+    with pytest.raises(CheckpointError, match=corrupt):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match=corrupt):
+        Trainer(tiny_config(tmp_path / 'resumed'), resume=bad)
+    with pytest.raises(CheckpointError, match=corrupt):
+        load_policy(bad)  # -> CheckpointPolicy, as the policy_controller loads a .pt
+
+
+def test_checkpoints_without_a_digest_are_version_1_only(uninterrupted, tmp_path):
+    _, result = uninterrupted
+    payload = load_checkpoint(result.checkpoint)
+    assert payload['version'] == 2 and len(payload[DIGEST_KEY]) == 64
+    del payload[DIGEST_KEY]
+    path = tmp_path / 'no_digest.pt'
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"missing entries \['sha256'\]"):
+        load_checkpoint(path)
+    # written before checkpoints carried a digest: still loaded, there is nothing to verify
+    torch.save(payload | {'version': 1}, path)
+    assert load_checkpoint(path)['counters']['env_steps'] == TOTAL
+    assert CheckpointPolicy(path).metadata['env_steps'] == TOTAL
+
+
+def test_checkpoints_are_readable_by_others(uninterrupted, tmp_path):
+    _, result = uninterrupted
+    assert result.checkpoint.stat().st_mode & 0o777 == 0o644
+    assert save_checkpoint({'counters': {}}, tmp_path / 'c.pt').stat().st_mode & 0o777 == 0o644
+
+
+# --- mismatches named by the loader ------------------------------------------------------------
+
+def resave(source: Path, out: Path, change) -> Path:
+    """`source` with `change(payload)` applied, saved as a valid checkpoint (a new digest)."""
+    payload = load_checkpoint(source)
+    del payload[DIGEST_KEY], payload['format'], payload['version']
+    change(payload)
+    return save_checkpoint(payload, out)
+
+
+def test_agent_state_of_another_algorithm_is_named(uninterrupted, tmp_path):
+    """An fpmd_r agent's tensors under a configuration that says sac: the error names both
+    algorithms on one line, for the policy loader (the controller's) and for resume."""
+    _, result = uninterrupted
+
+    def say_sac(payload):
+        payload['config']['agent']['algo'] = 'sac'
+    path = resave(result.checkpoint, tmp_path / 'sac.pt', say_sac)
+    message = (rf"checkpoint {path}: its agent state does not fit the configured agent \(a sac "
+               r"agent for observations of shape \[4\] and 1 actions\): the tensors are those "
+               r"of a fpmd_r agent; \d+ unexpected \(first ema_policy\.")
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_policy(path)
+    assert '\n' not in str(info.value)
+    with pytest.raises(CheckpointError, match=message):
+        Trainer(tiny_config(tmp_path / 'resumed', 'sac'), resume=path)
+
+
+def test_agent_state_of_another_observation_size_is_named(uninterrupted, tmp_path):
+    _, result = uninterrupted
+
+    def say_five(payload):
+        payload['task_spec'].update(obs_dim=5, obs_shape=(5,), obs_terms=(('observation', 5),))
+    path = resave(result.checkpoint, tmp_path / 'obs5.pt', say_five)
+    with pytest.raises(CheckpointError, match=(
+            r'a fpmd_r agent for observations of shape \[5\] and 1 actions\): '
+            r'critic\.online\.q1\.0\.weight has shape \[32, 5\] in the checkpoint, \[32, 6\] in '
+            r'the agent')):
+        load_policy(path)
+    # what a caller expects is compared before any tensor is loaded
+    with pytest.raises(PolicyError, match='obs_dim is 5 in the model, expected 4'):
+        load_policy(path, expected={'obs_dim': 4})
+    # resume compares with the run's own environment (4 observations)
+    with pytest.raises(CheckpointError, match=r'observation shape is \[5\], expected \[4\]'):
+        Trainer(tiny_config(tmp_path / 'resumed'), resume=path)
+
+
+# --- temporary files of a killed writer ---------------------------------------------------------
+
+def dead_pid() -> int:
+    """The id of a process that has exited (not reused within the test: ids grow)."""
+    child = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                           capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_the_next_save_removes_temp_files_of_a_killed_writer(tmp_path):
+    folder = tmp_path / 'checkpoints'
+    folder.mkdir()
+    stale = [folder / f'.step_100.pt.{dead_pid()}.k3x9_a2b.tmp',
+             folder / 'step_50.pt.a1b2c3d4.tmp',  # the name earlier versions used
+             ]
+    in_progress = folder / f'.step_100.pt.{os.getpid()}.zz9y8x7w.tmp'  # a live writer's
+    for path in [*stale, in_progress]:
+        path.write_bytes(b'\0' * 4096)
+    unrelated = folder / 'notes.tmp'
+    unrelated.write_text('not ours')
+    save_checkpoint({'counters': {'env_steps': 1}}, folder / 'step_200.pt')
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ['step_200.pt', in_progress.name, unrelated.name])
+
+
+def test_a_run_removes_temp_files_left_in_its_output_dir(tmp_path):
+    out = tmp_path / 'out'
+    (out / 'checkpoints').mkdir(parents=True)
+    pid = dead_pid()
+    left = [out / f'.policy.onnx.{pid}.abcd1234.tmp',
+            out / 'checkpoints' / f'.final.pt.{pid}.abcd1234.tmp']
+    for path in left:
+        path.write_bytes(b'\0' * 4096)
+    Trainer(tiny_config(out, 'sac', **{'trainer.total_steps': 60})).run()
+    assert not list(out.rglob('*.tmp'))
+    assert (out / 'policy.onnx').stat().st_mode & 0o777 == 0o644

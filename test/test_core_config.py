@@ -130,10 +130,24 @@ def test_wrong_types_are_refused_not_coerced(key, value, message):
     ('agent.batch_size', 2_000_000, r'agent.batch_size: expected <= trainer.replay_size'),
     # the running std of Q needs two samples: batch 1 made every FPMD actor loss NaN
     ('agent.batch_size', 1, 'agent.batch_size: expected an integer >= 2, got 1'),
+    ('trainer.progress_interval_s', -1, 'trainer.progress_interval_s: expected a number >= 0'),
 ])
 def test_out_of_range_values_are_refused(key, value, message):
     with pytest.raises(ConfigError, match=message):
         make_config(overrides={key: value})
+
+
+@pytest.mark.parametrize('total', [1_000, 2_000])
+def test_a_run_that_ends_within_the_warm_up_is_refused(total):
+    """It would train nothing and export an untrained policy (the cpu profile warms up 2000)."""
+    with pytest.raises(ConfigError, match=(
+            rf'^trainer.total_steps: expected more than trainer.warmup_steps \(2000\), got '
+            rf'{total}: a run that ends within the warm-up .* trains nothing and exports an '
+            'untrained policy$')):
+        make_config('cpu', overrides={'trainer.total_steps': total})
+    assert make_config('cpu', overrides={'trainer.total_steps': 2_001}).trainer.total_steps == 2_001
+    with pytest.raises(ConfigError, match='got 5000'):
+        make_config(overrides={'trainer.total_steps': 5_000})  # paper: 30000 warm-up steps
 
 
 @pytest.mark.parametrize('key', ['agent.gamma', 'agent.alpha_lr', 'agent.alpha_init',
@@ -257,6 +271,32 @@ def test_cli_returns_2_with_a_message_for_bad_configuration(argv, message, capsy
     err = capsys.readouterr().err
     assert err.startswith('fpmd-train: configuration error: ')
     assert message in err
+
+
+def test_cli_names_the_profile_it_runs_without_a_gpu(tmp_path):
+    """Without --profile the paper profile runs; on a CPU that takes days, which is said."""
+    def notice(argv, cuda):
+        args = cli.parse_args(argv)
+        cfg = make_config(args.profile, args.config, args.overrides)
+        return cli.profile_notice(args, cfg, cuda_available=cuda)
+
+    text = notice(['--set', 'agent.algo=fpmd_m'], cuda=False)
+    assert text == (
+        "fpmd-train: no --profile given, so the 'paper' profile runs on the CPU (no GPU found): "
+        'fpmd_m, 1000000 env steps, 3x256 networks, 32 particles; on a 2-core CPU paper-size '
+        'FPMD-R makes 0.6 updates/s, about 4 days for 1M env steps; --profile cpu is the budget '
+        'for a CPU')
+    assert notice(['--set', 'trainer.device=cpu'], cuda=True).startswith(
+        "fpmd-train: no --profile given, so the 'paper' profile runs on the CPU")
+    assert notice([], cuda=True) is None  # the paper's settings on a GPU: what they are for
+    assert notice(['--profile', 'paper'], cuda=False) is None  # chosen knowingly
+    assert notice(['--profile', 'cpu'], cuda=False) is None
+    chosen = tmp_path / 'run.yaml'
+    chosen.write_text('profile: cpu\n')
+    assert notice(['--config', str(chosen)], cuda=False) is None
+    unchosen = tmp_path / 'fields.yaml'
+    unchosen.write_text('agent: {hidden: 64}\n')
+    assert '3x64 networks' in notice(['--config', str(unchosen)], cuda=False)
 
 
 def test_cli_rejects_unknown_profile_through_argparse(capsys):

@@ -133,6 +133,8 @@ def test_export_leaves_only_the_model(spec, tmp_path):
     cfg, agent = build('fpmd_r', spec)
     export_onnx(agent, spec, cfg, tmp_path / 'a' / 'policy.onnx')
     assert [p.name for p in (tmp_path / 'a').iterdir()] == ['policy.onnx']
+    # readable by others (a deploy user, a container): not the 0600 of a temporary file
+    assert (tmp_path / 'a' / 'policy.onnx').stat().st_mode & 0o777 == 0o644
 
 
 # --- OnnxPolicy input validation -----------------------------------------------------------

@@ -1,6 +1,7 @@
-"""A short training run writes every output with stable names: eval.csv, train.csv, TensorBoard
-scalars, learning_curve.png, checkpoints/final.pt and policy.onnx; env steps and updates are
-counted as configured (num_envs, updates_per_step, warm-up); `fpmd-train` runs end to end."""
+"""A short training run writes every output with stable names: config.yaml, eval.csv, train.csv,
+TensorBoard scalars, learning_curve.png, checkpoints/final.pt and policy.onnx; env steps and
+updates are counted as configured (num_envs, updates_per_step, warm-up); progress goes to the log
+as lines where no terminal shows a bar; `fpmd-train` runs end to end."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import torch
 from fpmd_core import cli
 from fpmd_core.agents import make_agent
 from fpmd_core.checkpoint import load_checkpoint
-from fpmd_core.config import make_config
-from fpmd_core.logger import EVAL_FIELDS, TRAIN_FIELDS
+from fpmd_core.config import RESOLVED_CONFIG_NAME, make_config
+from fpmd_core.logger import EVAL_FIELDS, TRAIN_FIELDS, ProgressLine, format_duration
 from fpmd_core.runtime import OnnxPolicy
 from fpmd_core.tasks import make_env, task_spec
 from fpmd_core.trainer import Trainer, evaluate_episodes
@@ -24,7 +25,7 @@ from fpmd_core.trainer import Trainer, evaluate_episodes
 TINY = {
     'task.id': 'InvertedPendulum-v5', 'agent.hidden': 32, 'agent.layers': 2,
     'agent.batch_size': 32, 'agent.particles': 4, 'agent.flow_steps': 2,
-    'agent.alpha_interval': 20, 'trainer.replay_size': 1000, 'trainer.eval_episodes': 1,
+    'agent.alpha_interval': 20, 'trainer.replay_size': 1000, 'trainer.eval_episodes': 2,
     'trainer.progress': False, 'trainer.torch_threads': 1,
 }
 
@@ -70,26 +71,46 @@ def test_run_result_and_files(short_run):
     assert short_run.policy == out / 'policy.onnx'
     assert short_run.curve == out / 'learning_curve.png'
     assert sorted(p.name for p in out.iterdir()) == [
-        'checkpoints', 'eval.csv', 'learning_curve.png', 'policy.onnx', 'tensorboard',
-        'train.csv']
+        'checkpoints', 'config.yaml', 'eval.csv', 'learning_curve.png', 'policy.onnx',
+        'tensorboard', 'train.csv']
     assert [p.name for p in (out / 'checkpoints').iterdir()] == ['final.pt']
-    assert math.isfinite(short_run.final_return_deploy) and short_run.final_return_deploy > 0
-    assert math.isfinite(short_run.final_return_best_of_n)
+    # The result reports the last evaluation, of both modes.
+    last = read_csv(out / 'eval.csv')[1][-1]
+    assert short_run.final_return_deploy == float(last['return_deploy'])
+    assert short_run.final_return_best_of_n == float(last['return_best_of_n'])
+
+
+def test_the_resolved_configuration_is_written(short_run):
+    path = short_run.output_dir / RESOLVED_CONFIG_NAME
+    again = make_config(file=path)
+    assert again.trainer.output_dir == str(short_run.output_dir)
+    assert (again.trainer.total_steps, again.agent.hidden, again.trainer.eval_episodes) == (
+        300, 32, 2)
+    assert again.agent.flow_steps == 2 and again.trainer.warmup_steps == 100
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_eval_csv_has_stable_columns_and_both_modes(short_run):
     fields, rows = read_csv(short_run.output_dir / 'eval.csv')
     assert fields == list(EVAL_FIELDS) == [
         'env_steps', 'updates', 'wall_time_s', 'return_deploy', 'return_best_of_n',
-        'length_deploy', 'length_best_of_n']
+        'length_deploy', 'length_best_of_n', 'return_deploy_std', 'return_deploy_min',
+        'return_deploy_max', 'return_best_of_n_std', 'return_best_of_n_min',
+        'return_best_of_n_max']
     assert [int(r['env_steps']) for r in rows] == [150, 300]
     assert [int(r['updates']) for r in rows] == [51, 201]
     for row in rows:
-        assert float(row['return_deploy']) > 0 and float(row['return_best_of_n']) > 0
-        # InvertedPendulum-v5 pays 1 per step except a terminating one
-        length = float(row['length_deploy'])
-        assert length - 1 <= float(row['return_deploy']) <= length
-    assert float(rows[-1]['return_deploy']) == short_run.final_return_deploy
+        for mode in ('deploy', 'best_of_n'):
+            mean, length = float(row[f'return_{mode}']), float(row[f'length_{mode}'])
+            low, high = float(row[f'return_{mode}_min']), float(row[f'return_{mode}_max'])
+            # InvertedPendulum-v5 pays 1 per step but the terminating one, and every episode
+            # here ends by falling (early training, far below the 1000-step limit): the mean
+            # return is the mean length minus one.
+            assert length < 1000 and mean == pytest.approx(length - 1), (mode, row)
+            # Two episodes: the mean lies between them, the std (ddof 0) is half their distance
+            assert low <= mean <= high, (mode, row)
+            assert mean == pytest.approx((low + high) / 2)
+            assert float(row[f'return_{mode}_std']) == pytest.approx((high - low) / 2)
 
 
 def test_train_csv_has_stable_columns_and_update_metrics(short_run):
@@ -142,18 +163,65 @@ def test_final_checkpoint_and_policy_agree(short_run):
                                rtol=0, atol=1e-5)
 
 
-def test_num_envs_and_updates_per_step_are_counted_explicitly(tmp_path):
+def test_num_envs_and_updates_per_step_are_counted_explicitly(tmp_path, capsys):
     """2 envs, 2 updates per vector step, warm-up 40 env steps: vector steps ending at env steps
-    40, 42, ..., 100 (31 of them) update twice."""
+    40, 42, ..., 100 (31 of them) update twice. The progress bar is asked for, but stderr is
+    not a terminal here: progress comes as log lines (every vector step with interval 0)."""
     result = run(tmp_path, **{'task.num_envs': 2, 'trainer.updates_per_step': 2,
                               'trainer.total_steps': 100, 'trainer.warmup_steps': 40,
                               'trainer.eval_interval': 0, 'trainer.log_interval': 1000,
-                              'trainer.checkpoint_interval': 0, 'trainer.eval_best_of_n': False})
+                              'trainer.checkpoint_interval': 0, 'trainer.eval_best_of_n': False,
+                              'trainer.progress': True, 'trainer.progress_interval_s': 0})
     assert result.env_steps == 100
     assert result.updates == 62
     assert result.final_return_best_of_n is None  # best-of-N evaluation switched off
     fields, rows = read_csv(tmp_path / 'eval.csv')
     assert len(rows) == 1 and rows[0]['return_best_of_n'] == ''
+    for name in ('return_best_of_n_std', 'return_best_of_n_min', 'return_best_of_n_max'):
+        assert rows[0][name] == ''
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if line.startswith('progress: ')]
+    assert progress[0].startswith('progress: 2/100 env steps (2.0%), ')
+    assert 'no evaluation yet' in progress[0] and ' ETA ' in progress[0]
+    assert progress[-2].startswith('progress: 100/100 env steps (100.0%), ')
+    assert progress[-1].startswith('progress: done, 100/100 env steps, ')
+    assert (f"last eval return {result.final_return_deploy:.1f} (deploy, at 100 env steps)"
+            in progress[-1])
+    assert len(progress) == 51  # one per vector step, and the final one
+    assert not any('\r' in line or 'it/s' in line for line in lines)  # no tqdm bar
+
+
+def test_progress_line_reports_rate_last_evaluation_and_eta():
+    now = [100.0]
+    written = []
+
+    class Stream:
+        def write(self, text):
+            written.append(text)
+
+        def flush(self):
+            pass
+
+    line = ProgressLine(10_000, 2_000, 30.0, clock=lambda: now[0], stream=Stream())
+    line.update(2_500, {})
+    assert written == []  # not before interval_s
+    now[0] = 140.0
+    line.update(4_000, {'env_steps': 3_000, 'return_deploy': 123.456})
+    assert ''.join(written) == (
+        'progress: 4000/10000 env steps (40.0%), 50.0 steps/s, last eval return 123.5 (deploy, '
+        'at 3000 env steps), ETA 2 min 00 s\n')
+    written.clear()
+    now[0] = 170.0  # the rate is that since the previous line: 3000 steps in 30 s
+    line.update(7_000, {'env_steps': 3_000, 'return_deploy': 123.456})
+    text = ''.join(written)
+    assert ', 100.0 steps/s, ' in text and text.endswith('ETA 30 s\n')
+    written.clear()
+    now[0] = 200.0
+    line.close(10_000, {'env_steps': 10_000, 'return_deploy': 900.0})
+    assert ''.join(written) == ('progress: done, 10000/10000 env steps, 80.0 steps/s, last eval '
+                                'return 900.0 (deploy, at 10000 env steps), took 1 min 40 s\n')
+    assert [format_duration(s) for s in (42, 315, 3 * 3600 + 420, 52 * 3600)] == [
+        '42 s', '5 min 15 s', '3 h 07 min', '2 d 04 h']
 
 
 def test_fpmd_train_command_line_end_to_end(tmp_path, capsys):
@@ -176,6 +244,20 @@ def test_fpmd_train_command_line_end_to_end(tmp_path, capsys):
                     str(tmp_path / 'checkpoints' / 'final.pt')]
     assert cli.main(argv2) == 0
     assert load_checkpoint(tmp_path / 'checkpoints' / 'final.pt')['counters']['env_steps'] == 100
+    assert 'no --profile given' not in capsys.readouterr().err
+    # A checkpoint that does not fit is one line naming the file and the mismatch, no traceback.
+    assert cli.main(argv2 + ['--set', 'agent.algo=fpmd_m']) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fpmd-train: cannot resume: checkpoint {tmp_path / 'checkpoints' / 'final.pt'}"
+                   ": agent.algo is 'sac', the run is configured with 'fpmd_m'\n")
+    corrupt = tmp_path / 'corrupt.pt'
+    data = bytearray((tmp_path / 'checkpoints' / 'final.pt').read_bytes())
+    data[len(data) // 2] ^= 0x01
+    corrupt.write_bytes(data)
+    assert cli.main(argv + ['--resume', str(corrupt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'fpmd-train: cannot resume: checkpoint {corrupt}: ')
+    assert err.count('\n') == 1 and 'corrupt' in err
 
 
 def test_a_run_into_an_existing_output_dir_rewrites_its_logs_from_its_start(tmp_path):

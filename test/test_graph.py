@@ -191,7 +191,7 @@ def test_train_sim_launch_defaults(fake_launch):
 
 def test_train_sim_launch_arguments_override_the_config(fake_launch, tmp_path):
     specs = _train_sim_actions(
-        fake_launch, task='Hopper-v5', algo='sac', num_envs='3', total_steps='500', seed='7',
+        fake_launch, task='Hopper-v5', algo='sac', num_envs='3', total_steps='50000', seed='7',
         output_dir=str(tmp_path / 'out'), remote_envs='lab/env_9, env_10',
         step_timeout_s='2.5', connect_timeout_s='30', max_recoveries='0')
     sims, trainer = specs[:-1], specs[-1]
@@ -204,7 +204,7 @@ def test_train_sim_launch_arguments_override_the_config(fake_launch, tmp_path):
     assert params['env_namespaces'] == ['env_0', 'env_1', 'env_2', 'lab/env_9', 'env_10']
     assert params['num_envs'] == 5
     assert (params['task'], params['algo'], params['total_steps'], params['seed']) == (
-        'Hopper-v5', 'sac', 500, 7)
+        'Hopper-v5', 'sac', 50000, 7)
     assert params['output_dir'] == str(tmp_path / 'out')
     assert params['step_timeout_s'] == 2.5
     assert params['connect_timeout_s'] == 30.0 and isinstance(params['connect_timeout_s'], float)

@@ -122,7 +122,7 @@ def test_killed_sim_is_named_and_the_trainer_exits(tmp_path, listener):
     diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
     out = tmp_path / 'out'
     # Warm-up only (random actions): fast steps, and far more of them than the test needs.
-    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**6, 10**6)}',
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**7, 10**6)}',
                         f'output_dir:={out}', 'step_timeout_s:=2.0', 'max_recoveries:=0')
     try:
         killed_at = _kill_sim_mid_run(run, listener, diagnostics)
@@ -144,7 +144,7 @@ def test_killed_sim_is_named_and_the_trainer_exits(tmp_path, listener):
 def test_killed_sim_is_respawned_and_training_recovers(tmp_path, listener):
     diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
     out = tmp_path / 'out'
-    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 4000, 4000)}',
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 4000, 3998)}',
                         f'output_dir:={out}', 'step_timeout_s:=3.0', 'max_recoveries:=3')
     try:
         _kill_sim_mid_run(run, listener, diagnostics)
@@ -167,7 +167,7 @@ def test_killed_sim_is_respawned_and_training_recovers(tmp_path, listener):
 def test_ctrl_c_stops_training_with_a_checkpoint(tmp_path, listener):
     diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
     out = tmp_path / 'out'
-    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**6, 10**6)}',
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**7, 10**6)}',
                         f'output_dir:={out}')
     try:
         # Stop waiting as soon as the runner exits: a failed start is reported at once.
