@@ -343,26 +343,14 @@ RESOLVED_CONFIG_NAME = "config.yaml"
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write every field of `cfg` as YAML (atomically); `make_config(file=path)` reads it back
     to an equal Config, whatever profile produced it."""
-    import os
-    import tempfile
-
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from fpmd_core.files import write_atomically
+
     text = ("# The resolved configuration of this run: every field, after profile, file and\n"
             "# overrides. Train again with: fpmd-train --config <this file>\n"
             + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda handle: handle.write(text.encode()))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
