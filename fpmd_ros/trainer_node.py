@@ -5,13 +5,11 @@ trainer itself (collection, updates, in-process evaluation, checkpoints, ONNX ex
 metadata, TensorBoard, CSV, learning-curve PNG, progress bar) is fpmd_core's, unchanged.
 
 Parameters (declared with descriptors, read-only; set at start with ``-p name:=value``)
-    ``config`` (str)              training config file; empty: the package's train_sim.yaml.
-    ``task``, ``algo`` (str)      override the config's task.id / agent.algo; empty: keep.
-    ``num_envs`` (int >= 0)       number of sims; 0: len(env_namespaces), else the config's.
-    ``env_namespaces`` (string[]) the sims' namespaces; unset/empty: env_0 ... env_{N-1}.
-    ``total_steps`` (int >= 0), ``seed`` (int >= -1), ``checkpoint_interval``,
-    ``eval_interval`` (int >= -1), ``output_dir`` (str): override the config's trainer.* field;
-        0 (total_steps), -1 (the others) or empty (output_dir) keep the config's value.
+    ``config`` (str)              the training config file, used as it is (no overrides here):
+        the train_sim graph (launch file, runner) resolves the run once and passes its
+        ``<output_dir>/config.yaml``; empty: the package's train_sim.yaml.
+    ``env_namespaces`` (string[]) the sims' namespaces, as many as the config's task.num_envs;
+        unset/empty: env_0 ... env_{N-1}.
     ``step_timeout_s`` (double)   wall-clock limit for one step/reset of all sims.
     ``connect_timeout_s`` (double) wall-clock limit for finding the sims (start, reconnect).
     ``max_recoveries`` (int >= 0) reconnect-and-reset attempts after a sim failure.
@@ -30,11 +28,13 @@ Failures
     then reconnects to the sims (local ones are respawned by the launch/runner), resets them
     and continues, at most ``max_recoveries`` times; after that it exits with code 3. Every
     wait is bounded by ``step_timeout_s`` / ``connect_timeout_s``: it never hangs.
-    SIGINT/SIGTERM: stop at the next vector step, write interrupted.pt, exit 130; a second
-    signal stops at once.
+    SIGINT/SIGTERM: a stop on request, not a failure: stop at the next vector step, write
+    interrupted.pt, log (INFO) what was written and how to resume, exit 0; a second signal
+    stops at once (still writing the checkpoint).
 
-Exit codes: 0 trained; 1 unexpected error; 2 invalid parameters or config; 3 sims failed;
-4 training diverged (NaN/Inf loss); 130 stopped by a signal.
+Exit codes: 0 trained, or stopped on request with its checkpoint written; 1 unexpected error;
+2 invalid parameters or config; 3 sims failed; 4 training diverged (NaN/Inf loss); 130 stopped
+by a signal but the checkpoint could not be written.
 """
 
 from __future__ import annotations
@@ -57,10 +57,18 @@ from rclpy.signals import SignalHandlerOptions
 
 from fpmd_core.config import ConfigError, make_config
 from fpmd_ros import messages, params
-from fpmd_ros.graph import SEED_STRIDE, SIM_NODE_NAME, default_config_path
+from fpmd_ros.graph import SEED_STRIDE, default_config_path
+from fpmd_ros.interface import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_PARAMETERS,
+    EXIT_OK,
+    SIM_NODE_NAME,
+    TRAINER_NODE_NAME,
+)
 
-NODE_NAME = 'trainer'
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SIMS, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+NODE_NAME = TRAINER_NODE_NAME
+EXIT_SIMS, EXIT_DIVERGED = 3, 4
 DIAGNOSTICS_PERIOD_S = 1.0
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 DIAGNOSTICS_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
@@ -84,36 +92,15 @@ def _descriptor(description: str, type_: int, **ranges) -> ParameterDescriptor:
 
 _STR, _INT, _DOUBLE = (ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER,
                        ParameterType.PARAMETER_DOUBLE)
-_BIG = 2**62
 # name -> (default, descriptor); env_namespaces is declared typed (string[]) without a default.
 PARAMETERS = {
     'config': ('', _descriptor(
-        'Training config file (YAML); empty: the package\'s config/train_sim.yaml.', _STR)),
-    'algo': ('', _descriptor(
-        'fpmd_r | fpmd_m | dpmd | sac; empty: the config file\'s agent.algo.', _STR)),
-    'task': ('', _descriptor(
-        'Task id the sims run; empty: the config file\'s task.id.', _STR)),
-    'num_envs': (0, _descriptor(
-        'Number of sims; 0: the length of env_namespaces, else the config\'s task.num_envs.',
-        _INT, int_range=(0, 100_000))),
+        'Training config file (YAML), used as it is; the train_sim graph passes the run\'s '
+        'resolved <output_dir>/config.yaml; empty: the package\'s config/train_sim.yaml.', _STR)),
     'env_namespaces': (Parameter.Type.STRING_ARRAY, _descriptor(
-        'Namespaces of the lockstep mujoco_sim nodes (any host in the ROS domain); '
-        'unset or empty: env_0 ... env_{num_envs-1}.', ParameterType.PARAMETER_STRING_ARRAY)),
-    'total_steps': (0, _descriptor(
-        'Environment steps to train for; 0: the config\'s trainer.total_steps.', _INT,
-        int_range=(0, _BIG))),
-    'seed': (-1, _descriptor(
-        'Training seed (sim i is reset with seed + i * 1000000); -1: the config\'s '
-        'trainer.seed.', _INT, int_range=(-1, 2**31 - 1))),
-    'output_dir': ('', _descriptor(
-        'Folder for checkpoints, policy.onnx, logs and the curve; empty: the config\'s '
-        'trainer.output_dir.', _STR)),
-    'checkpoint_interval': (-1, _descriptor(
-        'Env steps between checkpoints (0: only at the end); -1: the config\'s value.', _INT,
-        int_range=(-1, _BIG))),
-    'eval_interval': (-1, _descriptor(
-        'Env steps between evaluations (0: only at the end); -1: the config\'s value.', _INT,
-        int_range=(-1, _BIG))),
+        'Namespaces of the lockstep mujoco_sim nodes (any host in the ROS domain), as many as '
+        'the config\'s task.num_envs; unset or empty: env_0 ... env_{num_envs-1}.',
+        ParameterType.PARAMETER_STRING_ARRAY)),
     'step_timeout_s': (10.0, _descriptor(
         'Seconds to wait for all sims to answer one step or reset.', _DOUBLE,
         float_range=(0.001, 86400.0))),
@@ -220,32 +207,25 @@ def _format(value) -> str:
 
 
 def resolve_config(values: dict):
-    """The fpmd_core config (file + parameter overrides) and the sims' namespaces."""
+    """The fpmd_core config (the ``config`` file as it is) and the sims' namespaces."""
     config = values['config'] or default_config_path()
-    overrides = {}
-    for name, field, unset in [('task', 'task.id', ''), ('algo', 'agent.algo', ''),
-                               ('total_steps', 'trainer.total_steps', 0),
-                               ('seed', 'trainer.seed', -1),
-                               ('output_dir', 'trainer.output_dir', ''),
-                               ('checkpoint_interval', 'trainer.checkpoint_interval', -1),
-                               ('eval_interval', 'trainer.eval_interval', -1)]:
-        if values[name] != unset:
-            overrides[field] = values[name]
+    if not Path(config).is_file():
+        raise TrainerParameterError(f"parameter 'config': file not found: {config}; expected a "
+                                    'training config (YAML), e.g. a run\'s config.yaml')
+    try:
+        cfg = make_config(file=config)
+    except ConfigError as error:
+        raise TrainerParameterError(f"parameter 'config': {config}: {error}") from None
     namespaces = [str(ns).strip('/') for ns in (values['env_namespaces'] or []) if str(ns)]
-    num_envs = int(values['num_envs'])
-    if namespaces and num_envs and num_envs != len(namespaces):
-        raise TrainerParameterError(
-            f"parameter 'num_envs' is {num_envs} but env_namespaces lists {len(namespaces)} "
-            f"sims ({', '.join(namespaces)}); expected equal counts (or num_envs 0)")
     if len(set(namespaces)) != len(namespaces):
         raise TrainerParameterError(f"parameter 'env_namespaces' lists a namespace twice: "
                                     f"{namespaces}")
-    if namespaces or num_envs:
-        overrides['task.num_envs'] = len(namespaces) or num_envs
-    try:
-        cfg = make_config(file=config, overrides=overrides)
-    except ConfigError as error:
-        raise TrainerParameterError(f'config {config}: {error}') from None
+    if namespaces and len(namespaces) != cfg.task.num_envs:
+        raise TrainerParameterError(
+            f"parameter 'env_namespaces' lists {len(namespaces)} sims ({', '.join(namespaces)}) "
+            f'but the config {config} has task.num_envs {cfg.task.num_envs}; expected equal '
+            'counts (the train_sim graph writes both: ros2 launch fpmd_ros train_sim.launch.py '
+            'num_envs:=0 remote_envs:=<namespaces>)')
     if not namespaces:
         namespaces = [f'env_{i}' for i in range(cfg.task.num_envs)]
     return cfg, namespaces
@@ -266,8 +246,8 @@ class _Signals:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self._log.warning(f'{signal.Signals(signum).name}: stopping at the next step (writes '
-                          f'{INTERRUPTED_CHECKPOINT}); send it again to stop at once')
+        self._log.info(f'{signal.Signals(signum).name}: stopping at the next step (writes '
+                       f'{INTERRUPTED_CHECKPOINT}); send it again to stop at once')
 
 
 class TrainingSession:
@@ -318,18 +298,21 @@ class TrainingSession:
         if self.signals.requested:
             raise StopRequested
 
-    def _save_interrupted(self) -> None:
+    def _save_interrupted(self, log=None) -> bool:
+        """Writes interrupted.pt if anything was trained since the last save; False if that
+        failed."""
         trainer = self.trainer
         if trainer is None or trainer.obs is None:
-            return  # nothing new since the last save (or nothing trained yet)
+            return True  # nothing new since the last save (or nothing trained yet)
         path = Path(trainer.output_dir) / INTERRUPTED_CHECKPOINT
         try:
             self.interrupted_checkpoint = trainer.save(path)
         except Exception as error:  # never let a failed save hide the original error
             self.log.error(f'could not write {path}: {error!r}')
-            return
-        self.log.warning(f'checkpoint written at env step {trainer.env_steps}: {path} '
-                         f'(continue from it with resume:={path})')
+            return False
+        (log or self.log.warning)(f'checkpoint written at env step {trainer.env_steps}: {path} '
+                                  f'(continue from it with resume:={path})')
+        return True
 
     def _close(self, envs) -> None:
         try:
@@ -347,10 +330,25 @@ class TrainingSession:
             trainer.envs = None
 
     def _stopped(self) -> int:
-        self._save_interrupted()
-        self.node.set_state('stopped', 'stopped by a signal', WARN)
-        self.log.warning('training stopped by a signal')
-        return EXIT_INTERRUPTED
+        """A stop on request: exit 0 once the checkpoint is written (nothing failed)."""
+        if not self._save_interrupted(log=self.log.info):
+            message = 'stopped by a signal; the checkpoint could not be written (see above)'
+            self.node.set_state('stopped', message, ERROR)
+            self.log.error(message)
+            return EXIT_INTERRUPTED
+        trainer = self.trainer
+        checkpoint = self.interrupted_checkpoint or (
+            trainer.last_checkpoint if trainer is not None else None) or self.node.resume
+        if checkpoint:
+            message = (f'stopped on request at env step {trainer.env_steps if trainer else 0} '
+                       f'of {self.node.cfg.trainer.total_steps}; checkpoint: {checkpoint}. '
+                       f'Continue with the same arguments and resume:={checkpoint} (ros2 launch '
+                       'fpmd_ros train_sim.launch.py ... or ./fpmd train ...)')
+        else:
+            message = 'stopped on request before training began; nothing to save'
+        self.node.set_state('stopped', message)
+        self.log.info(message)
+        return EXIT_OK
 
     def run(self) -> int:
         from fpmd_core.trainer import Trainer, TrainingDiverged
@@ -375,7 +373,7 @@ class TrainingSession:
                 self._close(envs)
                 node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'cannot start training: {error}')
-                return EXIT_CONFIG
+                return EXIT_INVALID_PARAMETERS
             node.trainer = self.trainer
             return self._train(SimError, TrainingDiverged)
         except (StopRequested, KeyboardInterrupt):
@@ -427,9 +425,8 @@ class TrainingSession:
             f'learning curve: {result.curve}',
             f'outputs (TensorBoard, CSV): {result.output_dir}',
         ]
-        for line in lines:
+        for line in lines:  # logged only: under ros2 launch a print would show it twice
             self.log.info(line)
-        print('\n'.join(lines), flush=True)
         node.set_state('finished', lines[0])
         return EXIT_OK
 
@@ -447,7 +444,7 @@ def main(args=None) -> int:
             node = TrainerNode()
         except TrainerParameterError as error:
             logger.fatal(str(error))
-            return EXIT_CONFIG
+            return EXIT_INVALID_PARAMETERS
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         thread = threading.Thread(target=_spin, args=(executor,), name='trainer diagnostics',
