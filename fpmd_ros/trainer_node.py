@@ -19,8 +19,12 @@ Topics
     pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray), about 1 Hz in every phase
         (connecting, training, evaluating, recovering, finished/failed): env steps, updates,
         env steps/s, the last evaluation's returns, the sims, recoveries, the output folder.
-    The sims' topics are used by RosVectorEnv on its own rclpy context; this node's context
-    only carries /diagnostics and the parameter services, spun on a background thread.
+    The sims' topics and services belong to this node too (``ros2 node info /trainer``): pub
+    ``<ns>/commands``, sub ``<ns>/transition`` (and ``<ns>/camera/image_raw`` for pixel tasks),
+    clients of ``<ns>/mujoco_sim/reset``, ``get_parameters`` and ``set_parameters``, created by
+    RosVectorEnv on it. The node is spun on a background thread. After a sim failure the node
+    is replaced by a new one (same name and parameters) on a fresh DDS participant, which
+    knows only the sims alive then.
 
 Failures
     A sim that stops answering raises SimTimeoutError (a misbehaving one SimError): the trainer
@@ -115,37 +119,52 @@ PARAMETERS = {
 }
 
 
-class TrainerNode(Node):
-    """Parameters, the resolved training config and the /diagnostics publisher."""
+# What a new incarnation of the node (one per connection to the sims) takes over from the last.
+_CARRIED_OVER = ('cfg', 'namespaces', 'step_timeout_s', 'connect_timeout_s', 'max_recoveries',
+                 'resume', 'env_steps_per_s', 'trainer', 'state', 'level', 'message',
+                 'recoveries', '_last_rate')
 
-    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+
+class TrainerNode(Node):
+    """Parameters, the resolved training config and the /diagnostics publisher; the sims'
+    topics and services are added to it by RosVectorEnv while connected.
+
+    ``previous``: the node of the last connection, whose run and state this one continues (its
+    parameters come from the same --ros-args)."""
+
+    def __init__(self, node_name: str = NODE_NAME, *, previous: TrainerNode | None = None,
+                 **kwargs):
         super().__init__(node_name, **kwargs)
         try:
-            self._setup()
+            self._setup(previous)
         except BaseException:
             self.destroy_node()
             raise
 
-    def _setup(self) -> None:
+    def _setup(self, previous: TrainerNode | None) -> None:
         self.values = values = params.declare_all(self, PARAMETERS, TrainerParameterError)
-        self.cfg, self.namespaces = resolve_config(values)
-        self.step_timeout_s = float(values['step_timeout_s'])
-        self.connect_timeout_s = float(values['connect_timeout_s'])
-        self.max_recoveries = int(values['max_recoveries'])
-        self.resume = values['resume'] or None
-        if self.resume is not None and not Path(self.resume).is_file():
-            raise TrainerParameterError(f"parameter 'resume': file not found: {self.resume}")
-
-        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics',
-                                                  DIAGNOSTICS_QOS)
         self._lock = threading.Lock()
         self._hostname = socket.gethostname()
         self._last_publish = 0.0
-        self._last_rate = (time.monotonic(), 0)
-        self.env_steps_per_s = 0.0
-        self.trainer = None
-        self.state, self.level, self.message = 'starting', OK, 'starting'
-        self.recoveries = 0
+        if previous is not None:
+            for name in _CARRIED_OVER:
+                setattr(self, name, getattr(previous, name))
+        else:
+            self.cfg, self.namespaces = resolve_config(values)
+            self.step_timeout_s = float(values['step_timeout_s'])
+            self.connect_timeout_s = float(values['connect_timeout_s'])
+            self.max_recoveries = int(values['max_recoveries'])
+            self.resume = values['resume'] or None
+            if self.resume is not None and not Path(self.resume).is_file():
+                raise TrainerParameterError(f"parameter 'resume': file not found: "
+                                            f'{self.resume}')
+            self._last_rate = (time.monotonic(), 0)
+            self.env_steps_per_s = 0.0
+            self.trainer = None
+            self.state, self.level, self.message = 'starting', OK, 'starting'
+            self.recoveries = 0
+        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics',
+                                                  DIAGNOSTICS_QOS)
         self.create_timer(DIAGNOSTICS_PERIOD_S / 2, self._on_timer)
 
     # --- /diagnostics --------------------------------------------------------------------------
@@ -250,48 +269,90 @@ class _Signals:
                        f'{INTERRUPTED_CHECKPOINT}); send it again to stop at once')
 
 
-class TrainingSession:
-    """Connect, train, recover from sim failures, report. ``run()`` returns the exit code."""
+class _Spinner:
+    """Spins one node on a background thread: its parameter services, /diagnostics timer and,
+    while connected, the sims' topics and service replies (RosVectorEnv waits for them)."""
 
-    def __init__(self, node: TrainerNode, signals: _Signals):
+    def __init__(self, node: Node):
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=_spin, args=(self.executor,),
+                                       name='trainer executor', daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
+
+
+class TrainingSession:
+    """Connect, train, recover from sim failures, report. ``run()`` returns the exit code.
+
+    The sims' topics and services belong to the ``trainer`` node itself (``ros2 node info
+    /trainer`` lists them). A reconnect replaces the node by a new one of the same name and
+    parameters on a fresh context: a fresh DDS participant knows only the sims alive now, where
+    the old one could still match a dead sim's endpoints and send it the first requests."""
+
+    def __init__(self, node: TrainerNode, signals: _Signals, ros_args: list[str] | None = None):
         self.node = node
         self.signals = signals
         self.log = node.get_logger()
         self.trainer = None
         self.interrupted_checkpoint: Path | None = None
-        self._env_contexts: dict = {}
+        self._ros_args = ros_args
+        self._own_context = None  # the context of a replacement node (the first is main's)
+        self._spinner: _Spinner | None = None
+        self._connections = 0
 
-    def _connect(self):
-        """A RosVectorEnv on a fresh context (a fresh DDS participant on every reconnect).
+    def start(self) -> None:
+        self._spinner = _Spinner(self.node)
 
-        The context is initialised with ``args=[]``: this process's ``--ros-args`` (``__node``
-        remap, ``-p`` overrides) are the trainer node's, and must not rename the env's node.
-        """
+    def close(self) -> None:
+        if self._spinner is not None:
+            self._spinner.stop()
+            self._spinner = None
+        if self.node is not None:
+            self.node.destroy_node()
+            self.node = None
+        if self._own_context is not None:
+            rclpy.try_shutdown(context=self._own_context)
+            self._own_context = None
+
+    def _replace_node(self) -> None:
         from rclpy.context import Context
 
-        from fpmd_core.tasks import pixel_options
-        from fpmd_ros.ros_env import RosVectorEnv
-
-        node, cfg = self.node, self.node.cfg
-        if not node.recoveries:  # while recovering, the state stays 'recovering' (WARN)
-            node.set_state('connecting', f'waiting for sims {", ".join(node.namespaces)}')
+        previous = self.node
+        self.close()  # first: two /trainer nodes must never coexist
         context = Context()
-        rclpy.init(args=[], context=context)
+        rclpy.init(args=self._ros_args, context=context,
+                   signal_handler_options=SignalHandlerOptions.NO)
         try:
-            envs = RosVectorEnv(cfg.task.id, namespaces=node.namespaces,
-                                sim_node_name=SIM_NODE_NAME,
-                                max_episode_steps=cfg.task.max_episode_steps,
-                                action_repeat=cfg.task.action_repeat,
-                                pixels=pixel_options(cfg.task),
-                                step_timeout_s=node.step_timeout_s,
-                                connect_timeout_s=node.connect_timeout_s,
-                                seed_stride=SEED_STRIDE, context=context,
-                                node_name=f'{node.get_name()}_envs')
+            self.node = TrainerNode(context=context, previous=previous)
         except BaseException:
             rclpy.try_shutdown(context=context)
             raise
-        self._env_contexts[id(envs)] = context
-        return envs
+        self._own_context = context
+        self.start()
+
+    def _connect(self):
+        """A RosVectorEnv on the trainer node (a new one on every reconnect)."""
+        from fpmd_core.tasks import pixel_options
+        from fpmd_ros.ros_env import RosVectorEnv
+
+        if self._connections:
+            self._replace_node()
+        self._connections += 1
+        node, cfg = self.node, self.node.cfg
+        if not node.recoveries:  # while recovering, the state stays 'recovering' (WARN)
+            node.set_state('connecting', f'waiting for sims {", ".join(node.namespaces)}')
+        return RosVectorEnv(cfg.task.id, namespaces=node.namespaces,
+                            sim_node_name=SIM_NODE_NAME,
+                            max_episode_steps=cfg.task.max_episode_steps,
+                            action_repeat=cfg.task.action_repeat,
+                            pixels=pixel_options(cfg.task),
+                            step_timeout_s=node.step_timeout_s,
+                            connect_timeout_s=node.connect_timeout_s,
+                            seed_stride=SEED_STRIDE, node=node)
 
     def _on_progress(self, trainer) -> None:
         self.node.maybe_publish()
@@ -319,9 +380,6 @@ class TrainingSession:
             envs.close()
         except Exception as error:  # pragma: no cover - best effort
             self.log.warning(f'closing the ROS vector env: {error!r}')
-        context = self._env_contexts.pop(id(envs), None)
-        if context is not None:
-            rclpy.try_shutdown(context=context)
 
     def _close_envs(self) -> None:
         trainer = self.trainer
@@ -354,27 +412,27 @@ class TrainingSession:
         from fpmd_core.trainer import Trainer, TrainingDiverged
         from fpmd_ros.ros_env import SimError
 
-        node, cfg = self.node, self.node.cfg
+        cfg = self.node.cfg
         self.log.info(
             f'training {cfg.agent.algo} on {cfg.task.id} for {cfg.trainer.total_steps} env steps '
-            f'over {len(node.namespaces)} sims ({", ".join(node.namespaces)}); output: '
+            f'over {len(self.node.namespaces)} sims ({", ".join(self.node.namespaces)}); output: '
             f'{Path(cfg.trainer.output_dir).resolve()}')
         try:
             try:
                 envs = self._connect()
             except SimError as error:
-                node.set_state('failed', str(error), ERROR)
+                self.node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'{error}')
                 return EXIT_SIMS
             try:
-                self.trainer = Trainer(cfg, envs=envs, resume=node.resume,
+                self.trainer = Trainer(cfg, envs=envs, resume=self.node.resume,
                                        on_progress=self._on_progress)
             except Exception as error:  # CheckpointError, ValueError: the run is misconfigured
                 self._close(envs)
-                node.set_state('failed', str(error), ERROR)
+                self.node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'cannot start training: {error}')
                 return EXIT_INVALID_PARAMETERS
-            node.trainer = self.trainer
+            self.node.trainer = self.trainer
             return self._train(SimError, TrainingDiverged)
         except (StopRequested, KeyboardInterrupt):
             return self._stopped()
@@ -382,12 +440,12 @@ class TrainingSession:
             self._close_envs()
 
     def _train(self, SimError, TrainingDiverged) -> int:  # noqa: N803 - exception classes
-        node, trainer = self.node, self.trainer
+        trainer = self.trainer
         while True:
             try:
                 if trainer.envs is None:
                     trainer.envs = self._connect()
-                node.set_state('training', 'training')
+                self.node.set_state('training', 'training')
                 result = trainer.run()
                 break
             except SimError as error:
@@ -399,20 +457,21 @@ class TrainingSession:
                 trainer.episode_returns[:] = 0.0
                 if self.signals.requested:
                     return self._stopped()
-                if node.recoveries >= node.max_recoveries:
+                if self.node.recoveries >= self.node.max_recoveries:
                     kept = self.interrupted_checkpoint or trainer.last_checkpoint or 'none'
-                    message = (f'{error}; gave up after {node.recoveries} recoveries '
-                               f'(max_recoveries {node.max_recoveries}); checkpoint: {kept}')
-                    node.set_state('failed', message, ERROR)
+                    message = (f'{error}; gave up after {self.node.recoveries} recoveries '
+                               f'(max_recoveries {self.node.max_recoveries}); checkpoint: {kept}')
+                    self.node.set_state('failed', message, ERROR)
                     self.log.fatal(message)
                     return EXIT_SIMS
-                node.recoveries += 1
-                message = (f'recovery {node.recoveries}/{node.max_recoveries}: reconnecting '
-                           f'to the sims and resetting them (failed: {error.namespace})')
-                node.set_state('recovering', message, WARN)
+                self.node.recoveries += 1
+                message = (f'recovery {self.node.recoveries}/{self.node.max_recoveries}: '
+                           'reconnecting to the sims and resetting them (failed: '
+                           f'{error.namespace})')
+                self.node.set_state('recovering', message, WARN)
                 self.log.warning(message)
             except TrainingDiverged as error:
-                node.set_state('failed', str(error), ERROR)
+                self.node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'{error}')
                 return EXIT_DIVERGED
 
@@ -427,7 +486,7 @@ class TrainingSession:
         ]
         for line in lines:  # logged only: under ros2 launch a print would show it twice
             self.log.info(line)
-        node.set_state('finished', lines[0])
+        self.node.set_state('finished', lines[0])
         return EXIT_OK
 
 
@@ -438,19 +497,17 @@ def main(args=None) -> int:
     logger = rclpy.logging.get_logger(NODE_NAME)
     signals = _Signals(logger)
     signals.install()
-    node = executor = thread = None
+    session = None
     try:
         try:
             node = TrainerNode()
         except TrainerParameterError as error:
             logger.fatal(str(error))
             return EXIT_INVALID_PARAMETERS
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        thread = threading.Thread(target=_spin, args=(executor,), name='trainer diagnostics',
-                                  daemon=True)
-        thread.start()
-        return TrainingSession(node, signals).run()
+        # A reconnect's new trainer node is given the same --ros-args (name, parameters).
+        session = TrainingSession(node, signals, sys.argv if args is None else list(args))
+        session.start()
+        return session.run()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception:
@@ -458,16 +515,12 @@ def main(args=None) -> int:
         import traceback
 
         traceback.print_exc()
-        if node is not None:
-            node.set_state('failed', 'unexpected error (see the log)', ERROR)
+        if session is not None and session.node is not None:
+            session.node.set_state('failed', 'unexpected error (see the log)', ERROR)
         return EXIT_ERROR
     finally:
-        if executor is not None:
-            executor.shutdown(timeout_sec=2.0)
-        if thread is not None:
-            thread.join(timeout=5.0)
-        if node is not None:
-            node.destroy_node()
+        if session is not None:
+            session.close()
         rclpy.try_shutdown()
 
 

@@ -17,6 +17,7 @@ import time
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import NodeNameNonExistentError
 from runner_helpers import REPO_ROOT, Listener, RunnerProcess, runner_environment, trainer_statuses
 
 RUN_TIMEOUT_S = 420.0  # a whole run, including process start-up under load
@@ -183,6 +184,21 @@ def test_ctrl_c_stops_training_with_a_checkpoint(tmp_path, listener):
         listener.spin_until(lambda: _env_steps(diagnostics) >= 50 or run.proc.poll() is not None,
                             RUN_TIMEOUT_S)
         assert _env_steps(diagnostics) >= 50, run.output[-5000:]
+        # `ros2 node info /trainer`: the sims' topics are the trainer node's own.
+        transitions = {'/env_0/transition', '/env_1/transition'}
+
+        def trainer_subscriptions() -> set[str]:
+            try:
+                return {topic for topic, _ in
+                        listener.node.get_subscriber_names_and_types_by_node('trainer', '/')}
+            except NodeNameNonExistentError:  # not discovered yet
+                return set()
+
+        listener.spin_until(lambda: transitions <= trainer_subscriptions(), 60.0)
+        assert transitions <= trainer_subscriptions(), trainer_subscriptions()
+        commands = {topic for topic, _ in
+                    listener.node.get_publisher_names_and_types_by_node('trainer', '/')}
+        assert {'/env_0/commands', '/env_1/commands', '/diagnostics'} <= commands
         run.proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends the runner
         code = run.wait(timeout_s=120)
     finally:
