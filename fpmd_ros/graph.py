@@ -10,9 +10,17 @@ Three consumers read it, so they cannot drift apart:
 * the tests compare both against these specs.
 
 Arguments arrive as strings (launch configurations, ``name:=value`` on the runner's command line);
-the graph functions validate them and raise :class:`GraphArgumentError`, which names the argument
-and the values it expects. Parameter values in the specs carry their ROS types (``float`` for
-double parameters, ``list[str]`` for string arrays), so every consumer passes them unchanged.
+an unknown name is refused (:func:`check_argument_names`, :func:`launch_arguments`), the graph
+functions validate the values and raise :class:`GraphArgumentError`, which names the argument and
+the values it expects. Parameter values in the specs carry their ROS types (``float`` for double
+parameters, ``list[str]`` for string arrays), so every consumer passes them unchanged.
+``train_sim_graph`` resolves the training config once and writes it to ``<output_dir>/config.yaml``
+for the trainer.
+
+The rules for a running graph are here too, so that ``ros2 launch`` and the runner end a graph
+alike: :func:`configure_outcome` (a lifecycle node is activated once, after its start-up configure,
+or the graph ends) and :func:`ending_node_exited` (the trainer's exit code ends the graph cleanly or
+as a failure, :class:`GraphError`).
 
 This module imports neither rclpy nor launch: the launch files and the runner load it cheaply.
 Nothing here assumes one host: sims listed in ``remote_envs`` run wherever they were started.

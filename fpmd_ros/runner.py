@@ -42,7 +42,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-from fpmd_ros.graph import GRAPHS, GraphArgumentError, LaunchArgument, NodeSpec
+from fpmd_ros.graph import (
+    GRAPHS,
+    GraphArgumentError,
+    GraphError,
+    LaunchArgument,
+    NodeSpec,
+    ending_node_exited,
+)
 from fpmd_ros.interface import EXIT_ERROR, EXIT_INVALID_PARAMETERS, EXIT_OK
 from fpmd_ros.participant import PrivateParticipant
 
@@ -327,6 +334,10 @@ class Runner:
             spec = process.spec
             self.log(f'{spec.fully_qualified_name} exited with code {process.returncode}')
             if spec.ends_launch:
+                try:  # the launch file's rule: only exit code 0 ends the graph cleanly
+                    ending_node_exited(spec, process.returncode)
+                except GraphError as failure:
+                    self.log(str(failure))
                 return _exit_code(process.returncode)
             if (spec.respawn and process.returncode != EXIT_INVALID_PARAMETERS
                     and process.respawns < MAX_RESPAWNS):

@@ -149,6 +149,7 @@ def test_killed_sim_is_named_and_the_trainer_exits(tmp_path, listener):
     assert (out / 'checkpoints' / 'interrupted.pt').is_file()
     assert 'checkpoint written at env step' in output
     assert '/trainer exited with code 3' in output
+    assert '/trainer failed (exit code 3); its log above says why' in output
 
 
 def test_killed_sim_is_respawned_and_training_recovers(tmp_path, listener):
