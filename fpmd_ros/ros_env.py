@@ -62,7 +62,8 @@ from fpmd_core.tasks import (
     task_spec,
 )
 from fpmd_ros import messages
-from fpmd_ros.sim_node import LOCKSTEP_QOS, NODE_NAME
+from fpmd_ros.interface import SIM_NODE_NAME
+from fpmd_ros.sim_node import LOCKSTEP_QOS
 
 _RESET_REPLY = re.compile(r'^episode (\d+) seed (-?\d+)$')
 _INBOX_LIMIT = 1024  # transitions (and frames) kept per sim that nobody asked for yet
@@ -231,7 +232,7 @@ class RosVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, task_id: str, num_envs: int | None = None,
                  namespaces: Sequence[str] | None = None, *,
-                 sim_node_name: str = NODE_NAME, max_episode_steps: int = 0,
+                 sim_node_name: str = SIM_NODE_NAME, max_episode_steps: int = 0,
                  action_repeat: int = 1, pixels: PixelOptions | None = None,
                  step_timeout_s: float = 10.0, connect_timeout_s: float = 30.0,
                  seed_stride: int = 1_000_000, context: Context | None = None,

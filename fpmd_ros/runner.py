@@ -43,7 +43,10 @@ import time
 from dataclasses import dataclass
 
 from fpmd_ros.graph import (
+    CONTROLLER_EXECUTABLE,
     GRAPHS,
+    SIM_EXECUTABLE,
+    TRAINER_EXECUTABLE,
     GraphArgumentError,
     GraphError,
     LaunchArgument,
@@ -55,9 +58,9 @@ from fpmd_ros.participant import PrivateParticipant
 
 # Console script (NodeSpec.executable) -> module run with `python -m` (setup.py CONSOLE_SCRIPTS).
 MODULES = {
-    'mujoco_sim': 'fpmd_ros.sim_node',
-    'trainer': 'fpmd_ros.trainer_node',
-    'policy_controller': 'fpmd_ros.controller_node',
+    SIM_EXECUTABLE: 'fpmd_ros.sim_node',
+    TRAINER_EXECUTABLE: 'fpmd_ros.trainer_node',
+    CONTROLLER_EXECUTABLE: 'fpmd_ros.controller_node',
 }
 STOP_TIMEOUT_S = 20.0
 KILL_TIMEOUT_S = 5.0
