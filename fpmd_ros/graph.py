@@ -10,9 +10,17 @@ Three consumers read it, so they cannot drift apart:
 * the tests compare both against these specs.
 
 Arguments arrive as strings (launch configurations, ``name:=value`` on the runner's command line);
-the graph functions validate them and raise :class:`GraphArgumentError`, which names the argument
-and the values it expects. Parameter values in the specs carry their ROS types (``float`` for
-double parameters, ``list[str]`` for string arrays), so every consumer passes them unchanged.
+an unknown name is refused (:func:`check_argument_names`, :func:`launch_arguments`), the graph
+functions validate the values and raise :class:`GraphArgumentError`, which names the argument and
+the values it expects. Parameter values in the specs carry their ROS types (``float`` for double
+parameters, ``list[str]`` for string arrays), so every consumer passes them unchanged.
+``train_sim_graph`` resolves the training config once and writes it to ``<output_dir>/config.yaml``
+for the trainer.
+
+The rules for a running graph are here too, so that ``ros2 launch`` and the runner end a graph
+alike: :func:`configure_outcome` (a lifecycle node is activated once, after its start-up configure,
+or the graph ends) and :func:`ending_node_exited` (the trainer's exit code ends the graph cleanly or
+as a failure, :class:`GraphError`).
 
 This module imports neither rclpy nor launch: the launch files and the runner load it cheaply.
 Nothing here assumes one host: sims listed in ``remote_envs`` run wherever they were started.
@@ -20,19 +28,29 @@ Nothing here assumes one host: sims listed in ``remote_envs`` run wherever they 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fpmd_core.config import ALGORITHMS
-from fpmd_ros.interface import OBSERVATION_MODES, TRIGGERS
+from fpmd_ros.interface import (
+    CONTROLLER_NODE_NAME,
+    OBSERVATION_MODES,
+    PACKAGE,
+    SIM_NODE_NAME,
+    TRAINER_NODE_NAME,
+    TRIGGERS,
+    model_rate_hz,
+)
 
-PACKAGE = 'fpmd_ros'
-SIM_EXECUTABLE = SIM_NODE_NAME = 'mujoco_sim'
-TRAINER_EXECUTABLE = TRAINER_NODE_NAME = 'trainer'
-CONTROLLER_EXECUTABLE = CONTROLLER_NODE_NAME = 'policy_controller'
+# Console scripts (setup.py) that run the nodes.
+SIM_EXECUTABLE = 'mujoco_sim'
+TRAINER_EXECUTABLE = 'trainer'
+CONTROLLER_EXECUTABLE = 'policy_controller'
 DEFAULT_CONFIG = 'train_sim.yaml'
 # Sim i is started with seed + i * SEED_STRIDE: per-episode seeds (seed_i + k) of different sims
 # never overlap. The trainer gives RosVectorEnv the same stride, so its reset(seed) agrees.
@@ -48,12 +66,30 @@ _TRUE, _FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
 
 
 class GraphArgumentError(ValueError):
-    """An invalid graph (launch) argument; ``argument`` names it, the message says what is
-    expected."""
+    """An invalid graph (launch) argument; ``argument`` names it (``arguments``: every argument
+    that can fix it, ``argument`` first), the message says what is expected."""
 
-    def __init__(self, argument: str, message: str):
-        super().__init__(f"argument '{argument}': {message}")
+    def __init__(self, argument: str, message: str, also: tuple[str, ...] = ()):
+        self.arguments = (argument, *also)
+        names = ', '.join(f"'{name}'" for name in self.arguments)
+        super().__init__(f"argument{'s' if also else ''} {names}: {message}")
         self.argument = argument
+
+
+class GraphError(RuntimeError):
+    """The running graph has to end because a node failed; the message names the node and why.
+
+    The launch files raise it from their event handlers: ``ros2 launch`` then logs it, shuts the
+    launch down with it as the reason and returns 1 (the launch service's code for an exception
+    in an action or event handler)."""
+
+
+# Launch configurations that the launch system itself sets (ros2 launch's --launch-prefix and
+# --launch-prefix-filter options, launch's emulate_tty, launch_ros's PushRosNamespace, SetRemap,
+# SetParameter). They are not arguments of ours and are never mistaken for a mistyped one.
+LAUNCH_SYSTEM_CONFIGURATIONS = ('launch-prefix', 'launch-prefix-filter', 'emulate_tty',
+                                'ros_namespace', 'ros_remaps', 'global_params')
+_ANON_PREFIX = 'anon'  # launch's AnonName substitution stores 'anon<name>' configurations
 
 
 @dataclass(frozen=True)
@@ -113,13 +149,20 @@ TRAIN_SIM_ARGUMENTS = (
     LaunchArgument('total_steps', '', (
         'Environment steps to train for (summed over all sims); empty: the config file\'s '
         'trainer.total_steps.')),
+    LaunchArgument('warmup_steps', '', (
+        'Environment steps of random actions before the first update (summed over all sims); '
+        'must be below total_steps; empty: the config file\'s trainer.warmup_steps.')),
+    LaunchArgument('eval_interval', '', (
+        'Environment steps between evaluations (0: only at the end); empty: the config file\'s '
+        'trainer.eval_interval.')),
     LaunchArgument('seed', '', (
         'Seed of networks, replay and exploration; sim i gets seed + i * 1000000; empty: the '
         'config file\'s trainer.seed.')),
     LaunchArgument('config', '', (
         'Training config file (YAML: profile and task/agent/trainer sections, see '
         'fpmd_core/config.py); the other arguments override it; empty: the package\'s '
-        'config/train_sim.yaml.')),
+        'config/train_sim.yaml. The resolved run (file + arguments) is written to '
+        '<output_dir>/config.yaml, which the trainer reads.')),
     LaunchArgument('output_dir', '', (
         'Folder for checkpoints, policy.onnx, TensorBoard logs, CSV and learning_curve.png; '
         'empty: the config file\'s trainer.output_dir (runs/fpmd).')),
@@ -171,12 +214,39 @@ DEPLOY_ARGUMENTS = (
 
 # --- argument helpers ------------------------------------------------------------------------
 
-def _with_defaults(args: dict[str, Any], table: tuple[LaunchArgument, ...]) -> dict[str, Any]:
+def check_argument_names(given: Iterable[str], table: tuple[LaunchArgument, ...]) -> None:
+    """Refuse a name that is not in ``table`` (a mistyped argument would otherwise be ignored and
+    its default used), naming the closest argument. One rule for the launch files and the
+    runner."""
     names = [row.name for row in table]
-    unknown = sorted(set(args) - set(names))
-    if unknown:
-        raise GraphArgumentError(unknown[0], f'unknown argument; expected one of: '
-                                 f'{", ".join(names)}')
+    unknown = [name for name in given if name not in names]
+    if not unknown:
+        return
+    name = sorted(unknown)[0]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f'did you mean {close[0]}? ' if close else ''
+    raise GraphArgumentError(name, f'unknown argument; {hint}expected one of: '
+                             f'{", ".join(names)}')
+
+
+def launch_arguments(launch_configurations: Mapping[str, str],
+                     table: tuple[LaunchArgument, ...]) -> dict[str, str]:
+    """The values of ``table``'s arguments in a launch context's configurations, after refusing
+    every other configuration except the launch system's own
+    (:data:`LAUNCH_SYSTEM_CONFIGURATIONS`): ``ros2 launch`` makes each ``name:=value`` a
+    configuration, and a mistyped name would otherwise be silently ignored.
+
+    Configurations are scoped, not per file: a launch file that includes this one must not
+    leak its own arguments into it (wrap the include in ``GroupAction([...],
+    forwarding=False)``)."""
+    ours = {name: value for name, value in launch_configurations.items()
+            if name not in LAUNCH_SYSTEM_CONFIGURATIONS and not name.startswith(_ANON_PREFIX)}
+    check_argument_names(ours, table)
+    return {row.name: str(ours.get(row.name, row.default)) for row in table}
+
+
+def _with_defaults(args: dict[str, Any], table: tuple[LaunchArgument, ...]) -> dict[str, Any]:
+    check_argument_names(args, table)
     values = {row.name: row.default for row in table}
     values.update(args)
     return values
@@ -293,21 +363,57 @@ def default_config_path() -> str:
 
 # fpmd_core config fields that a train_sim argument sets (for naming the argument in errors).
 _FIELD_ARGUMENTS = {'task.id': 'task', 'agent.algo': 'algo', 'task.num_envs': 'num_envs',
-                    'trainer.total_steps': 'total_steps', 'trainer.seed': 'seed',
+                    'trainer.total_steps': 'total_steps',
+                    'trainer.warmup_steps': 'warmup_steps',
+                    'trainer.eval_interval': 'eval_interval', 'trainer.seed': 'seed',
                     'trainer.output_dir': 'output_dir'}
+_CONFIG_FIELD = re.compile(r'\b(?:task|agent|trainer)\.[a-z_]+\b')
 
 
-def _make_config(config: str, overrides: dict[str, Any]):
-    from fpmd_core.config import ConfigError, make_config
+def _config_argument_error(config: str, text: str) -> GraphArgumentError:
+    """A ConfigError as an argument error: it names every argument that sets a field the
+    message mentions (total_steps and warmup_steps for a run that would train nothing), else
+    the config file."""
+    mentioned = _CONFIG_FIELD.findall(text)
+    arguments = [_FIELD_ARGUMENTS[name] for name in dict.fromkeys(mentioned)
+                 if name in _FIELD_ARGUMENTS]
+    if not arguments:
+        return GraphArgumentError('config', f'{config}: {text}')
+    return GraphArgumentError(arguments[0], f'{text} (config file {config})',
+                              also=tuple(arguments[1:]))
+
+
+def resolve_train_config(config: str, overrides: dict[str, Any], local_sims: int | None = None,
+                         remote_sims: int = 0):
+    """The run's fpmd_core Config, resolved once: ``config`` (profile, fields), then
+    ``overrides``, then task.num_envs = ``local_sims`` (None: the file's task.num_envs) +
+    ``remote_sims``. An invalid result is a GraphArgumentError naming the arguments that set
+    the offending fields."""
+    from fpmd_core.config import ConfigError, make_config, set_field, validate
 
     try:
-        return make_config(file=config, overrides=overrides)
+        cfg = make_config(file=config, overrides=overrides)
+        sims = (cfg.task.num_envs if local_sims is None else local_sims) + remote_sims
+        if sims != cfg.task.num_envs:
+            set_field(cfg, 'task.num_envs', sims)
+            validate(cfg)
     except ConfigError as error:
-        text = str(error)
-        for config_field, argument in _FIELD_ARGUMENTS.items():
-            if text.startswith(config_field + ':') and config_field in overrides:
-                raise GraphArgumentError(argument, text) from None
-        raise GraphArgumentError('config', text) from None
+        raise _config_argument_error(config, str(error)) from None
+    return cfg
+
+
+def write_train_config(cfg) -> str:
+    """Writes the resolved run to ``<output_dir>/config.yaml`` (output_dir made absolute, so the
+    trainer finds it from any working directory) and returns the file's path."""
+    from fpmd_core.config import RESOLVED_CONFIG_NAME, save_config, set_field
+
+    output_dir = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))
+    set_field(cfg, 'trainer.output_dir', output_dir)
+    try:
+        return str(save_config(cfg, Path(output_dir) / RESOLVED_CONFIG_NAME))
+    except OSError as error:
+        raise GraphArgumentError('output_dir', f'cannot write {RESOLVED_CONFIG_NAME} into '
+                                 f'{output_dir}: {error}; expected a writable folder') from None
 
 
 # --- the graphs --------------------------------------------------------------------------------
@@ -315,9 +421,9 @@ def _make_config(config: str, overrides: dict[str, Any]):
 def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
     """N lockstep ``mujoco_sim`` nodes (``env_0`` ... ``env_{N-1}``) and one ``trainer``.
 
-    The trainer's parameters are the fully resolved run (config file + these arguments), so
-    ``ros2 param dump /trainer`` shows what is trained; the config file stays the source of
-    every field the arguments do not set.
+    The training config is resolved here, once (config file + these arguments), and written to
+    ``<output_dir>/config.yaml``; the trainer's ``config`` parameter is that file, so the
+    trainer trains exactly what was validated here and the run's folder records it.
     """
     values = _with_defaults(args, TRAIN_SIM_ARGUMENTS)
     config = _text(values, 'config') or default_config_path()
@@ -333,14 +439,20 @@ def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
         overrides['agent.algo'] = _choice(values, 'algo', ALGORITHMS)
     if _text(values, 'total_steps'):
         overrides['trainer.total_steps'] = _int(values, 'total_steps', 1)
+    if _text(values, 'warmup_steps'):
+        overrides['trainer.warmup_steps'] = _int(values, 'warmup_steps', 0)
+    if _text(values, 'eval_interval'):
+        overrides['trainer.eval_interval'] = _int(values, 'eval_interval', 0)
     if _text(values, 'seed'):
         overrides['trainer.seed'] = _int(values, 'seed', 0, MAX_SEED)
     if _text(values, 'output_dir'):
         overrides['trainer.output_dir'] = os.path.expanduser(_text(values, 'output_dir'))
     remote = _namespace_list(values, 'remote_envs')
-    cfg = _make_config(config, overrides)
     local = (_int(values, 'num_envs', 0 if remote else 1) if _text(values, 'num_envs')
-             else cfg.task.num_envs)
+             else None)
+    cfg = resolve_train_config(config, overrides, local, len(remote))
+    if local is None:
+        local = cfg.task.num_envs - len(remote)
     namespaces = [f'env_{i}' for i in range(local)] + remote
     if not namespaces:
         raise GraphArgumentError('num_envs', '0 and no remote_envs; expected at least one sim')
@@ -349,8 +461,6 @@ def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
         raise GraphArgumentError('remote_envs', f'{", ".join(duplicates)} listed twice or also '
                                  f'started here (local sims: {", ".join(namespaces[:local])}); '
                                  'expected distinct namespaces')
-    overrides['task.num_envs'] = len(namespaces)
-    cfg = _make_config(config, overrides)
     check_task(cfg.task.id, 'task' if 'task.id' in overrides else 'config')
     seed = cfg.trainer.seed
     if seed < 0 or seed + (len(namespaces) - 1) * SEED_STRIDE > MAX_SEED:
@@ -364,6 +474,15 @@ def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
         if not os.path.isfile(resume):
             raise GraphArgumentError('resume', f'file not found: {resume}; expected a '
                                      'checkpoint (.pt) written by the trainer')
+    trainer_parameters = {
+        'env_namespaces': list(namespaces),
+        'step_timeout_s': _float(values, 'step_timeout_s', 0.0, inclusive=False),
+        'connect_timeout_s': _float(values, 'connect_timeout_s', 0.0, inclusive=False),
+        'max_recoveries': _int(values, 'max_recoveries', 0),
+        'resume': resume,
+    }
+    # Written last: nothing is written for arguments that are refused.
+    trainer_parameters = {'config': write_train_config(cfg), **trainer_parameters}
 
     sims = [NodeSpec(SIM_EXECUTABLE, SIM_NODE_NAME, namespace, {
         'task': cfg.task.id,
@@ -373,20 +492,8 @@ def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
         **sim_task_parameters(cfg.task),
     }, respawn=True, respawn_delay_s=SIM_RESPAWN_DELAY_S) for i, namespace in enumerate(
         namespaces[:local])]
-    trainer = NodeSpec(TRAINER_EXECUTABLE, TRAINER_NODE_NAME, '', {
-        'config': config,
-        'task': cfg.task.id,
-        'algo': cfg.agent.algo,
-        'num_envs': len(namespaces),
-        'env_namespaces': list(namespaces),
-        'total_steps': cfg.trainer.total_steps,
-        'seed': seed,
-        'output_dir': os.path.abspath(cfg.trainer.output_dir),
-        'step_timeout_s': _float(values, 'step_timeout_s', 0.0, inclusive=False),
-        'connect_timeout_s': _float(values, 'connect_timeout_s', 0.0, inclusive=False),
-        'max_recoveries': _int(values, 'max_recoveries', 0),
-        'resume': resume,
-    }, ends_launch=True)
+    trainer = NodeSpec(TRAINER_EXECUTABLE, TRAINER_NODE_NAME, '', trainer_parameters,
+                       ends_launch=True)
     return [*sims, trainer]
 
 
@@ -400,10 +507,27 @@ def sim_task_parameters(task) -> dict[str, Any]:
     return params
 
 
+_TRAIN_FIRST = ('train one first (ros2 launch fpmd_ros train_sim.launch.py, or ./fpmd train); '
+                'it writes <output_dir>/policy.onnx')
+
+
+def check_policy_file(path: str, argument: str = 'policy') -> str:
+    """``path`` made absolute, or GraphArgumentError if it is no file."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path):
+        raise GraphArgumentError(argument, f'{path} is a directory; expected the policy file '
+                                 f'in it, e.g. {os.path.join(path, "policy.onnx")}')
+    if not os.path.isfile(path):
+        raise GraphArgumentError(argument, f'file not found: {path}; expected an exported '
+                                 f'policy (.onnx) or checkpoint (.pt); {_TRAIN_FIRST}')
+    return path
+
+
 def policy_metadata(path: str) -> dict[str, Any]:
     """The metadata of a policy (task, observation shape, camera ...), for the rehearsal sim."""
     from fpmd_core.runtime import load_policy
 
+    path = check_policy_file(path)
     try:
         return dict(load_policy(path).metadata)
     except Exception as error:  # PolicyError, CheckpointError, onnxruntime errors ...
@@ -423,24 +547,35 @@ def rehearsal_sim_parameters(meta: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
+@dataclass(frozen=True)
+class SimEpisodes:
+    """How the deploy graph's sim runs its episodes: the deployment rehearsal's inputs (the
+    launch file keeps the sim's own defaults)."""
+
+    realtime_factor: float = 1.0
+    seed: int = 0
+    max_episode_steps: int = 0
+
+
+def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = None,
+                 meta: dict[str, Any] | None = None) -> list[NodeSpec]:
     """The ``policy_controller`` lifecycle node (configured and activated on start) and, with
     ``sim:=true``, a realtime ``mujoco_sim`` of the policy's task in the same namespace, so its
     ``observation`` / ``joint_states`` reach the controller and the controller's commands (on
     ``command_topic``) reach it. With the sim the controller runs ``trigger`` = ``observation``
     (one control step per sim observation) unless ``trigger`` says otherwise: the sim steps on
     its own clock and holds the last command, and a free-running timer would add up to one
-    control period of delay."""
+    control period of delay.
+
+    ``sim_episodes``: the sim's realtime factor, seed and episode limit (the rehearsal's); a
+    timer-triggered controller at the policy's rate then keeps up with a sim faster than real
+    time. ``meta``: the policy's metadata if the caller has read it already."""
     values = _with_defaults(args, DEPLOY_ARGUMENTS)
     policy = _text(values, 'policy')
     if not policy:
         raise GraphArgumentError('policy', 'empty; expected the path of an exported policy '
-                                 '(.onnx) or checkpoint (.pt)')
-    policy = os.path.abspath(os.path.expanduser(policy))
-    if not os.path.isfile(policy):
-        raise GraphArgumentError('policy', f'file not found: {policy}; expected an exported '
-                                 'policy (.onnx) or checkpoint (.pt); train one first '
-                                 '(./fpmd train)')
+                                 f'(.onnx) or checkpoint (.pt); {_TRAIN_FIRST}')
+    policy = check_policy_file(policy)
     observation_mode = _choice(values, 'observation_mode', OBSERVATION_MODES)
     control_rate_hz = _float(values, 'control_rate_hz', 0.0, inclusive=True)
     sim = _bool(values, 'sim')
@@ -457,7 +592,8 @@ def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
         raise GraphArgumentError('image_topic', f'{image_topic!r}; expected a ROS topic name '
                                  'such as camera/image_raw')
 
-    meta = policy_metadata(policy) if sim or observation_mode == 'image' else {}
+    if meta is None:
+        meta = policy_metadata(policy) if sim or observation_mode == 'image' else {}
     pixel_policy = len(meta.get('obs_shape') or [0]) == 3
     if observation_mode == 'image' and not pixel_policy:
         raise GraphArgumentError('observation_mode', f"'image', but {policy} is a state policy "
@@ -470,11 +606,17 @@ def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
     remap_commands = [('commands', command_topic)]
     nodes = []
     if sim:
-        nodes.append(NodeSpec(SIM_EXECUTABLE, SIM_NODE_NAME, namespace, {
-            **rehearsal_sim_parameters(meta),
-            'mode': 'realtime',
-            'publish_clock': use_sim_time,
-        }, remappings=list(remap_commands)))
+        sim_parameters = {**rehearsal_sim_parameters(meta), 'mode': 'realtime',
+                          'publish_clock': use_sim_time}
+        if sim_episodes is not None:
+            sim_parameters |= {'realtime_factor': float(sim_episodes.realtime_factor),
+                               'seed': int(sim_episodes.seed),
+                               'max_episode_steps': int(sim_episodes.max_episode_steps)}
+            if trigger == 'timer' and not control_rate_hz:
+                # A timer loop at the policy's own rate would fall behind a faster sim.
+                control_rate_hz = model_rate_hz(meta) * max(1.0, sim_episodes.realtime_factor)
+        nodes.append(NodeSpec(SIM_EXECUTABLE, SIM_NODE_NAME, namespace, sim_parameters,
+                              remappings=list(remap_commands)))
     controller_remaps = list(remap_commands)
     if observation_mode == 'image':
         controller_remaps.append(('image_raw', image_topic))
@@ -486,6 +628,30 @@ def deploy_graph(args: dict[str, Any]) -> list[NodeSpec]:
         'use_sim_time': use_sim_time,
     }, remappings=controller_remaps, lifecycle=True))
     return nodes
+
+
+# --- while the graph runs: one rule for the launch files and the runner --------------------------
+
+def configure_outcome(node_name: str, goal_state: str) -> None:
+    """The start-up ``configure`` of a lifecycle node ended in ``goal_state``: 'inactive' is
+    success (activate it, once); anything else (configure failed: 'unconfigured', or
+    'errorprocessing' / 'finalized' after an exception) ends the graph with GraphError."""
+    if goal_state != 'inactive':
+        raise GraphError(configure_failed(node_name, f'it went to {goal_state!r}'))
+
+
+def configure_failed(node_name: str, detail: str) -> str:
+    return (f'{node_name}: configure at start-up failed ({detail}); its log above says why. '
+            'Stopping: an unconfigured controller would idle forever')
+
+
+def ending_node_exited(spec: NodeSpec, returncode: int) -> None:
+    """The node that ends the graph (the trainer) exited: exit code 0 (trained, or stopped on
+    request with its checkpoint written) ends the graph cleanly; anything else raises
+    GraphError, so that ``ros2 launch`` returns non-zero as the runner does."""
+    if returncode != 0:
+        raise GraphError(f'{spec.fully_qualified_name} failed (exit code {returncode}); its log '
+                         'above says why')
 
 
 GRAPHS = {

@@ -26,3 +26,4 @@ def model_rate_hz(meta: dict) -> float:
 EXIT_OK = 0
 EXIT_ERROR = 1  # unexpected error
 EXIT_INVALID_PARAMETERS = 2  # a parameter, config or file is invalid: a respawn cannot help
+EXIT_INTERRUPTED = 130  # stopped by a signal before its work was safely written (128 + SIGINT)

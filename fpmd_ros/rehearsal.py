@@ -46,24 +46,30 @@ import numpy as np
 
 from fpmd_ros import interface
 from fpmd_ros.graph import (
-    CONTROLLER_EXECUTABLE,
     DEPLOY_ARGUMENTS,
     MAX_SEED,
-    SIM_EXECUTABLE,
     GraphArgumentError,
     LaunchArgument,
+    SimEpisodes,
     _float,
     _int,
     _text,
     _with_defaults,
+    check_policy_file,
     deploy_graph,
     policy_metadata,
+)
+from fpmd_ros.interface import (
+    CONTROLLER_NODE_NAME,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_PARAMETERS,
+    SIM_NODE_NAME,
 )
 from fpmd_ros.participant import PrivateParticipant
 
 PROGRAM = 'fpmd rehearsal'
 START_TIMEOUT_S = 180.0  # process start-up, imports, policy loading and activation (loaded host)
-EXIT_BELOW, EXIT_ARGUMENTS, EXIT_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_BELOW, EXIT_FAILED = 1, 3
 POLL_S = 0.05
 # How long the paused sim waits after the reset for the controller's first command. Shorter than
 # the controller's default state_timeout_s (0.2 s), so its watchdog does not take the pause for
@@ -114,11 +120,11 @@ class Plan:
 
     @property
     def sim(self):
-        return next(s for s in self.specs if s.executable == SIM_EXECUTABLE)
+        return next(s for s in self.specs if s.name == SIM_NODE_NAME)
 
     @property
     def controller(self):
-        return next(s for s in self.specs if s.executable == CONTROLLER_EXECUTABLE)
+        return next(s for s in self.specs if s.name == CONTROLLER_NODE_NAME)
 
 
 @dataclass(frozen=True)
@@ -135,10 +141,9 @@ def make_plan(args: dict[str, Any]) -> Plan:
     from fpmd_core.tasks import env_from_metadata, task_spec
 
     values = _with_defaults(args, REHEARSAL_ARGUMENTS)
-    policy_path = os.path.abspath(os.path.expanduser(_text(values, 'policy')))
-    # Read once; a missing file is left to deploy_graph, which names the argument.
-    meta = policy_metadata(policy_path) if os.path.isfile(policy_path) else {}
-    if 'observation_mode' not in args and meta:
+    # Read once, here; deploy_graph is given it.
+    meta = policy_metadata(check_policy_file(_text(values, 'policy')))
+    if 'observation_mode' not in args:
         # A policy trained from pixels watches the sim's camera.
         values['observation_mode'] = 'image' if meta.get('frame_stack') else 'observation'
 
@@ -152,25 +157,19 @@ def make_plan(args: dict[str, Any]) -> Plan:
     min_ratio = _float(values, 'min_ratio', 0.0, inclusive=True)
     timeout_s = _float(values, 'timeout_s', 0.0, inclusive=True)
     deploy_args = {k: v for k, v in values.items() if k not in _REHEARSAL_ONLY}
-    specs = deploy_graph({**deploy_args, 'sim': 'true'})  # checks the policy and its task
-    controller = next(s for s in specs if s.executable == CONTROLLER_EXECUTABLE)
-    policy = controller.parameters['policy']
+    specs = deploy_graph({**deploy_args, 'sim': 'true'}, meta=meta,
+                         sim_episodes=SimEpisodes(realtime_factor, seed, max_episode_steps))
+    controller = next(s for s in specs if s.name == CONTROLLER_NODE_NAME)
     task = str(meta['task'])
     model_rate_hz = interface.model_rate_hz(meta)
-    trigger = controller.parameters['trigger']
-    if trigger == 'timer' and not controller.parameters['control_rate_hz']:
-        # A timer loop must keep up with a sim that runs faster than real time.
-        controller.parameters['control_rate_hz'] = model_rate_hz * max(1.0, realtime_factor)
     env = env_from_metadata(meta, max_episode_steps)
     limit = task_spec(env, task).max_episode_steps
     env.close()
     if not timeout_s:
         timeout_s = 2.0 * episodes * limit / model_rate_hz / realtime_factor + 60.0
-    sim = next(s for s in specs if s.executable == SIM_EXECUTABLE)
-    sim.parameters.update({'realtime_factor': realtime_factor, 'seed': seed,
-                           'max_episode_steps': max_episode_steps})
-    return Plan(specs, policy, task, episodes, realtime_factor, seed, max_episode_steps,
-                min_ratio, timeout_s, model_rate_hz, trigger)
+    return Plan(specs, controller.parameters['policy'], task, episodes, realtime_factor, seed,
+                max_episode_steps, min_ratio, timeout_s, model_rate_hz,
+                controller.parameters['trigger'])
 
 
 # --- in-process deploy-mode evaluation -----------------------------------------------------------
@@ -495,13 +494,13 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name:
             print(f'{PROGRAM}: {item!r}: expected name:=value (--show-args lists the arguments)',
                   file=sys.stderr)
-            return EXIT_ARGUMENTS
+            return EXIT_INVALID_PARAMETERS
         args[name] = value
     try:
         plan = make_plan(args)
     except GraphArgumentError as error:
         print(f'{PROGRAM}: {error}', file=sys.stderr)
-        return EXIT_ARGUMENTS
+        return EXIT_INVALID_PARAMETERS
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         loop = run_closed_loop(plan, log=lambda text: print(text, file=sys.stderr, flush=True))

@@ -24,13 +24,17 @@
   namespace and the ``(episode, step)`` awaited, after ``step_timeout_s``. Nothing hangs.
 
 The env owns an rclpy node and executor (on its own context unless one is given) and spins them
-only inside ``reset``/``step``; it is not thread-safe, like any Gymnasium env.
+only inside ``reset``/``step``. Given a ``node`` instead (the trainer's, so that ``ros2 node info
+/trainer`` lists the sims' topics and services as the trainer's), it creates its endpoints on that
+node, whose executor another thread spins, and waits for their callbacks. Either way it is not
+thread-safe, like any Gymnasium env: one thread calls ``reset``/``step``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -42,6 +46,7 @@ from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -57,7 +62,8 @@ from fpmd_core.tasks import (
     task_spec,
 )
 from fpmd_ros import messages
-from fpmd_ros.sim_node import LOCKSTEP_QOS, NODE_NAME
+from fpmd_ros.interface import SIM_NODE_NAME
+from fpmd_ros.sim_node import LOCKSTEP_QOS
 
 _RESET_REPLY = re.compile(r'^episode (\d+) seed (-?\d+)$')
 _INBOX_LIMIT = 1024  # transitions (and frames) kept per sim that nobody asked for yet
@@ -93,10 +99,21 @@ class _Sim:
 
     def __init__(self, env: RosVectorEnv, index: int, namespace: str):
         node = env._node
+        self._changed = env._changed
         self.index = index
         self.name = namespace.strip('/')
         self.ns = '/' + self.name
         self.node_path = f'{self.ns}/{env._sim_node_name}'
+        # State first: on a node spun elsewhere, callbacks can run as soon as they exist.
+        self._obs_dim = env.state_dim
+        self.inbox: dict[tuple[int, int], messages.Transition] = {}
+        self.error: str | None = None
+        self.episode = -1
+        self.step = 0
+        self.pixels = env.pixels
+        if self.pixels is not None:
+            self.frames: dict[int, np.ndarray] = {}
+            self.stack = FrameStack(self.pixels.frame_stack)
         self.command_pub = node.create_publisher(Float64MultiArray, f'{self.ns}/commands',
                                                  LOCKSTEP_QOS)
         self.transition_sub = node.create_subscription(
@@ -106,37 +123,46 @@ class _Sim:
                                                     f'{self.node_path}/get_parameters')
         self.set_params_client = node.create_client(SetParameters,
                                                     f'{self.node_path}/set_parameters')
-        self._obs_dim = env.state_dim
-        self.inbox: dict[tuple[int, int], messages.Transition] = {}
-        self.error: str | None = None
-        self.episode = -1
-        self.step = 0
-        self.pixels = env.pixels
         if self.pixels is not None:
             self.image_sub = node.create_subscription(
                 Image, f'{self.ns}/camera/image_raw', self._on_image, LOCKSTEP_QOS)
-            self.frames: dict[int, np.ndarray] = {}
-            self.stack = FrameStack(self.pixels.frame_stack)
 
     def _on_image(self, msg: Image) -> None:
         try:
             frame = messages.decode_image(msg, self.pixels.height, self.pixels.width)
         except ValueError as error:
-            self.error = f'malformed camera frame: {error}'
-            return
-        if len(self.frames) >= _INBOX_LIMIT:
-            self.frames.pop(min(self.frames))
-        self.frames[messages.stamp_to_ns(msg.header.stamp)] = frame
+            frame, error_text = None, f'malformed camera frame: {error}'
+        with self._changed:  # callbacks may run on another thread (a node spun elsewhere)
+            if frame is None:
+                self.error = error_text
+            else:
+                if len(self.frames) >= _INBOX_LIMIT:
+                    self.frames.pop(min(self.frames))
+                self.frames[messages.stamp_to_ns(msg.header.stamp)] = frame
+            self._changed.notify_all()
 
     def _on_transition(self, msg: Float64MultiArray) -> None:
         try:
             transition = messages.decode_transition(msg, self._obs_dim)
         except ValueError as error:
-            self.error = f'malformed transition: {error}'
-            return
-        if len(self.inbox) >= _INBOX_LIMIT:
-            self.inbox.pop(min(self.inbox))
-        self.inbox[(transition.episode, transition.step)] = transition
+            transition, error_text = None, f'malformed transition: {error}'
+        with self._changed:
+            if transition is None:
+                self.error = error_text
+            else:
+                if len(self.inbox) >= _INBOX_LIMIT:
+                    self.inbox.pop(min(self.inbox))
+                self.inbox[(transition.episode, transition.step)] = transition
+            self._changed.notify_all()
+
+    def destroy(self, node) -> None:
+        """Removes this sim's endpoints from ``node`` (a node the env does not own)."""
+        node.destroy_publisher(self.command_pub)
+        node.destroy_subscription(self.transition_sub)
+        if self.pixels is not None:
+            node.destroy_subscription(self.image_sub)
+        for client in (self.reset_client, self.get_params_client, self.set_params_client):
+            node.destroy_client(client)
 
     def missing_endpoints(self) -> list[str]:
         missing = []
@@ -198,17 +224,19 @@ class RosVectorEnv(gym.vector.VectorEnv):
             disjoint for a million episodes each; 1 gives Gymnasium's ``s + i``.
         context: an initialised rclpy context to use; default: a private one, shut down by
             ``close()``.
+        node: an existing node to put the endpoints on (instead of a node of the env's own),
+            spun by an executor on another thread; ``close()`` removes the endpoints only.
     """
 
     metadata = {'autoreset_mode': gym.vector.AutoresetMode.SAME_STEP}
 
     def __init__(self, task_id: str, num_envs: int | None = None,
                  namespaces: Sequence[str] | None = None, *,
-                 sim_node_name: str = NODE_NAME, max_episode_steps: int = 0,
+                 sim_node_name: str = SIM_NODE_NAME, max_episode_steps: int = 0,
                  action_repeat: int = 1, pixels: PixelOptions | None = None,
                  step_timeout_s: float = 10.0, connect_timeout_s: float = 30.0,
                  seed_stride: int = 1_000_000, context: Context | None = None,
-                 node_name: str = 'ros_vector_env'):
+                 node_name: str = 'ros_vector_env', node: Node | None = None):
         if namespaces is None:
             if num_envs is None or num_envs < 1:
                 raise ValueError('RosVectorEnv needs num_envs >= 1 or a list of namespaces')
@@ -253,17 +281,24 @@ class RosVectorEnv(gym.vector.VectorEnv):
         self.closed = False
         self._needs_reset = True
 
-        self._own_context = context is None
-        if self._own_context:
-            context = Context()
-            # args=[]: this process's own --ros-args (e.g. a trainer's `-r __node:=trainer`)
-            # must not rename or remap the env's private node.
-            rclpy.init(args=[], context=context)
-        self._context = context
+        # Guards the sims' inboxes; notified by every callback.
+        self._changed = threading.Condition()
         self._sim_node_name = sim_node_name
-        self._node = rclpy.create_node(node_name, context=context)
-        self._executor = SingleThreadedExecutor(context=context)
-        self._executor.add_node(self._node)
+        self._own_node = node is None
+        self._own_context = node is None and context is None
+        self._executor = None
+        if node is not None:
+            self._context, self._node = node.context, node
+        else:
+            if self._own_context:
+                context = Context()
+                # args=[]: this process's own --ros-args (e.g. a trainer's `-r __node:=trainer`)
+                # must not rename or remap the env's private node.
+                rclpy.init(args=[], context=context)
+            self._context = context
+            self._node = rclpy.create_node(node_name, context=context)
+            self._executor = SingleThreadedExecutor(context=context)
+            self._executor.add_node(self._node)
         self._sims = [_Sim(self, i, ns) for i, ns in enumerate(self.namespaces)]
         try:
             self._connect()
@@ -274,6 +309,15 @@ class RosVectorEnv(gym.vector.VectorEnv):
     # --- waiting -----------------------------------------------------------------------------
 
     def _spin_until(self, done: Callable[[], bool], deadline: float) -> bool:
+        if self._executor is None:  # the node is spun on another thread: wait for callbacks
+            with self._changed:
+                while not done():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return done()
+                    # Bounded: service replies and graph changes do not notify.
+                    self._changed.wait(min(0.05, remaining))
+            return True
         while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -360,6 +404,12 @@ class RosVectorEnv(gym.vector.VectorEnv):
             return len(got) == len(expected)
 
         self._spin_until(done, deadline)
+        with self._changed:
+            return self._collected(expected, got)
+
+    def _collected(self, expected: dict[int, tuple[int, int]],
+                   got: dict[int, messages.Transition]) -> dict[int, messages.Transition]:
+        """``got`` if it holds every expected transition, else the error that explains why not."""
         for i, key in expected.items():
             if i in got:
                 continue
@@ -459,7 +509,11 @@ class RosVectorEnv(gym.vector.VectorEnv):
 
     def close_extras(self, **kwargs) -> None:
         node = getattr(self, '_node', None)
-        if node is not None:
+        if node is not None and not self._own_node:
+            for sim in getattr(self, '_sims', []):
+                sim.destroy(node)
+            self._node = None
+        elif node is not None:
             self._executor.remove_node(node)
             node.destroy_node()
             self._executor.shutdown(timeout_sec=1.0)

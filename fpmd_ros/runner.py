@@ -15,9 +15,12 @@ with every parameter value written in its ROS type (doubles always with a decima
 strings quoted, string arrays as ``['a','b']``).
 
 * Lifecycle nodes are taken through ``configure`` then ``activate`` with their
-  ``/<namespace>/<name>/change_state`` service once started; a refused transition stops the graph.
+  ``/<namespace>/<name>/change_state`` service once, at start-up (later transitions, e.g.
+  ``ros2 lifecycle set``, are the user's); a refused transition stops the graph (exit code 1),
+  as ``deploy.launch.py`` does.
 * When a node marked ``ends_launch`` (the trainer) exits, everything stops and the runner exits
-  with that node's exit code. Ctrl-C / SIGTERM stop everything too.
+  with that node's exit code (0 also after Ctrl-C once the trainer wrote its checkpoint).
+  Ctrl-C / SIGTERM stop everything too.
 * Stopping: SIGINT first to the nodes that consume the others (``ends_launch`` and lifecycle
   nodes: the trainer writes its checkpoint while the sims still answer), then to the rest;
   SIGTERM after ``stop_timeout_s``, SIGKILL after ``kill_timeout_s`` more. A second Ctrl-C
@@ -39,20 +42,30 @@ import sys
 import time
 from dataclasses import dataclass
 
-from fpmd_ros.graph import GRAPHS, GraphArgumentError, LaunchArgument, NodeSpec
+from fpmd_ros.graph import (
+    CONTROLLER_EXECUTABLE,
+    GRAPHS,
+    SIM_EXECUTABLE,
+    TRAINER_EXECUTABLE,
+    GraphArgumentError,
+    GraphError,
+    LaunchArgument,
+    NodeSpec,
+    ending_node_exited,
+)
+from fpmd_ros.interface import EXIT_ERROR, EXIT_INVALID_PARAMETERS, EXIT_OK
 from fpmd_ros.participant import PrivateParticipant
 
 # Console script (NodeSpec.executable) -> module run with `python -m` (setup.py CONSOLE_SCRIPTS).
 MODULES = {
-    'mujoco_sim': 'fpmd_ros.sim_node',
-    'trainer': 'fpmd_ros.trainer_node',
-    'policy_controller': 'fpmd_ros.controller_node',
+    SIM_EXECUTABLE: 'fpmd_ros.sim_node',
+    TRAINER_EXECUTABLE: 'fpmd_ros.trainer_node',
+    CONTROLLER_EXECUTABLE: 'fpmd_ros.controller_node',
 }
 STOP_TIMEOUT_S = 20.0
 KILL_TIMEOUT_S = 5.0
 LIFECYCLE_TIMEOUT_S = 60.0
 MAX_RESPAWNS = 10
-EXIT_INVALID_PARAMETERS = 2  # our nodes' exit code for invalid parameters: a respawn cannot help
 POLL_S = 0.1
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -324,6 +337,10 @@ class Runner:
             spec = process.spec
             self.log(f'{spec.fully_qualified_name} exited with code {process.returncode}')
             if spec.ends_launch:
+                try:  # the launch file's rule: only exit code 0 ends the graph cleanly
+                    ending_node_exited(spec, process.returncode)
+                except GraphError as failure:
+                    self.log(str(failure))
                 return _exit_code(process.returncode)
             if (spec.respawn and process.returncode != EXIT_INVALID_PARAMETERS
                     and process.respawns < MAX_RESPAWNS):
@@ -332,7 +349,7 @@ class Runner:
                 process.respawn_at = now + spec.respawn_delay_s
         if all(p.returncode is not None and p.respawn_at is None for p in self.processes):
             codes = [_exit_code(p.returncode) for p in self.processes]
-            return next((c for c in codes if c), 0)
+            return next((c for c in codes if c), EXIT_OK)
         return None
 
     def run(self) -> int:
@@ -353,7 +370,7 @@ class Runner:
                     reason = self._configure_and_activate(process)
                     if reason and not self._stop_requested:
                         self.log(f'{process.spec.fully_qualified_name}: {reason}; stopping')
-                        code = 1
+                        code = EXIT_ERROR
                         break
             while code is None and not self._stop_requested:
                 code = self._check_exits()
@@ -367,7 +384,7 @@ class Runner:
                 signal.signal(sig, handler)
         if code is None:  # stopped by a signal: the code of the node that ends the graph, if any
             enders = [p for p in self.processes if p.spec.ends_launch and p.popen is not None]
-            code = _exit_code(enders[0].popen.wait()) if enders else 0
+            code = _exit_code(enders[0].popen.wait()) if enders else EXIT_OK
         return code
 
 
@@ -389,29 +406,29 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help'):
         print(usage(), file=sys.stderr if not argv else sys.stdout)
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_INVALID_PARAMETERS
     graph = argv[0]
     if graph not in GRAPHS:
         print(f'{usage()}\nfpmd runner: unknown graph {graph!r}; expected one of: '
               f'{", ".join(GRAPHS)}', file=sys.stderr)
-        return 2
+        return EXIT_INVALID_PARAMETERS
     table, build = GRAPHS[graph]
     if any(a in ('-h', '--help', '--show-args', '-s') for a in argv[1:]):
         print(_describe(graph, table))
-        return 0
+        return EXIT_OK
     args = {}
     for item in argv[1:]:
         name, sep, value = item.partition(':=')
         if not sep or not name:
             print(f'fpmd runner: {item!r}: expected name:=value ({graph} --show-args lists the '
                   'arguments)', file=sys.stderr)
-            return 2
+            return EXIT_INVALID_PARAMETERS
         args[name] = value
     try:
         specs = build(args)
     except GraphArgumentError as error:
         print(f'fpmd runner: {graph}: {error}', file=sys.stderr)
-        return 2
+        return EXIT_INVALID_PARAMETERS
     return Runner(specs).run()
 
 

@@ -5,13 +5,11 @@ trainer itself (collection, updates, in-process evaluation, checkpoints, ONNX ex
 metadata, TensorBoard, CSV, learning-curve PNG, progress bar) is fpmd_core's, unchanged.
 
 Parameters (declared with descriptors, read-only; set at start with ``-p name:=value``)
-    ``config`` (str)              training config file; empty: the package's train_sim.yaml.
-    ``task``, ``algo`` (str)      override the config's task.id / agent.algo; empty: keep.
-    ``num_envs`` (int >= 0)       number of sims; 0: len(env_namespaces), else the config's.
-    ``env_namespaces`` (string[]) the sims' namespaces; unset/empty: env_0 ... env_{N-1}.
-    ``total_steps`` (int >= 0), ``seed`` (int >= -1), ``checkpoint_interval``,
-    ``eval_interval`` (int >= -1), ``output_dir`` (str): override the config's trainer.* field;
-        0 (total_steps), -1 (the others) or empty (output_dir) keep the config's value.
+    ``config`` (str)              the training config file, used as it is (no overrides here):
+        the train_sim graph (launch file, runner) resolves the run once and passes its
+        ``<output_dir>/config.yaml``; empty: the package's train_sim.yaml.
+    ``env_namespaces`` (string[]) the sims' namespaces, as many as the config's task.num_envs;
+        unset/empty: env_0 ... env_{N-1}.
     ``step_timeout_s`` (double)   wall-clock limit for one step/reset of all sims.
     ``connect_timeout_s`` (double) wall-clock limit for finding the sims (start, reconnect).
     ``max_recoveries`` (int >= 0) reconnect-and-reset attempts after a sim failure.
@@ -21,8 +19,12 @@ Topics
     pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray), about 1 Hz in every phase
         (connecting, training, evaluating, recovering, finished/failed): env steps, updates,
         env steps/s, the last evaluation's returns, the sims, recoveries, the output folder.
-    The sims' topics are used by RosVectorEnv on its own rclpy context; this node's context
-    only carries /diagnostics and the parameter services, spun on a background thread.
+    The sims' topics and services belong to this node too (``ros2 node info /trainer``): pub
+    ``<ns>/commands``, sub ``<ns>/transition`` (and ``<ns>/camera/image_raw`` for pixel tasks),
+    clients of ``<ns>/mujoco_sim/reset``, ``get_parameters`` and ``set_parameters``, created by
+    RosVectorEnv on it. The node is spun on a background thread. After a sim failure the node
+    is replaced by a new one (same name and parameters) on a fresh DDS participant, which
+    knows only the sims alive then.
 
 Failures
     A sim that stops answering raises SimTimeoutError (a misbehaving one SimError): the trainer
@@ -30,11 +32,13 @@ Failures
     then reconnects to the sims (local ones are respawned by the launch/runner), resets them
     and continues, at most ``max_recoveries`` times; after that it exits with code 3. Every
     wait is bounded by ``step_timeout_s`` / ``connect_timeout_s``: it never hangs.
-    SIGINT/SIGTERM: stop at the next vector step, write interrupted.pt, exit 130; a second
-    signal stops at once.
+    SIGINT/SIGTERM: a stop on request, not a failure: stop at the next vector step, write
+    interrupted.pt, log (INFO) what was written and how to resume, exit 0; a second signal
+    stops at once (still writing the checkpoint).
 
-Exit codes: 0 trained; 1 unexpected error; 2 invalid parameters or config; 3 sims failed;
-4 training diverged (NaN/Inf loss); 130 stopped by a signal.
+Exit codes: 0 trained, or stopped on request with its checkpoint written; 1 unexpected error;
+2 invalid parameters or config; 3 sims failed; 4 training diverged (NaN/Inf loss); 130 stopped
+by a signal but the checkpoint could not be written.
 """
 
 from __future__ import annotations
@@ -57,10 +61,18 @@ from rclpy.signals import SignalHandlerOptions
 
 from fpmd_core.config import ConfigError, make_config
 from fpmd_ros import messages, params
-from fpmd_ros.graph import SEED_STRIDE, SIM_NODE_NAME, default_config_path
+from fpmd_ros.graph import SEED_STRIDE, default_config_path
+from fpmd_ros.interface import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_PARAMETERS,
+    EXIT_OK,
+    SIM_NODE_NAME,
+    TRAINER_NODE_NAME,
+)
 
-NODE_NAME = 'trainer'
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SIMS, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+NODE_NAME = TRAINER_NODE_NAME
+EXIT_SIMS, EXIT_DIVERGED = 3, 4
 DIAGNOSTICS_PERIOD_S = 1.0
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 DIAGNOSTICS_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
@@ -84,36 +96,15 @@ def _descriptor(description: str, type_: int, **ranges) -> ParameterDescriptor:
 
 _STR, _INT, _DOUBLE = (ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER,
                        ParameterType.PARAMETER_DOUBLE)
-_BIG = 2**62
 # name -> (default, descriptor); env_namespaces is declared typed (string[]) without a default.
 PARAMETERS = {
     'config': ('', _descriptor(
-        'Training config file (YAML); empty: the package\'s config/train_sim.yaml.', _STR)),
-    'algo': ('', _descriptor(
-        'fpmd_r | fpmd_m | dpmd | sac; empty: the config file\'s agent.algo.', _STR)),
-    'task': ('', _descriptor(
-        'Task id the sims run; empty: the config file\'s task.id.', _STR)),
-    'num_envs': (0, _descriptor(
-        'Number of sims; 0: the length of env_namespaces, else the config\'s task.num_envs.',
-        _INT, int_range=(0, 100_000))),
+        'Training config file (YAML), used as it is; the train_sim graph passes the run\'s '
+        'resolved <output_dir>/config.yaml; empty: the package\'s config/train_sim.yaml.', _STR)),
     'env_namespaces': (Parameter.Type.STRING_ARRAY, _descriptor(
-        'Namespaces of the lockstep mujoco_sim nodes (any host in the ROS domain); '
-        'unset or empty: env_0 ... env_{num_envs-1}.', ParameterType.PARAMETER_STRING_ARRAY)),
-    'total_steps': (0, _descriptor(
-        'Environment steps to train for; 0: the config\'s trainer.total_steps.', _INT,
-        int_range=(0, _BIG))),
-    'seed': (-1, _descriptor(
-        'Training seed (sim i is reset with seed + i * 1000000); -1: the config\'s '
-        'trainer.seed.', _INT, int_range=(-1, 2**31 - 1))),
-    'output_dir': ('', _descriptor(
-        'Folder for checkpoints, policy.onnx, logs and the curve; empty: the config\'s '
-        'trainer.output_dir.', _STR)),
-    'checkpoint_interval': (-1, _descriptor(
-        'Env steps between checkpoints (0: only at the end); -1: the config\'s value.', _INT,
-        int_range=(-1, _BIG))),
-    'eval_interval': (-1, _descriptor(
-        'Env steps between evaluations (0: only at the end); -1: the config\'s value.', _INT,
-        int_range=(-1, _BIG))),
+        'Namespaces of the lockstep mujoco_sim nodes (any host in the ROS domain), as many as '
+        'the config\'s task.num_envs; unset or empty: env_0 ... env_{num_envs-1}.',
+        ParameterType.PARAMETER_STRING_ARRAY)),
     'step_timeout_s': (10.0, _descriptor(
         'Seconds to wait for all sims to answer one step or reset.', _DOUBLE,
         float_range=(0.001, 86400.0))),
@@ -128,37 +119,52 @@ PARAMETERS = {
 }
 
 
-class TrainerNode(Node):
-    """Parameters, the resolved training config and the /diagnostics publisher."""
+# What a new incarnation of the node (one per connection to the sims) takes over from the last.
+_CARRIED_OVER = ('cfg', 'namespaces', 'step_timeout_s', 'connect_timeout_s', 'max_recoveries',
+                 'resume', 'env_steps_per_s', 'trainer', 'state', 'level', 'message',
+                 'recoveries', '_last_rate')
 
-    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+
+class TrainerNode(Node):
+    """Parameters, the resolved training config and the /diagnostics publisher; the sims'
+    topics and services are added to it by RosVectorEnv while connected.
+
+    ``previous``: the node of the last connection, whose run and state this one continues (its
+    parameters come from the same --ros-args)."""
+
+    def __init__(self, node_name: str = NODE_NAME, *, previous: TrainerNode | None = None,
+                 **kwargs):
         super().__init__(node_name, **kwargs)
         try:
-            self._setup()
+            self._setup(previous)
         except BaseException:
             self.destroy_node()
             raise
 
-    def _setup(self) -> None:
+    def _setup(self, previous: TrainerNode | None) -> None:
         self.values = values = params.declare_all(self, PARAMETERS, TrainerParameterError)
-        self.cfg, self.namespaces = resolve_config(values)
-        self.step_timeout_s = float(values['step_timeout_s'])
-        self.connect_timeout_s = float(values['connect_timeout_s'])
-        self.max_recoveries = int(values['max_recoveries'])
-        self.resume = values['resume'] or None
-        if self.resume is not None and not Path(self.resume).is_file():
-            raise TrainerParameterError(f"parameter 'resume': file not found: {self.resume}")
-
-        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics',
-                                                  DIAGNOSTICS_QOS)
         self._lock = threading.Lock()
         self._hostname = socket.gethostname()
         self._last_publish = 0.0
-        self._last_rate = (time.monotonic(), 0)
-        self.env_steps_per_s = 0.0
-        self.trainer = None
-        self.state, self.level, self.message = 'starting', OK, 'starting'
-        self.recoveries = 0
+        if previous is not None:
+            for name in _CARRIED_OVER:
+                setattr(self, name, getattr(previous, name))
+        else:
+            self.cfg, self.namespaces = resolve_config(values)
+            self.step_timeout_s = float(values['step_timeout_s'])
+            self.connect_timeout_s = float(values['connect_timeout_s'])
+            self.max_recoveries = int(values['max_recoveries'])
+            self.resume = values['resume'] or None
+            if self.resume is not None and not Path(self.resume).is_file():
+                raise TrainerParameterError(f"parameter 'resume': file not found: "
+                                            f'{self.resume}')
+            self._last_rate = (time.monotonic(), 0)
+            self.env_steps_per_s = 0.0
+            self.trainer = None
+            self.state, self.level, self.message = 'starting', OK, 'starting'
+            self.recoveries = 0
+        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics',
+                                                  DIAGNOSTICS_QOS)
         self.create_timer(DIAGNOSTICS_PERIOD_S / 2, self._on_timer)
 
     # --- /diagnostics --------------------------------------------------------------------------
@@ -220,32 +226,25 @@ def _format(value) -> str:
 
 
 def resolve_config(values: dict):
-    """The fpmd_core config (file + parameter overrides) and the sims' namespaces."""
+    """The fpmd_core config (the ``config`` file as it is) and the sims' namespaces."""
     config = values['config'] or default_config_path()
-    overrides = {}
-    for name, field, unset in [('task', 'task.id', ''), ('algo', 'agent.algo', ''),
-                               ('total_steps', 'trainer.total_steps', 0),
-                               ('seed', 'trainer.seed', -1),
-                               ('output_dir', 'trainer.output_dir', ''),
-                               ('checkpoint_interval', 'trainer.checkpoint_interval', -1),
-                               ('eval_interval', 'trainer.eval_interval', -1)]:
-        if values[name] != unset:
-            overrides[field] = values[name]
+    if not Path(config).is_file():
+        raise TrainerParameterError(f"parameter 'config': file not found: {config}; expected a "
+                                    'training config (YAML), e.g. a run\'s config.yaml')
+    try:
+        cfg = make_config(file=config)
+    except ConfigError as error:
+        raise TrainerParameterError(f"parameter 'config': {config}: {error}") from None
     namespaces = [str(ns).strip('/') for ns in (values['env_namespaces'] or []) if str(ns)]
-    num_envs = int(values['num_envs'])
-    if namespaces and num_envs and num_envs != len(namespaces):
-        raise TrainerParameterError(
-            f"parameter 'num_envs' is {num_envs} but env_namespaces lists {len(namespaces)} "
-            f"sims ({', '.join(namespaces)}); expected equal counts (or num_envs 0)")
     if len(set(namespaces)) != len(namespaces):
         raise TrainerParameterError(f"parameter 'env_namespaces' lists a namespace twice: "
                                     f"{namespaces}")
-    if namespaces or num_envs:
-        overrides['task.num_envs'] = len(namespaces) or num_envs
-    try:
-        cfg = make_config(file=config, overrides=overrides)
-    except ConfigError as error:
-        raise TrainerParameterError(f'config {config}: {error}') from None
+    if namespaces and len(namespaces) != cfg.task.num_envs:
+        raise TrainerParameterError(
+            f"parameter 'env_namespaces' lists {len(namespaces)} sims ({', '.join(namespaces)}) "
+            f'but the config {config} has task.num_envs {cfg.task.num_envs}; expected equal '
+            'counts (the train_sim graph writes both: ros2 launch fpmd_ros train_sim.launch.py '
+            'num_envs:=0 remote_envs:=<namespaces>)')
     if not namespaces:
         namespaces = [f'env_{i}' for i in range(cfg.task.num_envs)]
     return cfg, namespaces
@@ -266,79 +265,121 @@ class _Signals:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self._log.warning(f'{signal.Signals(signum).name}: stopping at the next step (writes '
-                          f'{INTERRUPTED_CHECKPOINT}); send it again to stop at once')
+        self._log.info(f'{signal.Signals(signum).name}: stopping at the next step (writes '
+                       f'{INTERRUPTED_CHECKPOINT}); send it again to stop at once')
+
+
+class _Spinner:
+    """Spins one node on a background thread: its parameter services, /diagnostics timer and,
+    while connected, the sims' topics and service replies (RosVectorEnv waits for them)."""
+
+    def __init__(self, node: Node):
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=_spin, args=(self.executor,),
+                                       name='trainer executor', daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
 
 
 class TrainingSession:
-    """Connect, train, recover from sim failures, report. ``run()`` returns the exit code."""
+    """Connect, train, recover from sim failures, report. ``run()`` returns the exit code.
 
-    def __init__(self, node: TrainerNode, signals: _Signals):
+    The sims' topics and services belong to the ``trainer`` node itself (``ros2 node info
+    /trainer`` lists them). A reconnect replaces the node by a new one of the same name and
+    parameters on a fresh context: a fresh DDS participant knows only the sims alive now, where
+    the old one could still match a dead sim's endpoints and send it the first requests."""
+
+    def __init__(self, node: TrainerNode, signals: _Signals, ros_args: list[str] | None = None):
         self.node = node
         self.signals = signals
         self.log = node.get_logger()
         self.trainer = None
         self.interrupted_checkpoint: Path | None = None
-        self._env_contexts: dict = {}
+        self._ros_args = ros_args
+        self._own_context = None  # the context of a replacement node (the first is main's)
+        self._spinner: _Spinner | None = None
+        self._connections = 0
 
-    def _connect(self):
-        """A RosVectorEnv on a fresh context (a fresh DDS participant on every reconnect).
+    def start(self) -> None:
+        self._spinner = _Spinner(self.node)
 
-        The context is initialised with ``args=[]``: this process's ``--ros-args`` (``__node``
-        remap, ``-p`` overrides) are the trainer node's, and must not rename the env's node.
-        """
+    def close(self) -> None:
+        if self._spinner is not None:
+            self._spinner.stop()
+            self._spinner = None
+        if self.node is not None:
+            self.node.destroy_node()
+            self.node = None
+        if self._own_context is not None:
+            rclpy.try_shutdown(context=self._own_context)
+            self._own_context = None
+
+    def _replace_node(self) -> None:
         from rclpy.context import Context
 
-        from fpmd_core.tasks import pixel_options
-        from fpmd_ros.ros_env import RosVectorEnv
-
-        node, cfg = self.node, self.node.cfg
-        if not node.recoveries:  # while recovering, the state stays 'recovering' (WARN)
-            node.set_state('connecting', f'waiting for sims {", ".join(node.namespaces)}')
+        previous = self.node
+        self.close()  # first: two /trainer nodes must never coexist
         context = Context()
-        rclpy.init(args=[], context=context)
+        rclpy.init(args=self._ros_args, context=context,
+                   signal_handler_options=SignalHandlerOptions.NO)
         try:
-            envs = RosVectorEnv(cfg.task.id, namespaces=node.namespaces,
-                                sim_node_name=SIM_NODE_NAME,
-                                max_episode_steps=cfg.task.max_episode_steps,
-                                action_repeat=cfg.task.action_repeat,
-                                pixels=pixel_options(cfg.task),
-                                step_timeout_s=node.step_timeout_s,
-                                connect_timeout_s=node.connect_timeout_s,
-                                seed_stride=SEED_STRIDE, context=context,
-                                node_name=f'{node.get_name()}_envs')
+            self.node = TrainerNode(context=context, previous=previous)
         except BaseException:
             rclpy.try_shutdown(context=context)
             raise
-        self._env_contexts[id(envs)] = context
-        return envs
+        self._own_context = context
+        self.start()
+
+    def _connect(self):
+        """A RosVectorEnv on the trainer node (a new one on every reconnect)."""
+        from fpmd_core.tasks import pixel_options
+        from fpmd_ros.ros_env import RosVectorEnv
+
+        if self._connections:
+            self._replace_node()
+        self._connections += 1
+        node, cfg = self.node, self.node.cfg
+        if not node.recoveries:  # while recovering, the state stays 'recovering' (WARN)
+            node.set_state('connecting', f'waiting for sims {", ".join(node.namespaces)}')
+        return RosVectorEnv(cfg.task.id, namespaces=node.namespaces,
+                            sim_node_name=SIM_NODE_NAME,
+                            max_episode_steps=cfg.task.max_episode_steps,
+                            action_repeat=cfg.task.action_repeat,
+                            pixels=pixel_options(cfg.task),
+                            step_timeout_s=node.step_timeout_s,
+                            connect_timeout_s=node.connect_timeout_s,
+                            seed_stride=SEED_STRIDE, node=node)
 
     def _on_progress(self, trainer) -> None:
         self.node.maybe_publish()
         if self.signals.requested:
             raise StopRequested
 
-    def _save_interrupted(self) -> None:
+    def _save_interrupted(self, log=None) -> bool:
+        """Writes interrupted.pt if anything was trained since the last save; False if that
+        failed."""
         trainer = self.trainer
         if trainer is None or trainer.obs is None:
-            return  # nothing new since the last save (or nothing trained yet)
+            return True  # nothing new since the last save (or nothing trained yet)
         path = Path(trainer.output_dir) / INTERRUPTED_CHECKPOINT
         try:
             self.interrupted_checkpoint = trainer.save(path)
         except Exception as error:  # never let a failed save hide the original error
             self.log.error(f'could not write {path}: {error!r}')
-            return
-        self.log.warning(f'checkpoint written at env step {trainer.env_steps}: {path} '
-                         f'(continue from it with resume:={path})')
+            return False
+        (log or self.log.warning)(f'checkpoint written at env step {trainer.env_steps}: {path} '
+                                  f'(continue from it with resume:={path})')
+        return True
 
     def _close(self, envs) -> None:
         try:
             envs.close()
         except Exception as error:  # pragma: no cover - best effort
             self.log.warning(f'closing the ROS vector env: {error!r}')
-        context = self._env_contexts.pop(id(envs), None)
-        if context is not None:
-            rclpy.try_shutdown(context=context)
 
     def _close_envs(self) -> None:
         trainer = self.trainer
@@ -347,36 +388,51 @@ class TrainingSession:
             trainer.envs = None
 
     def _stopped(self) -> int:
-        self._save_interrupted()
-        self.node.set_state('stopped', 'stopped by a signal', WARN)
-        self.log.warning('training stopped by a signal')
-        return EXIT_INTERRUPTED
+        """A stop on request: exit 0 once the checkpoint is written (nothing failed)."""
+        if not self._save_interrupted(log=self.log.info):
+            message = 'stopped by a signal; the checkpoint could not be written (see above)'
+            self.node.set_state('stopped', message, ERROR)
+            self.log.error(message)
+            return EXIT_INTERRUPTED
+        trainer = self.trainer
+        checkpoint = self.interrupted_checkpoint or (
+            trainer.last_checkpoint if trainer is not None else None) or self.node.resume
+        if checkpoint:
+            message = (f'stopped on request at env step {trainer.env_steps if trainer else 0} '
+                       f'of {self.node.cfg.trainer.total_steps}; checkpoint: {checkpoint}. '
+                       f'Continue with the same arguments and resume:={checkpoint} (ros2 launch '
+                       'fpmd_ros train_sim.launch.py ... or ./fpmd train ...)')
+        else:
+            message = 'stopped on request before training began; nothing to save'
+        self.node.set_state('stopped', message)
+        self.log.info(message)
+        return EXIT_OK
 
     def run(self) -> int:
         from fpmd_core.trainer import Trainer, TrainingDiverged
         from fpmd_ros.ros_env import SimError
 
-        node, cfg = self.node, self.node.cfg
+        cfg = self.node.cfg
         self.log.info(
             f'training {cfg.agent.algo} on {cfg.task.id} for {cfg.trainer.total_steps} env steps '
-            f'over {len(node.namespaces)} sims ({", ".join(node.namespaces)}); output: '
+            f'over {len(self.node.namespaces)} sims ({", ".join(self.node.namespaces)}); output: '
             f'{Path(cfg.trainer.output_dir).resolve()}')
         try:
             try:
                 envs = self._connect()
             except SimError as error:
-                node.set_state('failed', str(error), ERROR)
+                self.node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'{error}')
                 return EXIT_SIMS
             try:
-                self.trainer = Trainer(cfg, envs=envs, resume=node.resume,
+                self.trainer = Trainer(cfg, envs=envs, resume=self.node.resume,
                                        on_progress=self._on_progress)
             except Exception as error:  # CheckpointError, ValueError: the run is misconfigured
                 self._close(envs)
-                node.set_state('failed', str(error), ERROR)
+                self.node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'cannot start training: {error}')
-                return EXIT_CONFIG
-            node.trainer = self.trainer
+                return EXIT_INVALID_PARAMETERS
+            self.node.trainer = self.trainer
             return self._train(SimError, TrainingDiverged)
         except (StopRequested, KeyboardInterrupt):
             return self._stopped()
@@ -384,12 +440,12 @@ class TrainingSession:
             self._close_envs()
 
     def _train(self, SimError, TrainingDiverged) -> int:  # noqa: N803 - exception classes
-        node, trainer = self.node, self.trainer
+        trainer = self.trainer
         while True:
             try:
                 if trainer.envs is None:
                     trainer.envs = self._connect()
-                node.set_state('training', 'training')
+                self.node.set_state('training', 'training')
                 result = trainer.run()
                 break
             except SimError as error:
@@ -401,20 +457,21 @@ class TrainingSession:
                 trainer.episode_returns[:] = 0.0
                 if self.signals.requested:
                     return self._stopped()
-                if node.recoveries >= node.max_recoveries:
+                if self.node.recoveries >= self.node.max_recoveries:
                     kept = self.interrupted_checkpoint or trainer.last_checkpoint or 'none'
-                    message = (f'{error}; gave up after {node.recoveries} recoveries '
-                               f'(max_recoveries {node.max_recoveries}); checkpoint: {kept}')
-                    node.set_state('failed', message, ERROR)
+                    message = (f'{error}; gave up after {self.node.recoveries} recoveries '
+                               f'(max_recoveries {self.node.max_recoveries}); checkpoint: {kept}')
+                    self.node.set_state('failed', message, ERROR)
                     self.log.fatal(message)
                     return EXIT_SIMS
-                node.recoveries += 1
-                message = (f'recovery {node.recoveries}/{node.max_recoveries}: reconnecting '
-                           f'to the sims and resetting them (failed: {error.namespace})')
-                node.set_state('recovering', message, WARN)
+                self.node.recoveries += 1
+                message = (f'recovery {self.node.recoveries}/{self.node.max_recoveries}: '
+                           'reconnecting to the sims and resetting them (failed: '
+                           f'{error.namespace})')
+                self.node.set_state('recovering', message, WARN)
                 self.log.warning(message)
             except TrainingDiverged as error:
-                node.set_state('failed', str(error), ERROR)
+                self.node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'{error}')
                 return EXIT_DIVERGED
 
@@ -427,10 +484,9 @@ class TrainingSession:
             f'learning curve: {result.curve}',
             f'outputs (TensorBoard, CSV): {result.output_dir}',
         ]
-        for line in lines:
+        for line in lines:  # logged only: under ros2 launch a print would show it twice
             self.log.info(line)
-        print('\n'.join(lines), flush=True)
-        node.set_state('finished', lines[0])
+        self.node.set_state('finished', lines[0])
         return EXIT_OK
 
 
@@ -441,19 +497,17 @@ def main(args=None) -> int:
     logger = rclpy.logging.get_logger(NODE_NAME)
     signals = _Signals(logger)
     signals.install()
-    node = executor = thread = None
+    session = None
     try:
         try:
             node = TrainerNode()
         except TrainerParameterError as error:
             logger.fatal(str(error))
-            return EXIT_CONFIG
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        thread = threading.Thread(target=_spin, args=(executor,), name='trainer diagnostics',
-                                  daemon=True)
-        thread.start()
-        return TrainingSession(node, signals).run()
+            return EXIT_INVALID_PARAMETERS
+        # A reconnect's new trainer node is given the same --ros-args (name, parameters).
+        session = TrainingSession(node, signals, sys.argv if args is None else list(args))
+        session.start()
+        return session.run()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception:
@@ -461,16 +515,12 @@ def main(args=None) -> int:
         import traceback
 
         traceback.print_exc()
-        if node is not None:
-            node.set_state('failed', 'unexpected error (see the log)', ERROR)
+        if session is not None and session.node is not None:
+            session.node.set_state('failed', 'unexpected error (see the log)', ERROR)
         return EXIT_ERROR
     finally:
-        if executor is not None:
-            executor.shutdown(timeout_sec=2.0)
-        if thread is not None:
-            thread.join(timeout=5.0)
-        if node is not None:
-            node.destroy_node()
+        if session is not None:
+            session.close()
         rclpy.try_shutdown()
 
 

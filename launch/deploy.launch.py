@@ -1,42 +1,51 @@
 """Run an exported policy: ``ros2 launch fpmd_ros deploy.launch.py policy:=<file> [sim:=true]``.
 
-The ``policy_controller`` lifecycle node, configured and then activated on start (with
-``sim:=true`` also a realtime ``mujoco_sim`` of the policy's task wired to it). Thin over
-:func:`fpmd_ros.graph.deploy_graph`, which holds the nodes, parameters, remappings and argument
-table (``python -m fpmd_ros.runner deploy`` runs the same graph without the ROS 2 CLI).
+The ``policy_controller`` lifecycle node, configured and then activated once, on start (with
+``sim:=true`` also a realtime ``mujoco_sim`` of the policy's task wired to it); if that configure
+fails, the launch ends with the reason (and returns non-zero). Later transitions are the user's
+(``ros2 lifecycle set ...``): the launch does not re-activate the node. Thin over
+:mod:`fpmd_ros.graph`, which holds the nodes, parameters, remappings, argument table and the
+start-up rule (``python -m fpmd_ros.runner deploy`` runs the same graph without the ROS 2 CLI).
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
-from fpmd_ros.graph import DEPLOY_ARGUMENTS, deploy_graph
+from fpmd_ros.graph import DEPLOY_ARGUMENTS, configure_outcome, deploy_graph, launch_arguments
+
+
+def _after_configure(context, node, name):
+    # Raises GraphError unless configuring reached 'inactive': the launch service then logs it,
+    # shuts down with it as the reason and returns 1.
+    configure_outcome(name, context.locals.event.goal_state)
+    return [EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                        transition_id=Transition.TRANSITION_ACTIVATE))]
 
 
 def _nodes(context, *args, **kwargs):
-    values = {row.name: LaunchConfiguration(row.name).perform(context)
-              for row in DEPLOY_ARGUMENTS}
+    values = launch_arguments(context.launch_configurations, DEPLOY_ARGUMENTS)
     actions = []
     for spec in deploy_graph(values):
         if not spec.lifecycle:
             actions.append(Node(**spec.launch_kwargs(), output='screen'))
             continue
         node = LifecycleNode(**spec.launch_kwargs(), output='screen')
-        # configure on start; activate as soon as configuring reached 'inactive'
-        activate = RegisterEventHandler(OnStateTransition(
-            target_lifecycle_node=node, start_state='configuring', goal_state='inactive',
-            entities=[EmitEvent(event=ChangeState(
-                lifecycle_node_matcher=matches_action(node),
-                transition_id=Transition.TRANSITION_ACTIVATE))]))
+        # Configure on start; the first configure's outcome activates the node or ends the
+        # launch. handle_once: a later deactivate -> cleanup -> configure by the user must not
+        # be followed by an activation the user did not ask for.
+        after_configure = RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, start_state='configuring', handle_once=True,
+            entities=[OpaqueFunction(function=_after_configure,
+                                     args=[node, spec.fully_qualified_name])]))
         configure = EmitEvent(event=ChangeState(
             lifecycle_node_matcher=matches_action(node),
             transition_id=Transition.TRANSITION_CONFIGURE))
-        actions += [activate, node, configure]
+        actions += [after_configure, node, configure]
     return actions
 
 

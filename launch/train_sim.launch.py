@@ -1,33 +1,44 @@
 """Train a policy against MuJoCo sim nodes: ``ros2 launch fpmd_ros train_sim.launch.py``.
 
 N lockstep ``mujoco_sim`` nodes (namespaces ``env_0`` ... ``env_{N-1}``) and one ``trainer``; the
-launch ends when the trainer exits. Thin over :func:`fpmd_ros.graph.train_sim_graph`, which
-holds the nodes, parameters and argument table (``python -m fpmd_ros.runner train_sim`` runs the
-same graph without the ROS 2 CLI). ``ros2 launch fpmd_ros train_sim.launch.py --show-args``
-lists the arguments.
+launch ends when the trainer exits, and returns non-zero when the trainer failed. Thin over
+:mod:`fpmd_ros.graph`, which holds the nodes, parameters, argument table and the rules applied
+while the graph runs (``python -m fpmd_ros.runner train_sim`` runs the same graph without the
+ROS 2 CLI). ``ros2 launch fpmd_ros train_sim.launch.py --show-args`` lists the arguments.
 """
+
+import functools
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
-from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from fpmd_ros.graph import TRAIN_SIM_ARGUMENTS, train_sim_graph
+from fpmd_ros.graph import (
+    TRAIN_SIM_ARGUMENTS,
+    ending_node_exited,
+    launch_arguments,
+    train_sim_graph,
+)
+
+
+def _on_trainer_exit(spec, event, context):
+    # A failure raises GraphError here: the launch service logs it, shuts down with it as the
+    # reason and returns 1 (it has no other way to return non-zero).
+    ending_node_exited(spec, event.returncode)
+    return [EmitEvent(event=Shutdown(reason=f'{spec.fully_qualified_name} finished'))]
 
 
 def _nodes(context, *args, **kwargs):
-    values = {row.name: LaunchConfiguration(row.name).perform(context)
-              for row in TRAIN_SIM_ARGUMENTS}
+    values = launch_arguments(context.launch_configurations, TRAIN_SIM_ARGUMENTS)
     actions = []
     for spec in train_sim_graph(values):
         node = Node(**spec.launch_kwargs(), output='screen')
         actions.append(node)
         if spec.ends_launch:
             actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node,
-                on_exit=[EmitEvent(event=Shutdown(reason=f'{spec.name} exited'))])))
+                target_action=node, on_exit=functools.partial(_on_trainer_exit, spec))))
     return actions
 
 

@@ -2,15 +2,15 @@
 
 ``launch`` / ``launch_ros`` cannot be installed here, so small stand-in modules that record their
 constructor arguments are put into ``sys.modules`` for the duration of each test; the real launch
-files are then executed (``generate_launch_description()`` and their ``OpaqueFunction``) and what
-they built is compared with :mod:`fpmd_ros.graph`. Also: the specs' parameters exist in the
-nodes' declarations with the same types, argument validation, and the runner's command lines.
+files are then executed (``generate_launch_description()``, their ``OpaqueFunction`` and their
+event handlers' functions) and what they built is compared with :mod:`fpmd_ros.graph`. Also: the
+specs' parameters exist in the nodes' declarations with the same types, argument validation, the
+resolved config the trainer is given, and the runner's command lines.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import types
 from pathlib import Path
@@ -18,20 +18,30 @@ from pathlib import Path
 import pytest
 from runner_helpers import POLICY_TASK, export_untrained_policy
 
+from fpmd_core.config import RESOLVED_CONFIG_NAME, ConfigError, make_config
 from fpmd_ros import graph, runner
 from fpmd_ros.graph import (
     DEPLOY_ARGUMENTS,
     SEED_STRIDE,
     TRAIN_SIM_ARGUMENTS,
     GraphArgumentError,
+    GraphError,
     NodeSpec,
+    SimEpisodes,
     deploy_graph,
+    launch_arguments,
     train_sim_graph,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_DIR = REPO_ROOT / 'launch'
 TASK = 'InvertedPendulum-v5'
+
+
+@pytest.fixture(autouse=True)
+def _in_a_scratch_folder(tmp_path, monkeypatch):
+    """train_sim_graph writes <output_dir>/config.yaml; the default output_dir is relative."""
+    monkeypatch.chdir(tmp_path)
 
 
 # --- stand-ins for launch / launch_ros -----------------------------------------------------------
@@ -149,26 +159,40 @@ def _train_sim_actions(kinds, **values):
     function = _describe(kinds, 'train_sim.launch.py', TRAIN_SIM_ARGUMENTS)
     context = _context(TRAIN_SIM_ARGUMENTS, **values)
     actions = function(context)
-    specs = train_sim_graph(dict(context.launch_configurations))
+    specs = train_sim_graph(launch_arguments(context.launch_configurations,
+                                             TRAIN_SIM_ARGUMENTS))
     nodes = [a for a in actions if isinstance(a, kinds['Node'])]
     assert not any(isinstance(a, kinds['LifecycleNode']) for a in nodes)
     assert len(nodes) == len(specs)
     for action, spec in zip(nodes, specs, strict=True):
         _assert_node_matches(action, spec)
-    # The launch ends when the trainer exits.
+    # The launch ends when the trainer exits: cleanly after exit code 0, else with an error
+    # (raised in the handler: ros2 launch then returns non-zero).
     handlers = [a for a in actions if isinstance(a, kinds['RegisterEventHandler'])]
     assert len(handlers) == 1 and len(actions) == len(nodes) + 1
     on_exit = handlers[0].args[0]
     assert isinstance(on_exit, kinds['OnProcessExit'])
     trainer_action = nodes[[s.ends_launch for s in specs].index(True)]
     assert on_exit.kwargs['target_action'] is trainer_action
-    [emit] = on_exit.kwargs['on_exit']
+    [emit] = on_exit.kwargs['on_exit'](types.SimpleNamespace(returncode=0), context)
     assert isinstance(emit, kinds['EmitEvent'])
     assert isinstance(emit.kwargs['event'], kinds['Shutdown'])
+    for code in (1, 3, 130):
+        with pytest.raises(GraphError, match=rf'/trainer failed \(exit code {code}\)'):
+            on_exit.kwargs['on_exit'](types.SimpleNamespace(returncode=code), context)
     return specs
 
 
-def test_train_sim_launch_defaults(fake_launch):
+def _trainer_config(trainer: NodeSpec):
+    """The resolved config file the trainer is given, read back as the trainer reads it."""
+    path = Path(trainer.parameters['config'])
+    assert path.name == RESOLVED_CONFIG_NAME and path.is_file()
+    cfg = make_config(file=path)
+    assert path == Path(cfg.trainer.output_dir) / RESOLVED_CONFIG_NAME
+    return cfg
+
+
+def test_train_sim_launch_defaults(fake_launch, tmp_path):
     specs = _train_sim_actions(fake_launch)
     # config/train_sim.yaml: one env, InvertedPendulum-v5, fpmd_m, 25000 steps, seed 0.
     assert [(s.executable, s.name, s.namespace) for s in specs] == [
@@ -179,21 +203,26 @@ def test_train_sim_launch_defaults(fake_launch):
     assert sim.respawn and not sim.ends_launch and not sim.lifecycle
     assert trainer.ends_launch and not trainer.respawn
     params = trainer.parameters
-    assert params['config'] == graph.default_config_path()
-    assert Path(params['config']).is_file()
-    assert (params['task'], params['algo'], params['num_envs'], params['env_namespaces'],
-            params['total_steps'], params['seed']) == (TASK, 'fpmd_m', 1, ['env_0'], 25000, 0)
-    assert params['output_dir'] == os.path.abspath('runs/fpmd')
+    assert params['config'] == str(tmp_path / 'runs' / 'fpmd' / RESOLVED_CONFIG_NAME)
+    cfg = _trainer_config(trainer)
+    expected = make_config(file=graph.default_config_path())
+    assert cfg.trainer.output_dir == str(tmp_path / 'runs' / 'fpmd')
+    expected.trainer.output_dir = cfg.trainer.output_dir
+    assert cfg == expected  # the package's config as it is, every field
+    assert params['env_namespaces'] == ['env_0']
     assert params['step_timeout_s'] == 10.0 and isinstance(params['step_timeout_s'], float)
     assert params['connect_timeout_s'] == 60.0 and isinstance(params['connect_timeout_s'], float)
     assert params['max_recoveries'] == 3 and params['resume'] == ''
+    assert set(params) == {'config', 'env_namespaces', 'step_timeout_s', 'connect_timeout_s',
+                           'max_recoveries', 'resume'}
 
 
 def test_train_sim_launch_arguments_override_the_config(fake_launch, tmp_path):
     specs = _train_sim_actions(
-        fake_launch, task='Hopper-v5', algo='sac', num_envs='3', total_steps='50000', seed='7',
-        output_dir=str(tmp_path / 'out'), remote_envs='lab/env_9, env_10',
-        step_timeout_s='2.5', connect_timeout_s='30', max_recoveries='0')
+        fake_launch, task='Hopper-v5', algo='sac', num_envs='3', total_steps='500', seed='7',
+        warmup_steps='100', eval_interval='250', output_dir=str(tmp_path / 'out'),
+        remote_envs='lab/env_9, env_10', step_timeout_s='2.5', connect_timeout_s='30',
+        max_recoveries='0')
     sims, trainer = specs[:-1], specs[-1]
     assert [s.namespace for s in sims] == ['env_0', 'env_1', 'env_2']  # remote ones: not here
     for i, sim in enumerate(sims):
@@ -202,13 +231,35 @@ def test_train_sim_launch_arguments_override_the_config(fake_launch, tmp_path):
                                   'action_repeat': 1}
     params = trainer.parameters
     assert params['env_namespaces'] == ['env_0', 'env_1', 'env_2', 'lab/env_9', 'env_10']
-    assert params['num_envs'] == 5
-    assert (params['task'], params['algo'], params['total_steps'], params['seed']) == (
-        'Hopper-v5', 'sac', 50000, 7)
-    assert params['output_dir'] == str(tmp_path / 'out')
+    cfg = _trainer_config(trainer)
+    assert (cfg.task.id, cfg.agent.algo, cfg.task.num_envs, cfg.trainer.total_steps,
+            cfg.trainer.seed, cfg.trainer.warmup_steps, cfg.trainer.eval_interval) == (
+        'Hopper-v5', 'sac', 5, 500, 7, 100, 250)
+    assert params['config'] == str(tmp_path / 'out' / RESOLVED_CONFIG_NAME)
+    # Fields no argument sets keep the config file's values.
+    assert cfg.agent.critic_lr == make_config(file=graph.default_config_path()).agent.critic_lr
     assert params['step_timeout_s'] == 2.5
     assert params['connect_timeout_s'] == 30.0 and isinstance(params['connect_timeout_s'], float)
     assert params['max_recoveries'] == 0
+
+
+def test_launch_arguments_refuse_mistyped_names_and_ignore_the_launch_systems(fake_launch):
+    function = _describe(fake_launch, 'train_sim.launch.py', TRAIN_SIM_ARGUMENTS)
+    # ros2 launch fpmd_ros train_sim.launch.py total_step:=100: a configuration no one reads.
+    with pytest.raises(GraphArgumentError, match="argument 'total_step': unknown argument; did "
+                       'you mean total_steps\\? expected one of: task, algo') as caught:
+        function(_context(TRAIN_SIM_ARGUMENTS, total_step='100'))
+    assert caught.value.argument == 'total_step'
+    # What ros2 launch (--launch-prefix), launch and launch_ros put there themselves is fine.
+    system = {'launch-prefix': 'gdb -ex run --args', 'launch-prefix-filter': 'trainer',
+              'emulate_tty': 'true', 'ros_namespace': '/lab', 'global_params': [],
+              'anon1234': 'x'}
+    values = launch_arguments({**system, 'seed': '3'}, TRAIN_SIM_ARGUMENTS)
+    assert values == {**{row.name: row.default for row in TRAIN_SIM_ARGUMENTS}, 'seed': '3'}
+    deploy = _describe(fake_launch, 'deploy.launch.py', DEPLOY_ARGUMENTS)
+    with pytest.raises(GraphArgumentError, match="'polcy': unknown argument; did you mean "
+                       'policy\\?'):
+        deploy(_context(DEPLOY_ARGUMENTS, polcy='x.onnx'))
 
 
 def test_train_sim_config_file_values(tmp_path):
@@ -226,7 +277,14 @@ def test_train_sim_config_file_values(tmp_path):
     assert len(trainer) == 1  # only the trainer: its sim runs elsewhere
     assert trainer[0].parameters['env_namespaces'] == ['far_0']
     assert trainer[0].parameters['resume'] == str(resume)
-    assert trainer[0].parameters['output_dir'] == str(tmp_path / 'o')
+    cfg = _trainer_config(trainer[0])
+    assert (cfg.trainer.output_dir, cfg.task.num_envs, cfg.task.id) == (
+        str(tmp_path / 'o'), 1, 'cheetah-run')
+    # remote_envs without num_envs: the config's local sims and the remote ones.
+    sims_and_trainer = train_sim_graph({'config': str(config), 'remote_envs': 'far_0'})
+    assert [s.namespace for s in sims_and_trainer[:-1]] == ['env_0', 'env_1']
+    assert sims_and_trainer[-1].parameters['env_namespaces'] == ['env_0', 'env_1', 'far_0']
+    assert _trainer_config(sims_and_trainer[-1]).task.num_envs == 3
 
 
 # --- deploy.launch.py ----------------------------------------------------------------------------
@@ -251,18 +309,35 @@ def _deploy_actions(kinds, **values):
     for spec, node in zip(specs, nodes, strict=True):
         if not spec.lifecycle:
             continue
-        # [activate handler, node, configure]: configure on start, activate once inactive.
+        # [after-configure handler, node, configure]: configure on start; the outcome of that
+        # first configure (once) activates the node or ends the launch.
         at = actions.index(node)
         handler, configure = actions[at - 1], actions[at + 1]
         assert isinstance(handler, kinds['RegisterEventHandler'])
         transition = handler.args[0]
         assert isinstance(transition, kinds['OnStateTransition'])
         assert transition.kwargs['target_lifecycle_node'] is node
-        assert transition.kwargs['goal_state'] == 'inactive'
-        [activate] = transition.kwargs['entities']
+        assert transition.kwargs['start_state'] == 'configuring'
+        assert 'goal_state' not in transition.kwargs  # success and failure alike
+        # Once: a user's deactivate -> cleanup -> configure must not be re-activated.
+        assert transition.kwargs['handle_once'] is True
+        [after] = transition.kwargs['entities']
+        assert isinstance(after, kinds['OpaqueFunction'])
+
+        def outcome(goal_state, after=after):
+            event = types.SimpleNamespace(start_state='configuring', goal_state=goal_state)
+            context = types.SimpleNamespace(locals=types.SimpleNamespace(event=event))
+            return after.kwargs['function'](context, *after.kwargs['args'])
+
+        [activate] = outcome('inactive')
+        assert isinstance(activate, kinds['EmitEvent'])
         assert activate.kwargs['event'].kwargs == {
             'lifecycle_node_matcher': ('matches_action', node),
             'transition_id': Transition.TRANSITION_ACTIVATE}
+        for failed in ('unconfigured', 'errorprocessing'):
+            with pytest.raises(GraphError, match=rf'{spec.fully_qualified_name}: configure at '
+                               rf"start-up failed \(it went to '{failed}'\)"):
+                outcome(failed)
         assert isinstance(configure, kinds['EmitEvent'])
         assert configure.kwargs['event'].kwargs == {
             'lifecycle_node_matcher': ('matches_action', node),
@@ -355,7 +430,9 @@ def test_spec_parameters_are_declared_by_the_nodes(policy_file):
                 'trainer': _declared_types(trainer_node),
                 'policy_controller': _declared_types(controller_node)}
     specs = [*train_sim_graph({'num_envs': '2', 'remote_envs': 'x'}),
-             *deploy_graph({'policy': str(policy_file), 'sim': 'true'})]
+             *deploy_graph({'policy': str(policy_file), 'sim': 'true'}),
+             *deploy_graph({'policy': str(policy_file), 'sim': 'true', 'trigger': 'timer'},
+                           sim_episodes=SimEpisodes(2.0, 1, 10))]
     assert {s.executable for s in specs} == set(declared)
     for spec in specs:
         for name, value in spec.parameters.items():
@@ -383,7 +460,11 @@ def test_spec_parameters_are_declared_by_the_nodes(policy_file):
     ({'remote_envs': 'env_0'}, 'remote_envs', 'expected distinct namespaces'),
     ({'remote_envs': 'bad name!'}, 'remote_envs', 'not a ROS namespace'),
     ({'resume': '/no/such.pt'}, 'resume', 'file not found'),
-    ({'tsak': 'Hopper-v5'}, 'tsak', 'unknown argument; expected one of: task, algo'),
+    ({'tsak': 'Hopper-v5'}, 'tsak', 'unknown argument; did you mean task\\? expected one of: '
+     'task, algo'),
+    ({'warmup_steps': '-1'}, 'warmup_steps', 'expected an integer >= 0'),
+    ({'eval_interval': 'often'}, 'eval_interval', 'expected an integer >= 0'),
+    ({'output_dir': '/proc/no_such_folder'}, 'output_dir', 'cannot write config.yaml'),
 ])
 def test_train_sim_argument_errors(args, argument, expected):
     with pytest.raises(GraphArgumentError, match=expected) as caught:
@@ -395,9 +476,35 @@ def test_train_sim_argument_errors(args, argument, expected):
 def test_train_sim_config_errors_name_the_field(tmp_path):
     config = tmp_path / 'bad.yaml'
     config.write_text('agent: {hiden: 32}\n')
-    with pytest.raises(GraphArgumentError, match=r"argument 'config': agent.hiden: unknown "
-                       r'field \(did you mean agent.hidden\?\)'):
+    with pytest.raises(GraphArgumentError, match=rf"argument 'config': {config}: agent.hiden: "
+                       r'unknown field \(did you mean agent.hidden\?\)'):
         train_sim_graph({'config': str(config)})
+    assert not (tmp_path / 'runs').exists()  # nothing written for a refused run
+
+
+def test_config_errors_name_the_arguments_that_set_the_fields(tmp_path):
+    # A field that an argument sets is named as that argument, wherever its value came from.
+    config = tmp_path / 'negative.yaml'
+    config.write_text('profile: cpu\ntrainer: {warmup_steps: -3}\n')
+    with pytest.raises(GraphArgumentError, match=r"argument 'warmup_steps': "
+                       r'trainer.warmup_steps: expected an integer >= 0, got -3 \(config file '):
+        train_sim_graph({'config': str(config)})
+    # A run that would train nothing: fpmd_core refuses total_steps <= warmup_steps.
+    try:
+        make_config('cpu', overrides={'trainer.total_steps': 100, 'trainer.warmup_steps': 200})
+    except ConfigError:
+        pass
+    else:
+        pytest.skip('this fpmd_core does not refuse total_steps <= warmup_steps yet')
+    for args in ({'total_steps': '100', 'warmup_steps': '200'},
+                 {'total_steps': '100'}):  # the default config's warm-up is 5000 steps
+        with pytest.raises(GraphArgumentError) as caught:
+            train_sim_graph(args)
+        # Named as launch arguments: each one whose field fpmd_core's message mentions.
+        fields = {'trainer.total_steps': 'total_steps', 'trainer.warmup_steps': 'warmup_steps'}
+        mentioned = {argument for field, argument in fields.items()
+                     if field in str(caught.value)}
+        assert mentioned and set(caught.value.arguments) == mentioned, str(caught.value)
 
 
 @pytest.mark.parametrize('args, argument, expected', [
@@ -413,13 +520,43 @@ def test_train_sim_config_errors_name_the_field(tmp_path):
     ({'use_sim_time': '2'}, 'use_sim_time', 'expected true or false'),
     ({'command_topic': 'bad topic'}, 'command_topic', 'expected a ROS topic name'),
     ({'namespace': 'a//b'}, 'namespace', 'expected a ROS namespace'),
-    ({'polcy': 'x'}, 'polcy', 'unknown argument'),
+    ({'polcy': 'x'}, 'polcy', 'unknown argument; did you mean policy'),
 ])
 def test_deploy_argument_errors(args, argument, expected, policy_file):
     args = {'policy': str(policy_file), **args}
     with pytest.raises(GraphArgumentError, match=expected) as caught:
         deploy_graph(args)
     assert caught.value.argument == argument
+
+
+def test_deploy_policy_that_is_missing_or_a_directory(tmp_path):
+    with pytest.raises(GraphArgumentError, match=r'file not found: .*; train one first \(ros2 '
+                       r'launch fpmd_ros train_sim.launch.py, or ./fpmd train\)'):
+        deploy_graph({'policy': str(tmp_path / 'runs' / 'policy.onnx')})
+    (tmp_path / 'run.onnx').mkdir()
+    for sim in ('false', 'true'):
+        with pytest.raises(GraphArgumentError, match=rf"argument 'policy': {tmp_path}/run.onnx "
+                           rf'is a directory; expected the policy file in it, e.g. '
+                           rf'{tmp_path}/run.onnx/policy.onnx'):
+            deploy_graph({'policy': str(tmp_path / 'run.onnx'), 'sim': sim})
+    with pytest.raises(GraphArgumentError, match='is a directory'):
+        graph.policy_metadata(str(tmp_path))
+
+
+def test_deploy_graph_takes_the_rehearsals_sim_settings(policy_file):
+    meta = graph.policy_metadata(str(policy_file))
+    sim, controller = deploy_graph({'policy': str(policy_file), 'sim': 'true',
+                                    'trigger': 'timer'}, meta=meta,
+                                   sim_episodes=SimEpisodes(2.0, 5, 30))
+    assert {k: sim.parameters[k] for k in ('realtime_factor', 'seed', 'max_episode_steps')} == {
+        'realtime_factor': 2.0, 'seed': 5, 'max_episode_steps': 30}
+    # A timer at the policy's rate would fall behind a sim twice as fast as real time.
+    assert controller.parameters['control_rate_hz'] == 2.0 / meta['control_period_s']
+    sim, controller = deploy_graph({'policy': str(policy_file), 'sim': 'true'}, meta=meta,
+                                   sim_episodes=SimEpisodes(0.5, 0, 0))
+    assert controller.parameters['control_rate_hz'] == 0.0  # trigger observation: the sim's
+    [plain_sim, _] = deploy_graph({'policy': str(policy_file), 'sim': 'true'})
+    assert not {'realtime_factor', 'seed', 'max_episode_steps'} & set(plain_sim.parameters)
 
 
 def test_deploy_unreadable_policy_is_named(tmp_path):
@@ -460,7 +597,7 @@ def test_a_pixel_config_gives_sims_their_camera(tmp_path):
                               'max_episode_steps': 0, 'action_repeat': 2,
                               'camera_enabled': True, 'image_width': 64, 'image_height': 64,
                               'camera': '1'}
-    assert trainer.parameters['config'] == str(config)
+    assert _trainer_config(trainer).task.image_size == 64
 
 
 def test_node_commands_of_the_train_sim_graph():
@@ -474,7 +611,8 @@ def test_node_commands_of_the_train_sim_graph():
                            '__node:=trainer']
     assert '__ns:=' not in ' '.join(command)
     assert "env_namespaces:=['env_0']" in command
-    assert 'step_timeout_s:=10.0' in command and 'num_envs:=1' in command
+    assert 'step_timeout_s:=10.0' in command
+    assert f"config:='{trainer.parameters['config']}'" in command
     remapped = NodeSpec('policy_controller', 'policy_controller', 'a/b', {'x': 1.0},
                         [('commands', '/c')])
     assert runner.node_command(remapped, 'p')[4:] == [
@@ -487,6 +625,8 @@ def test_runner_command_line_errors(capsys):
     assert 'expected name:=value' in capsys.readouterr().err
     assert runner.main(['train_sim', 'num_envs:=x']) == 2
     assert "argument 'num_envs': 'x'; expected an integer >= 1" in capsys.readouterr().err
+    assert runner.main(['train_sim', 'total_step:=100']) == 2
+    assert "'total_step': unknown argument; did you mean total_steps?" in capsys.readouterr().err
     assert runner.main(['fly']) == 2
     assert "unknown graph 'fly'" in capsys.readouterr().err
     assert runner.main(['deploy', '--show-args']) == 0

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import NodeNameNonExistentError
 from sim_helpers import RunningSim, SeedPerEpisode
 
 from fpmd_core.tasks import PixelOptions, make_env
@@ -83,6 +88,79 @@ def test_matches_sync_vector_env(sims):
     finally:
         env.close()
         reference.close()
+
+
+def _graph_of(node_name: str, ready, timeout_s: float = 30.0) -> dict:
+    """What another participant sees of ``node_name`` through the ROS graph API (discovery is
+    asynchronous: polled until ``ready(graph)`` or the timeout)."""
+    context = Context()
+    rclpy.init(context=context)
+    observer = rclpy.create_node(f'observer_p{os.getpid()}', context=context)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                graph = {
+                    'subscriptions': dict(observer.get_subscriber_names_and_types_by_node(
+                        node_name, '/')),
+                    'publishers': dict(observer.get_publisher_names_and_types_by_node(
+                        node_name, '/')),
+                    'clients': dict(observer.get_client_names_and_types_by_node(
+                        node_name, '/')),
+                }
+            except NodeNameNonExistentError:  # not discovered yet
+                graph = {'subscriptions': {}, 'publishers': {}, 'clients': {}}
+            if ready(graph) or time.monotonic() > deadline:
+                return graph
+            time.sleep(0.1)
+    finally:
+        observer.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_on_a_node_spun_elsewhere_the_sims_endpoints_are_that_nodes(sims):
+    """The trainer's way: the env's publishers, subscriptions and clients belong to the given
+    node (spun by another thread), so the ROS graph shows them as that node's; close() removes
+    them and leaves the node running."""
+    name = f'trainer_p{os.getpid()}'
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    env = reference = None
+    try:
+        env = RosVectorEnv(TASK, namespaces=NAMES, max_episode_steps=EPISODE_STEPS,
+                           step_timeout_s=5.0, node=node)
+        seeds = [3, 3 + env.seed_stride]
+        reference = _reference(seeds)
+        np.testing.assert_array_equal(env.reset(seed=3)[0], reference.reset(seed=seeds)[0])
+        rng = np.random.default_rng(2)
+        for _ in range(15):  # across several autoresets
+            actions = rng.uniform(-1, 1, size=(2, 1)).astype(np.float32)
+            for ours, theirs in zip(env.step(actions)[:4], reference.step(actions)[:4],
+                                    strict=True):
+                np.testing.assert_array_equal(ours, theirs)
+
+        wanted = {f'/{ns}/transition' for ns in NAMES}
+        graph = _graph_of(name, lambda g: wanted <= set(g['subscriptions']))
+        assert wanted <= set(graph['subscriptions']), graph
+        assert {f'/{ns}/commands' for ns in NAMES} <= set(graph['publishers']), graph
+        assert f'/{NAMES[0]}/mujoco_sim/reset' in graph['clients'], graph
+        env.close()
+        env = None
+        assert not list(node.subscriptions) and not list(node.clients)
+        assert context.ok()
+    finally:
+        for closable in (env, reference):
+            if closable is not None:
+                closable.close()
+        executor.shutdown(timeout_sec=2.0)
+        thread.join(timeout=5.0)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
 
 
 def test_single_env_action_actually_reaches_the_sim(sims):

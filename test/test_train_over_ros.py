@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import NodeNameNonExistentError
 from runner_helpers import REPO_ROOT, Listener, RunnerProcess, runner_environment, trainer_statuses
 
 RUN_TIMEOUT_S = 420.0  # a whole run, including process start-up under load
@@ -65,7 +67,14 @@ def test_short_training_run_over_ros(tmp_path, listener):
     assert f'policy: {out / "policy.onnx"}' in run.output
     assert f'checkpoint: {out / "checkpoints" / "final.pt"}' in run.output
     assert 'training finished: 200 env steps, 51 updates' in run.output  # from step 100 on
+    assert run.output.count('training finished:') == 1  # logged, not also printed
     assert '/trainer exited with code 0' in run.output
+    # The run was resolved once, by the graph, and recorded in its folder.
+    from fpmd_core.config import make_config
+
+    cfg = make_config(file=out / 'config.yaml')
+    assert (cfg.task.num_envs, cfg.trainer.total_steps, cfg.trainer.output_dir) == (
+        2, 200, str(out))
 
     import onnx
 
@@ -121,8 +130,9 @@ def _kill_sim_mid_run(run: RunnerProcess, listener: Listener, diagnostics) -> fl
 def test_killed_sim_is_named_and_the_trainer_exits(tmp_path, listener):
     diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
     out = tmp_path / 'out'
-    # Warm-up only (random actions): fast steps, and far more of them than the test needs.
-    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**7, 10**6)}',
+    # Warm-up (random actions): fast steps, and far more of them than the test needs.
+    run = RunnerProcess('train_sim', 'num_envs:=2',
+                        f'config:={_config(tmp_path, 10**6, 10**6 - 1)}',
                         f'output_dir:={out}', 'step_timeout_s:=2.0', 'max_recoveries:=0')
     try:
         killed_at = _kill_sim_mid_run(run, listener, diagnostics)
@@ -139,12 +149,13 @@ def test_killed_sim_is_named_and_the_trainer_exits(tmp_path, listener):
     assert (out / 'checkpoints' / 'interrupted.pt').is_file()
     assert 'checkpoint written at env step' in output
     assert '/trainer exited with code 3' in output
+    assert '/trainer failed (exit code 3); its log above says why' in output
 
 
 def test_killed_sim_is_respawned_and_training_recovers(tmp_path, listener):
     diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
     out = tmp_path / 'out'
-    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 4000, 3998)}',
+    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 4000, 3950)}',
                         f'output_dir:={out}', 'step_timeout_s:=3.0', 'max_recoveries:=3')
     try:
         _kill_sim_mid_run(run, listener, diagnostics)
@@ -167,25 +178,47 @@ def test_killed_sim_is_respawned_and_training_recovers(tmp_path, listener):
 def test_ctrl_c_stops_training_with_a_checkpoint(tmp_path, listener):
     diagnostics = listener.subscribe(DiagnosticArray, '/diagnostics')
     out = tmp_path / 'out'
-    run = RunnerProcess('train_sim', 'num_envs:=2', f'config:={_config(tmp_path, 10**7, 10**6)}',
-                        f'output_dir:={out}')
+    run = RunnerProcess('train_sim', 'num_envs:=2',
+                        f'config:={_config(tmp_path, 10**6, 10**6 - 1)}', f'output_dir:={out}')
     try:
         # Stop waiting as soon as the runner exits: a failed start is reported at once.
         listener.spin_until(lambda: _env_steps(diagnostics) >= 50 or run.proc.poll() is not None,
                             RUN_TIMEOUT_S)
         assert _env_steps(diagnostics) >= 50, run.output[-5000:]
+        # `ros2 node info /trainer`: the sims' topics are the trainer node's own.
+        transitions = {'/env_0/transition', '/env_1/transition'}
+
+        def trainer_subscriptions() -> set[str]:
+            try:
+                return {topic for topic, _ in
+                        listener.node.get_subscriber_names_and_types_by_node('trainer', '/')}
+            except NodeNameNonExistentError:  # not discovered yet
+                return set()
+
+        listener.spin_until(lambda: transitions <= trainer_subscriptions(), 60.0)
+        assert transitions <= trainer_subscriptions(), trainer_subscriptions()
+        commands = {topic for topic, _ in
+                    listener.node.get_publisher_names_and_types_by_node('trainer', '/')}
+        assert {'/env_0/commands', '/env_1/commands', '/diagnostics'} <= commands
         run.proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends the runner
         code = run.wait(timeout_s=120)
     finally:
         run.stop()
     output = run.output
-    assert code == 130, output[-5000:]  # the trainer's exit code
-    assert (out / 'checkpoints' / 'interrupted.pt').is_file()
-    assert 'training stopped by a signal' in output
+    # A stop on request, not a failure: the trainer writes its checkpoint and exits 0.
+    assert code == 0, output[-5000:]
+    checkpoint = out / 'checkpoints' / 'interrupted.pt'
+    assert checkpoint.is_file()
+    assert f'checkpoint: {checkpoint}. Continue with the same arguments and ' \
+        f'resume:={checkpoint}' in output
+    assert re.search(r'\[INFO\] \[[\d.]+\] \[trainer\]: stopped on request at env step \d+ '
+                     r'of 1000000', output), output[-5000:]
+    assert '[ERROR]' not in output and '[FATAL]' not in output
     # The trainer stops first (its sims still answer while it writes the checkpoint).
-    trainer_stopped = output.index('/trainer stopped (exit code 130)')
+    trainer_stopped = output.index('/trainer stopped (exit code 0)')
     for sim in ('/env_0/mujoco_sim', '/env_1/mujoco_sim'):
         assert output.index(f'{sim} stopped (exit code 0)') > trainer_stopped
+    assert (out / 'config.yaml').is_file()
 
 
 def _trainer_process(*params: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
@@ -198,13 +231,20 @@ def _trainer_process(*params: str, timeout_s: float = 120.0) -> subprocess.Compl
 
 
 @pytest.mark.parametrize('params, expected', [
-    (['algo:=ppo'], "agent.algo: expected one of ('fpmd_r', 'fpmd_m', 'dpmd', 'sac'), got 'ppo'"),
+    (['config:=/no/such.yaml'], "parameter 'config': file not found: /no/such.yaml"),
+    (['config:={bad}'], "parameter 'config': {bad}: agent.algo: expected one of ('fpmd_r', "
+     "'fpmd_m', 'dpmd', 'sac'), got 'ppo'"),
     (['step_timeout_s:=5'], "parameter 'step_timeout_s': Trying to set parameter"),
-    (['num_envs:=2', "env_namespaces:=['a']"], "parameter 'num_envs' is 2 but env_namespaces "
-     'lists 1 sims'),
+    (["env_namespaces:=['a','b']"], "parameter 'env_namespaces' lists 2 sims (a, b) but the "
+     'config'),
     (['max_recoveries:=-1'], "parameter 'max_recoveries'"),
 ])
-def test_trainer_node_refuses_bad_parameters(params, expected):
+def test_trainer_node_refuses_bad_parameters(params, expected, tmp_path):
+    # The trainer reads its config file as it is: the graph resolved it (no overrides here).
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('agent: {algo: ppo}\n')
+    params = [p.format(bad=bad) for p in params]
+    expected = expected.format(bad=bad)
     result = _trainer_process(*params)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
