@@ -8,9 +8,10 @@ edits (actuators, sites, floor, physics options) in `model`, the env in `env` an
 metadata in `metadata`. No ROS here.
 """
 
+from ..tasks import is_task_file
 from .env import RobotEnv
 from .metadata import robot_metadata
-from .schema import RobotTask, TaskFileError, is_task_file, load_task
+from .schema import RobotTask, TaskFileError, load_task
 
 __all__ = ["RobotEnv", "RobotTask", "TaskFileError", "is_task_file", "load_task",
            "robot_metadata"]

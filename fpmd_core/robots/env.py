@@ -56,8 +56,9 @@ class RobotEnv(gym.Env):
             "inertia": self.model.body_inertia.copy(),
         }
         self.obs_terms = tuple(self._term_layout())
-        self._obs_scales = [self._scale_vector(term, size)
-                            for term, (_, size) in zip(self.task.observations, self.obs_terms)]
+        self._obs_scales = [
+            self._scale_vector(term, size)
+            for term, (_, size) in zip(self.task.observations, self.obs_terms, strict=True)]
         obs_dim = sum(size for _, size in self.obs_terms)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
         self._camera = None
@@ -241,7 +242,7 @@ class RobotEnv(gym.Env):
 
     def _observe(self, rng: np.random.Generator) -> np.ndarray:
         parts = []
-        for term, scale in zip(self.task.observations, self._obs_scales):
+        for term, scale in zip(self.task.observations, self._obs_scales, strict=True):
             value = np.asarray(OBSERVATION_TERMS[term.term].value(self, term), dtype=np.float64)
             if term.noise > 0:
                 value = value + rng.uniform(-term.noise, term.noise, value.shape)

@@ -40,7 +40,7 @@ def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
     position = act.mode == "position"
     observations, start = [], 0
     for term, (name, size), scale in zip(task.observations, robot.obs_terms,
-                                         robot._obs_scales):
+                                         robot._obs_scales, strict=True):
         entry = {"term": term.term, "name": name, "start": start, "size": size,
                  "scale": scale.tolist(), "noise": term.noise}
         if term.sensor:

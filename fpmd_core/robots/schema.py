@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ..tasks import TaskError, is_task_file
+from ..tasks import TaskError
 from .terms import (
     COMMAND_KINDS,
     COMMAND_RANGES,
@@ -312,7 +312,8 @@ def _parse(where: str, value: Any, annotation: Any) -> Any:
             return tuple(_parse(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value))
         if len(value) != len(args):
             _fail(where, f"expected a list of {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_parse(f"{where}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        pairs = zip(value, args, strict=True)
+        return tuple(_parse(f"{where}[{i}]", v, a) for i, (v, a) in enumerate(pairs))
     if annotation is float or annotation is int:
         return _number(where, value, annotation)
     if annotation is bool:
@@ -502,12 +503,16 @@ def _validate_command(c: Command) -> None:
 def resolve_task_path(task_id: str) -> Path:
     """The task file of `task_id`: as given (relative to the working directory), else relative
     to the project root that holds fpmd_core (so `sim/arm_reach.yaml` works from anywhere in a
-    source checkout)."""
+    source checkout), else in the installed package's share folder (a colcon install puts
+    sim/ in <prefix>/share/fpmd_ros/sim, fpmd_core in <prefix>/lib/pythonX.Y/site-packages)."""
     path = Path(task_id).expanduser()
     if path.is_file() or path.is_absolute():
         return path
-    in_project = Path(__file__).resolve().parents[2] / path
-    return in_project if in_project.is_file() else path
+    here = Path(__file__).absolute()
+    candidates = [here.resolve().parents[2] / path]
+    if len(here.parents) > 5:
+        candidates.append(here.parents[5] / "share" / "fpmd_ros" / path)
+    return next((c for c in candidates if c.is_file()), path)
 
 
 def load_task(task_id: str | Path) -> RobotTask:
