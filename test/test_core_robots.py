@@ -9,7 +9,6 @@ import copy
 import json
 from pathlib import Path
 
-import mujoco
 import numpy as np
 import pytest
 import torch
@@ -273,6 +272,8 @@ def test_action_delay_holds_the_previous_command_for_one_step(tmp_path):
 def test_every_goal_of_the_arm_is_reachable_within_the_action_bounds():
     """The reaching target (mean final distance <= 2 cm) is attainable: inverse kinematics
     within the action bounds reaches every corner, edge centre and the centre of the goal box."""
+    import mujoco  # after fpmd_core, which picks the headless GL backend
+
     robot = RobotEnv('sim/arm_reach.yaml')
     model, data = robot.model, robot.data
     low = np.maximum(robot.action_space.low, robot.joint_range[:, 0])
@@ -301,6 +302,8 @@ def test_every_goal_of_the_arm_is_reachable_within_the_action_bounds():
 # --- terminations ----------------------------------------------------------------------------
 
 def test_quadruped_stands_at_its_default_pose_and_ends_when_the_torso_touches_ground():
+    import mujoco  # after fpmd_core, which picks the headless GL backend
+
     env = make_env('sim/quadruped_walk.yaml')
     env.reset(seed=0)
     robot = env.unwrapped
@@ -385,3 +388,28 @@ def test_task_files_are_independent_copies():
     masses = copy.deepcopy(b.model.body_mass)
     a.reset(seed=3)
     assert np.array_equal(b.model.body_mass, masses)
+
+
+def test_commands_are_redrawn_every_resample_seconds(tmp_path):
+    env = make_env(str(arm_task(tmp_path, _set('command.resample_seconds', 0.2))))  # 5 steps
+    env.reset(seed=0)
+    robot = env.unwrapped
+    seen = [robot.command.copy()]
+    for _ in range(10):
+        env.step(np.zeros(3))
+        seen.append(robot.command.copy())
+    assert all(np.array_equal(seen[0], s) for s in seen[1:5])
+    assert not np.array_equal(seen[4], seen[5])
+    assert all(np.array_equal(seen[5], s) for s in seen[6:10])
+    assert not np.array_equal(seen[9], seen[10])
+    box = robot.task.command
+    for goal in seen:
+        assert box.x[0] <= goal[0] <= box.x[1] and box.z[0] <= goal[2] <= box.z[1]
+
+
+def test_preview_renders_the_robot():
+    from fpmd_core.robots.preview import render_task
+
+    image = render_task('sim/arm_reach_urdf.yaml', 96, 72, settle_steps=1)
+    assert image.shape == (72, 96, 3) and image.dtype == np.uint8
+    assert image.reshape(-1, 3).std(axis=0).max() > 10  # not a blank frame

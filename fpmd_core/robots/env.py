@@ -197,6 +197,9 @@ class RobotEnv(gym.Env):
         mujoco.mj_step(self.model, self.data, nstep=task.substeps)
         self.steps += 1
         self._push(rng)
+        # mj_step leaves positions, sensors and contacts one physics step behind qpos/qvel;
+        # recompute them so observations, rewards and terminations see the same instant.
+        mujoco.mj_forward(self.model, self.data)
         resample = round(task.command.resample_seconds / task.control_period)
         if resample and self.steps % resample == 0:
             self._sample_command(rng)

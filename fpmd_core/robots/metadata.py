@@ -8,6 +8,7 @@ torque = effort_limit * action). Everything here is JSON-serialisable.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import gymnasium as gym
@@ -54,6 +55,8 @@ def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
         "version": METADATA_VERSION,
         "name": task.name,
         "task_file": task.path,
+        "task_file_sha256": (hashlib.sha256(Path(task.path).read_bytes()).hexdigest()
+                             if Path(task.path).is_file() else ""),
         "model": str(task.model_path),
         "control_mode": act.mode,
         "control_period": task.control_period,
