@@ -15,7 +15,7 @@ import gymnasium as gym
 
 from .env import RobotEnv
 from .schema import RobotTask, load_task
-from .terms import COMMAND_RANGES
+from .terms import COMMAND_RANGES, OBSERVATION_TERMS
 
 METADATA_VERSION = 1
 
@@ -43,7 +43,8 @@ def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
     for term, (name, size), scale in zip(task.observations, robot.obs_terms,
                                          robot._obs_scales, strict=True):
         entry = {"term": term.term, "name": name, "start": start, "size": size,
-                 "scale": scale.tolist(), "noise": term.noise}
+                 "scale": scale.tolist(), "noise": term.noise,
+                 "description": OBSERVATION_TERMS[term.term].doc}
         if term.sensor:
             entry["sensor"] = term.sensor
         if term.site:
@@ -71,8 +72,8 @@ def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
         "effort_limit": list(act.values("effort_limit")),
         "action_rule": ("target = default_joint_pos + action_scale * action" if position
                         else "torque = effort_limit * action") + ", action clipped to [-1, 1]",
-        "action_low": robot.action_space.low.tolist(),
-        "action_high": robot.action_space.high.tolist(),
+        "action_low": (robot.action_center - robot.action_half).tolist(),
+        "action_high": (robot.action_center + robot.action_half).tolist(),
         "floating_base": robot.robot.floating,
         "observations": observations,
         "obs_dim": start,
