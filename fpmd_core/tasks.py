@@ -304,13 +304,15 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
         control_dt = float(inner.physics.timestep() * inner._env._n_sub_steps)
         episode_steps = limit._max_episode_steps if limit else inner.steps_per_episode
     else:
-        obs_terms = getattr(inner, "obs_terms", (("observation", obs_dim),))  # robot tasks
+        robot = _robot_env(inner)
+        obs_terms = robot.obs_terms if robot is not None else (("observation", obs_dim),)
         control_dt = float(inner.dt)
         episode_steps = limit._max_episode_steps
     repeat_count = repeat.repeat if repeat is not None else 1
     if pixels is not None:
         obs_terms = (("pixels", obs_dim),)
-    joints = getattr(inner, "joint_names", None) or tuple(  # robot tasks: actuated, in order
+    robot = _robot_env(inner)
+    joints = robot.joint_names if robot is not None else tuple(
         model.joint(i).name for i in range(model.njnt)
         if int(model.jnt_type[i]) in (int(mujoco.mjtJoint.mjJNT_HINGE),
                                       int(mujoco.mjtJoint.mjJNT_SLIDE))
@@ -330,6 +332,13 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
         camera=str(pixels.camera.camera) if pixels is not None else "",
         action_repeat=repeat_count,
     )
+
+
+def _robot_env(inner: gym.Env):
+    """The RobotEnv behind a task-file env, else None (imported here: robots imports tasks)."""
+    from .robots import RobotEnv
+
+    return inner if isinstance(inner, RobotEnv) else None
 
 
 def actuator_names(model: mujoco.MjModel) -> tuple[str, ...]:
@@ -396,8 +405,9 @@ def get_env_state(env: gym.Env) -> dict:
         state["dm_reset_next"] = bool(inner._env._reset_next_step)
     else:
         state["np_random"] = inner.np_random.bit_generator.state
-    if hasattr(inner, "extra_state"):  # robot tasks: command, action delay, randomisation
-        state["extra"] = inner.extra_state()
+    robot = _robot_env(inner)
+    if robot is not None:  # command, action delay, randomisation
+        state["extra"] = robot.extra_state()
     pixels = _find(env, PixelObservations)
     if pixels is not None:
         state["frames"] = pixels.frames.observation().tolist()
@@ -419,8 +429,9 @@ def set_env_state(env: gym.Env, state: dict) -> None:
         inner._env._reset_next_step = state["dm_reset_next"]
     else:
         inner.np_random.bit_generator.state = state["np_random"]
-    if "extra" in state:
-        inner.load_extra_state(state["extra"])
+    robot = _robot_env(inner)
+    if robot is not None:
+        robot.load_extra_state(state["extra"])
     pixels = _find(env, PixelObservations)
     if pixels is not None and "frames" in state:
         stacked = np.asarray(state["frames"], dtype=np.uint8)
