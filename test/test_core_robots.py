@@ -113,6 +113,10 @@ def _rename(path: str, new_key: str):
     return edit
 
 
+def _update(**fields):
+    return lambda data: data.update(fields)
+
+
 def _delete(key: str):
     return lambda data: data.pop(key)
 
@@ -144,6 +148,12 @@ def _delete(key: str):
      r"rewards\[0\]\.sigma: not a parameter of the 'alive' term"),
     (_set('rewards.0', {'term': 'tracking_lin_vel', 'weight': 1.0}),
      r"rewards\[0\]\.term: the 'tracking_lin_vel' term needs command.kind 'velocity'"),
+    (_update(command={'kind': 'none'}),
+     r"observations\[2\]\.term: the 'command' term needs a command"),
+    (_update(command={'kind': 'velocity', 'vx': [0, 1], 'vy': [0, 0], 'yaw_rate': [0, 0]},
+             observations=[{'term': 'goal_offset'}]),
+     r"observations\[0\]\.term: the 'goal_offset' term needs command.kind 'goal_position', "
+     r"got 'velocity'"),
     (_set('observations.0', {'term': 'projected_gravity'}),
      r"observations\[0\]\.term: the 'projected_gravity' term needs a floating base"),
     (_set('sites.0.body', 'hand'), r"sites\[0\]\.body: the model .* has no body 'hand'"),

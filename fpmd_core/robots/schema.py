@@ -409,8 +409,11 @@ def validate(task: RobotTask) -> None:
                 _fail(f"{where}.{param}", f"not a parameter of the {term.term!r} term")
         if term.term == "command" and task.command.kind == "none":
             _fail(f"{where}.term", "the 'command' term needs a command (command.kind is none)")
+        if info.command and task.command.kind != info.command:
+            _fail(f"{where}.term", f"the {term.term!r} term needs command.kind "
+                  f"{info.command!r}, got {task.command.kind!r}")
         _non_negative(f"{where}.noise", term.noise)
-        size = observation_size(term.term, nj, task.command.kind)
+        size = observation_size(term.term, nj)
         if isinstance(term.scale, tuple) and size is not None and len(term.scale) != size:
             _fail(f"{where}.scale", f"expected one number or a list of {size} (the size of "
                   f"{term.term!r}), got a list of {len(term.scale)}")

@@ -31,6 +31,8 @@ class ObservationTermInfo:
     """'joints' (one per actuated joint), '3', or 'model' (the sensor's dimension)."""
     params: tuple[str, ...] = ()
     floating_base: bool = False
+    command: str = ""
+    """The command kind the term needs, if any."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ OBSERVATION_TERMS: dict[str, ObservationTermInfo] = {
         lambda env, term: env.command, "3"),
     "goal_offset": ObservationTermInfo(
         "goal minus the commanded site's position, world frame (m); needs a goal_position "
-        "command", lambda env, term: env.command - env.site_pos(env.task.command.site), "3"),
+        "command", lambda env, term: env.command - env.site_pos(env.task.command.site), "3",
+        command="goal_position"),
     "sensor": ObservationTermInfo(
         "a MuJoCo sensor's reading, named by `sensor` (its dimension and units)",
         lambda env, term: env.sensor(term.sensor), "model", params=("sensor",)),
@@ -84,7 +87,7 @@ OBSERVATION_TERMS: dict[str, ObservationTermInfo] = {
 }
 
 
-def observation_size(term: str, joints: int, command_kind: str) -> int | None:
+def observation_size(term: str, joints: int) -> int | None:
     """The size of an observation term, None when only the model knows it (sensors)."""
     size = OBSERVATION_TERMS[term].size
     if size == "joints":
