@@ -353,10 +353,12 @@ def test_same_seed_same_episode_with_every_randomisation_on():
     assert not np.array_equal(first[0], other[0])
 
 
-def test_env_state_snapshot_resumes_the_episode_exactly():
+def test_env_state_snapshot_resumes_the_episode_exactly(tmp_path):
     env = make_env('sim/quadruped_walk.yaml')
     _rollout(env, 3, 30)
-    state = json.loads(json.dumps(get_env_state(env)))  # what a checkpoint stores
+    # Through a file as checkpoints store it: plain types that weights_only loading accepts.
+    torch.save({'state': get_env_state(env)}, tmp_path / 'state.pt')
+    state = torch.load(tmp_path / 'state.pt', weights_only=True)['state']
     rng = np.random.default_rng(11)
     actions = rng.uniform(-1, 1, (40, 12))
     expected = [env.step(a)[0] for a in actions]
