@@ -329,6 +329,16 @@ def test_quadruped_stands_at_its_default_pose_and_ends_when_the_torso_touches_gr
     assert terminated and not truncated
 
 
+def test_a_diverged_simulation_ends_the_episode_without_reward():
+    env = make_env('sim/arm_reach.yaml')
+    env.reset(seed=0)
+    robot = env.unwrapped
+    robot.data.qvel[:] = np.nan  # MuJoCo resets such a state and only warns
+    obs, reward, terminated, truncated, info = env.step(np.zeros(3))
+    assert terminated and not truncated and reward == 0.0 and info == {}
+    assert np.isfinite(obs).all()
+
+
 # --- reproducibility -------------------------------------------------------------------------
 
 def _rollout(env, seed: int, steps: int) -> list:

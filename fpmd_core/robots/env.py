@@ -23,6 +23,9 @@ from .model import RobotModel, build_robot
 from .schema import RobotTask, load_task
 from .terms import COMMAND_RANGES, OBSERVATION_TERMS, REWARD_TERMS
 
+_DIVERGED = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+             mujoco.mjtWarning.mjWARN_BADQACC)
+
 
 class RobotEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
@@ -185,39 +188,44 @@ class RobotEnv(gym.Env):
         task, rng = self.task, self.np_random
         raw = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low,
                       self.action_space.high)
-        self.action = np.where(self.action_half > 0,
-                               (raw - self.action_center) / np.where(self.action_half > 0,
-                                                                     self.action_half, 1), 0)
+        self.action = (raw - self.action_center) / self.action_half  # halves are > 0
         # An action reaches the motors `delay` control steps after the policy sent it.
         self._pending.append(raw)
         while len(self._pending) > self.delay + 1:
             self._pending.popleft()
         if len(self._pending) == self.delay + 1:
             self.data.ctrl[:] = self._pending[0]
+        diverged_before = self._divergences()
         mujoco.mj_step(self.model, self.data, nstep=task.substeps)
         self.steps += 1
         self._push(rng)
         # mj_step leaves positions, sensors and contacts one physics step behind qpos/qvel;
         # recompute them so observations, rewards and terminations see the same instant.
         mujoco.mj_forward(self.model, self.data)
-        resample = round(task.command.resample_seconds / task.control_period)
-        if resample and self.steps % resample == 0:
-            self._sample_command(rng)
-        finite = bool(np.isfinite(self.data.qpos).all() and np.isfinite(self.data.qvel).all())
+        # MuJoCo resets a diverged simulation to the model's initial pose and only warns; that
+        # jump is no transition of this episode, so it ends the episode.
+        stable = self._divergences() == diverged_before and bool(
+            np.isfinite(self.data.qpos).all() and np.isfinite(self.data.qvel).all())
         reward, info = 0.0, {}
-        if finite:
+        if stable:
             for term in task.rewards:
                 value = term.weight * REWARD_TERMS[term.term].value(self, term)
                 info[f"reward/{term.term}"] = value
                 reward += value
             if task.command.kind == "goal_position":
                 info["goal_distance"] = self.goal_distance()
-        terminated = not finite or self._terminated()
+        terminated = not stable or self._terminated()
+        resample = round(task.command.resample_seconds / task.control_period)
+        if resample and self.steps % resample == 0:
+            self._sample_command(rng)
         # The observation's `last_action` is the action just taken (action_rate compared it
         # with the one before).
         self.last_action = self.action.copy()
         observation = self._observe(rng)
         return observation, float(reward), terminated, False, info
+
+    def _divergences(self) -> int:
+        return sum(int(self.data.warning[w].number) for w in _DIVERGED)
 
     def _push(self, rng: np.random.Generator) -> None:
         r = self.task.randomization
