@@ -195,7 +195,12 @@ def default_camera(task_id: str) -> str:
 
 
 def _is_dm_control(task_id: str) -> bool:
-    return "-" in task_id and not re.search(r"-v\d+$", task_id)
+    return "-" in task_id and not re.search(r"-v\d+$", task_id) and not is_task_file(task_id)
+
+
+def is_task_file(task_id: str) -> bool:
+    """A robot task file (`sim/<name>.yaml`, see fpmd_core.robots) rather than a benchmark id."""
+    return str(task_id).lower().endswith((".yaml", ".yml"))
 
 
 def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool = True, *,
@@ -204,8 +209,14 @@ def make_env(task_id: str, max_episode_steps: int = 0, normalized_actions: bool 
     `normalized_actions`, as a sim node receives them). Raises TaskError if unknown.
 
     `max_episode_steps` counts control steps, before `action_repeat`. With `pixels`, the
-    observation is a stack of camera frames (uint8) and the state is in `info["state"]`."""
-    if _is_dm_control(task_id):
+    observation is a stack of camera frames (uint8) and the state is in `info["state"]`.
+    A path ending in .yaml/.yml is a robot task file (fpmd_core.robots)."""
+    if is_task_file(task_id):
+        from .robots import RobotEnv
+
+        env = RobotEnv(task_id)
+        env = gym.wrappers.TimeLimit(env, max_episode_steps or env.task.episode_steps)
+    elif _is_dm_control(task_id):
         match = _DMC_PATTERN.match(task_id)
         from dm_control import suite
 
@@ -293,13 +304,15 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
         control_dt = float(inner.physics.timestep() * inner._env._n_sub_steps)
         episode_steps = limit._max_episode_steps if limit else inner.steps_per_episode
     else:
-        obs_terms = (("observation", obs_dim),)
+        robot = _robot_env(inner)
+        obs_terms = robot.obs_terms if robot is not None else (("observation", obs_dim),)
         control_dt = float(inner.dt)
         episode_steps = limit._max_episode_steps
     repeat_count = repeat.repeat if repeat is not None else 1
     if pixels is not None:
         obs_terms = (("pixels", obs_dim),)
-    joints = tuple(
+    robot = _robot_env(inner)
+    joints = robot.joint_names if robot is not None else tuple(
         model.joint(i).name for i in range(model.njnt)
         if int(model.jnt_type[i]) in (int(mujoco.mjtJoint.mjJNT_HINGE),
                                       int(mujoco.mjtJoint.mjJNT_SLIDE))
@@ -319,6 +332,13 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
         camera=str(pixels.camera.camera) if pixels is not None else "",
         action_repeat=repeat_count,
     )
+
+
+def _robot_env(inner: gym.Env):
+    """The RobotEnv behind a task-file env, else None (imported here: robots imports tasks)."""
+    from .robots import RobotEnv
+
+    return inner if isinstance(inner, RobotEnv) else None
 
 
 def actuator_names(model: mujoco.MjModel) -> tuple[str, ...]:
@@ -385,6 +405,9 @@ def get_env_state(env: gym.Env) -> dict:
         state["dm_reset_next"] = bool(inner._env._reset_next_step)
     else:
         state["np_random"] = inner.np_random.bit_generator.state
+    robot = _robot_env(inner)
+    if robot is not None:  # command, action delay, randomisation
+        state["extra"] = robot.extra_state()
     pixels = _find(env, PixelObservations)
     if pixels is not None:
         state["frames"] = pixels.frames.observation().tolist()
@@ -406,6 +429,9 @@ def set_env_state(env: gym.Env, state: dict) -> None:
         inner._env._reset_next_step = state["dm_reset_next"]
     else:
         inner.np_random.bit_generator.state = state["np_random"]
+    robot = _robot_env(inner)
+    if robot is not None:
+        robot.load_extra_state(state["extra"])
     pixels = _find(env, PixelObservations)
     if pixels is not None and "frames" in state:
         stacked = np.asarray(state["frames"], dtype=np.uint8)

@@ -1,0 +1,92 @@
+"""`robot_metadata`: what a deployed controller needs to know about a robot task, as plain data.
+
+The controller on the real robot reads the same joints in the same order, builds the same
+observation (terms, sizes, scales, clip) and turns the policy's [-1, 1] action into the same
+motor command (position target = default + action_scale * action with the given kp and kd, or
+torque = effort_limit * action). Everything here is JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import gymnasium as gym
+
+from .env import RobotEnv
+from .schema import RobotTask, load_task
+from .terms import COMMAND_RANGES, OBSERVATION_TERMS
+
+METADATA_VERSION = 1
+
+
+def _robot_env(env: gym.Env) -> RobotEnv | None:
+    inner = env.unwrapped
+    return inner if isinstance(inner, RobotEnv) else None
+
+
+def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
+    """Deploy metadata of a robot task: from an env made by `make_env("sim/<name>.yaml")`, a
+    loaded `RobotTask` or a task file path. Raises TaskFileError for a bad task file and
+    TypeError for an env that is not a robot task."""
+    if isinstance(env_or_task, gym.Env):
+        robot = _robot_env(env_or_task)
+        if robot is None:
+            raise TypeError(f"robot_metadata: {env_or_task.unwrapped!r} is not a robot task env "
+                            "(made from a sim/<name>.yaml task file)")
+    else:
+        task = env_or_task if isinstance(env_or_task, RobotTask) else load_task(env_or_task)
+        robot = RobotEnv(task)
+    task, act = robot.task, robot.task.actuation
+    position = act.mode == "position"
+    observations, start = [], 0
+    for term, (name, size), scale in zip(task.observations, robot.obs_terms,
+                                         robot._obs_scales, strict=True):
+        entry = {"term": term.term, "name": name, "start": start, "size": size,
+                 "scale": scale.tolist(), "noise": term.noise,
+                 "description": OBSERVATION_TERMS[term.term].doc}
+        if term.sensor:
+            entry["sensor"] = term.sensor
+        if term.site:
+            entry["site"] = term.site
+        observations.append(entry)
+        start += size
+    command = task.command
+    return {
+        "version": METADATA_VERSION,
+        "name": task.name,
+        "task_file": task.path,
+        "task_file_sha256": (hashlib.sha256(Path(task.path).read_bytes()).hexdigest()
+                             if Path(task.path).is_file() else ""),
+        "model": str(task.model_path),
+        "control_mode": act.mode,
+        "control_period": task.control_period,
+        "physics_timestep": task.control_period / task.substeps,
+        "substeps": task.substeps,
+        "episode_steps": task.episode_steps,
+        "joint_names": list(act.joint_names),
+        "default_joint_pos": list(act.defaults),
+        "kp": list(act.values("kp")) if position else [],
+        "kd": list(act.values("kd")) if position else [],
+        "action_scale": list(act.values("action_scale")) if position else [],
+        "effort_limit": list(act.values("effort_limit")),
+        "action_rule": ("target = default_joint_pos + action_scale * action" if position
+                        else "torque = effort_limit * action") + ", action clipped to [-1, 1]",
+        "action_low": (robot.action_center - robot.action_half).tolist(),
+        "action_high": (robot.action_center + robot.action_half).tolist(),
+        "floating_base": robot.robot.floating,
+        "observations": observations,
+        "obs_dim": start,
+        "observation_rule": "concatenate terms in order, each (value + noise) * scale"
+                            + (f", then clip to +-{task.observation_clip}"
+                               if task.observation_clip > 0 else ""),
+        "observation_clip": task.observation_clip,
+        "command": {
+            "kind": command.kind,
+            "fields": list(COMMAND_RANGES.get(command.kind, ())),
+            "ranges": {name: list(getattr(command, name))
+                       for name in COMMAND_RANGES.get(command.kind, ())},
+            "resample_seconds": command.resample_seconds,
+            "site": command.site,
+        },
+    }
