@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     import torch
 
     from .checkpoint import CheckpointError
+    from .tasks import TaskError
     from .trainer import Trainer, TrainingDiverged
 
     notice = profile_notice(args, cfg, torch.cuda.is_available())
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
         return 2
     except CheckpointError as err:  # its message names the file and what does not fit
         print(f"{PROG}: cannot resume: {err}", file=sys.stderr)
+        return 2
+    except TaskError as err:  # an unknown task id, or a task file that names what is wrong
+        print(f"{PROG}: task error: {err}", file=sys.stderr)
         return 2
     try:
         result = trainer.run()

@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 @dataclass
 class TaskConfig:
     id: str = "Hopper-v5"
-    """Gymnasium MuJoCo id (v5, v4 accepted) or dm_control suite task as `domain-task`."""
+    """Gymnasium MuJoCo id (v5, v4 accepted), dm_control suite task as `domain-task`, or a robot
+    task file (`sim/arm_reach.yaml`; docs/robots.md)."""
     num_envs: int = 5
     """Parallel environments; one vector step collects `num_envs` env steps."""
     max_episode_steps: int = 0

@@ -273,6 +273,19 @@ def test_cli_returns_2_with_a_message_for_bad_configuration(argv, message, capsy
     assert message in err
 
 
+@pytest.mark.parametrize(('task', 'message'), [
+    ('Hoper-v5', "task 'Hoper-v5': unknown Gymnasium id"),
+    ('sim/no_such_robot.yaml', "task file 'sim/no_such_robot.yaml': cannot read it"),
+])
+def test_cli_returns_2_with_one_line_for_a_bad_task(task, message, tmp_path, capsys):
+    argv = ['--profile', 'cpu', '--set', f'task.id={task}',
+            '--set', f'trainer.output_dir={tmp_path}']
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('fpmd-train: task error: ') and message in err
+    assert 'Traceback' not in err
+
+
 def test_cli_names_the_profile_it_runs_without_a_gpu(tmp_path):
     """Without --profile the paper profile runs; on a CPU that takes days, which is said."""
     def notice(argv, cuda):
