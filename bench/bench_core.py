@@ -1,6 +1,6 @@
 """Issue 3 benchmark: update throughput and deploy latency of the four algorithms, one run.
 
-    python bench/bench_core.py --out bench/results/core.json
+    python -m bench.bench_core --out bench/results/core.json
 
 Measures, interleaved so machine noise hits all alike: gradient updates/s (random replay
 batch, one thread by default) of SAC, DPMD, FPMD-R (paper K=20, N=32 and the CPU profile) and
@@ -11,7 +11,7 @@ GPU profile: updates run on CUDA when present (``--device auto``, the default; d
 stays on the CPU, as deployed), and ``--profile paper`` times the four algorithms with the
 paper's settings:
 
-    python bench/bench_core.py --profile paper --out bench/results/core_gpu.json
+    python -m bench.bench_core --profile paper --out bench/results/core_gpu.json
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine  # bench/, the script's own directory
 
+from bench.machine import machine
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
 from fpmd_core.export import export_onnx

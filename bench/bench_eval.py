@@ -1,7 +1,7 @@
 """Evaluation cost: the trainer's episodes side by side (one batched policy call per step)
 against the same episodes one by one (a batch-1 call per episode and step), in one run.
 
-    python bench/bench_eval.py --out bench/results/eval.json
+    python -m bench.bench_eval --out bench/results/eval.json
 
 Untrained agents of the four algorithms (the `paper` profile by default), the profile's
 evaluation episodes, each cut at --episode-steps so that every episode has the same length; both
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine  # bench/, the script's own directory
 
+from bench.machine import machine
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
 from fpmd_core.tasks import env_from_config, task_spec

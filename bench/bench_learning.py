@@ -1,6 +1,6 @@
 """Issue 7 benchmark: learning curves of FPMD-R, FPMD-M, SAC and DPMD over tasks x seeds.
 
-    nice -n 5 python bench/bench_learning.py --jobs 2 [--tasks Hopper-v5 ...] [--seeds 3] \
+    nice -n 5 python -m bench.bench_learning --jobs 2 [--tasks Hopper-v5 ...] [--seeds 3] \
         [--total-steps 100000] [--profile cpu|paper] [--aggregate-only]
 
 Every (task, algorithm, seed) is one training run of ``fpmd_core.trainer.Trainer``, started as its
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -40,13 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from machine import machine  # noqa: E402  (bench/, the script's own directory)
-
-from fpmd_core.config import make_config  # noqa: E402
+from bench.common import REPO, child_env
+from bench.machine import machine
+from fpmd_core.config import make_config
 
 TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 ALGOS = ("fpmd_r", "fpmd_m", "sac", "dpmd")
@@ -99,8 +94,7 @@ def start_run(args, task: str, algo: str, seed: int) -> tuple[subprocess.Popen, 
     command = [sys.executable, "-m", "fpmd_core.cli", "--profile", args.profile]
     for item in overrides:
         command += ["--set", item]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = child_env()
     env.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
     info = {"task": task, "algo": algo, "seed": seed, "profile": args.profile,
             "total_steps": args.total_steps, "overrides": overrides, "command": command,

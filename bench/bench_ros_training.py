@@ -1,6 +1,6 @@
 """Issue 4 benchmark: collection and training throughput through ROS 2 versus in-process, one run.
 
-    python bench/bench_ros_training.py [--rounds 2] [--out bench/results/ros_training.json]
+    python -m bench.bench_ros_training [--rounds 2] [--out bench/results/ros_training.json]
 
 Collection: the same policy steps the same task for ``--collect-steps`` vector steps, either in
 this process (``fpmd_core.tasks.make_vector_env``: SyncVectorEnv, SAME_STEP autoreset) or through
@@ -35,9 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 # A private DDS domain (the tests use 1..100 by pid), localhost only; set before rclpy loads and
 # inherited by the sim processes. The sims' namespaces are unique to this process as well.
 os.environ.setdefault('ROS_DOMAIN_ID', '77')
