@@ -49,7 +49,7 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS, child_env  # noqa: E402
+from bench.common import RESULTS, child_env, command_line  # noqa: E402
 
 TASK = 'HalfCheetah-v5'
 RATES = (100.0, 500.0, 1000.0)
@@ -358,6 +358,7 @@ def main(argv=None) -> int:
     import onnxruntime
 
     result = {
+        'command': command_line(),
         'benchmark': 'control_loop',
         'task': TASK,
         'obs_dim': int(obs_dim),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import command_line
 from bench.machine import machine
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
@@ -122,7 +123,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in chosen:
             latencies[name].append(latency_us(policies[name], obs, args.calls))
-    result = {"task": args.task, "threads": args.threads, "machine": machine(),
+    result = {"command": command_line(), "task": args.task, "threads": args.threads,
+              "machine": machine(),
               "device": str(device), "configs": configs, "variants": {}}
     sac_rate = statistics.median(rates["sac"])
     sac_p50 = statistics.median(lat["p50"] for lat in latencies["sac"])

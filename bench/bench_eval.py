@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.common import command_line
 from bench.machine import machine
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
@@ -56,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    result: dict = {"task": args.task, "profile": args.profile, "machine": machine(),
+    result: dict = {"command": command_line(), "task": args.task, "profile": args.profile,
+                    "machine": machine(),
                     "device": str(device), "episode_steps": args.episode_steps, "algos": {}}
     for algo in ALGOS:
         overrides = {"agent.algo": algo, "task.id": args.task,

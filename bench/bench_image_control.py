@@ -45,7 +45,7 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 import numpy as np  # noqa: E402
 
 from bench.bench_control_loop import Robot, spin_for, stop_target  # noqa: E402
-from bench.common import RESULTS, child_env  # noqa: E402
+from bench.common import RESULTS, child_env, command_line  # noqa: E402
 
 TASK = 'cartpole-swingup'
 SIZE = 84
@@ -269,6 +269,7 @@ def main(argv=None) -> int:
             rclpy.try_shutdown()
 
     result = {
+        'command': command_line(),
         'benchmark': 'image_control',
         'task': TASK,
         'obs_shape': [SIZE, SIZE, 3 * FRAME_STACK],

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import command_line
 from bench.machine import cpu_model
 from fpmd_core.agents import make_agent
 from fpmd_core.agents.sampling import sample_actions
@@ -269,6 +270,7 @@ def main() -> None:
     import onnxruntime
 
     result = {
+        "command": command_line(),
         "task": args.task, "batch": 1, "threads": 1, "rounds": args.rounds,
         "calls_per_round": args.calls, "slow_calls_per_round": args.slow_calls,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.bench_straightness import checkpoints, load_agent
+from bench.common import command_line
 
 ALGOS = ("fpmd_r", "fpmd_m", "dpmd")
 UNIFORM = 256
@@ -74,7 +75,7 @@ def main() -> None:
                   f"search {row['q_gain_uniform']:.2f}, alpha {row['alpha']:.2f}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2))
+        args.out.write_text(json.dumps({"command": command_line(), "runs": rows}, indent=2))
         print(f"written: {args.out}")
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import child_env
+from bench.common import child_env, command_line
 
 BACKENDS = ("egl", "osmesa")
 TASKS = ("cartpole-swingup", "cheetah-run")
@@ -125,7 +125,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for backend in args.backends:
             rounds[backend].append(run_backend(backend, args))
-    result = {"size": args.size, "tasks": args.tasks, "rounds": args.rounds,
+    result = {"command": command_line(),
+              "size": args.size, "tasks": args.tasks, "rounds": args.rounds,
               "seconds_per_measurement": args.seconds,
               "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "python": platform.python_version(),

@@ -45,6 +45,7 @@ import rclpy  # noqa: E402
 import torch  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 
+from bench.common import command_line  # noqa: E402
 from fpmd_core.agents import make_agent  # noqa: E402
 from fpmd_core.config import make_config  # noqa: E402
 from fpmd_core.tasks import make_env, make_vector_env, task_spec  # noqa: E402
@@ -304,6 +305,7 @@ def main() -> None:
     context = Context()
     rclpy.init(args=[], context=context)
     result = {
+        'command': command_line(),
         'benchmark': 'ros_training',
         'transport': f'{os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp (default)")}, '
                      f'ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, ROS_AUTOMATIC_DISCOVERY_RANGE='

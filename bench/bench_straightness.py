@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import REPO
+from bench.common import REPO, command_line
 from fpmd_core.agents import make_agent
 from fpmd_core.checkpoint import load_checkpoint
 from fpmd_core.config import config_from_dict, make_config
@@ -251,7 +251,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out_dir = args.out_dir if args.out_dir.is_absolute() else REPO / args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict = {}
+    result: dict = {"command": command_line()}
 
     run_dir = args.run_dir if args.run_dir.is_absolute() else REPO / args.run_dir
     trained = False
