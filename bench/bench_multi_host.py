@@ -1,34 +1,41 @@
-"""Issue 13 check: a sim on "another host" joins a training run over DDS, is lost and recovered.
+"""Issue 13 check: sims on "another host" join a training run over DDS, are lost and recovered.
 
-    python -m bench.bench_multi_host [--total-steps 3000] [--out bench/results/multi_host.json]
+    python -m bench.bench_multi_host [--discovery static|subnet] [--total-steps 3000] [--out FILE]
 
-Needs root and ``ip`` (iproute2): the other host is a network namespace this script makes, joined
-to the root namespace by a veth pair with two addresses of a private /30 that no route or address
-of this machine uses (picked at start). Nothing else is touched: the DDS traffic runs over that
-veth pair and loopback only, discovery as the README's "More than one machine" describes for hosts
-that multicast cannot join: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (no multicast on the
-machine's own network) and ``ROS_STATIC_PEERS`` naming the other side's address, on both sides,
-with one ``ROS_DOMAIN_ID`` private to this run.
+Needs root and ``ip`` (iproute2). The other host is a network namespace this script makes, joined
+by a veth pair with the two addresses of a private /30 that no route or address of this machine
+uses (picked at start). The two discovery setups of the README's "More than one machine":
 
-0. Control (``--no-control`` skips it): the same sim and trainer without ``ROS_STATIC_PEERS``
-   must not find each other (the trainer exits 3 naming env_3 after ``connect_timeout_s``), so
-   the namespace really separates them and the static peers are what joins them below.
-1. In the namespace, a lockstep sim is started as the README starts a remote one
+- ``--discovery static`` (default; ``bench/results/multi_host.json``): for hosts that multicast
+  cannot join. The trainer runs in the root namespace, the sim in the namespace;
+  ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (nothing is multicast on this machine's own
+  network) and ``ROS_STATIC_PEERS`` naming the other side's address, on both sides.
+- ``--discovery subnet`` (``bench/results/multi_host_subnet.json``): one LAN. The trainer runs in
+  a second namespace, so that the multicast stays on the veth pair; ``SUBNET``, no static peers.
+
+Either way one ``ROS_DOMAIN_ID`` is private to the run and nothing but the veth pair and the
+loopback interfaces carries its traffic.
+
+0. Control (``--no-control`` skips it): the same sim and trainer with
+   ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and no static peers must not find each other (the
+   trainer exits 3 naming env_3 after ``connect_timeout_s``): the namespaces really separate them.
+1. In the sims' namespace, a lockstep sim is started as the README starts a remote one
    (``python -m fpmd_ros.sim_node --ros-args -r __ns:=/env_3 -p task:=... -p mode:=lockstep``).
-2. In the root namespace, the project runner trains on it alone
+2. On the trainer's side, the project runner trains on it alone
    (``python -m fpmd_ros.runner train_sim num_envs:=0 remote_envs:=env_3 config:=...``): the
    package's train_sim.yaml with a short budget (``--total-steps``, ``--warmup-steps``).
+   A listener next to it records the trainer's /diagnostics.
 3. Once updates have begun (env steps >= ``--kill-at``), the sim is killed (SIGKILL). Checked: the
-   trainer's log names env_3 and /diagnostics (read here) goes to ``recovering`` naming env_3.
-4. The sim is started again in the namespace. Checked: the trainer reconnects (/diagnostics back
+   trainer's log names env_3 and /diagnostics goes to ``recovering`` naming env_3.
+4. The sim is started again in its namespace. Checked: the trainer reconnects (/diagnostics back
    to ``training``, recoveries 1, env steps beyond those at the kill) and finishes (exit 0).
-Also recorded: the bytes the veth pair carried (so the traffic did cross it), the namespace each
+Also recorded: the bytes the veth pair carried (the traffic did cross it), the namespace each
 process ran in, and the times from start to training, from the kill to the log line and to the
 diagnostics, and from the restart to training again.
 
-Every wait is bounded (``--timeout`` for the whole check); the namespace, the veth pair and every
+Every wait is bounded (``--timeout`` for the whole check); the namespaces, the veth pair and every
 process started here are removed on exit, also on SIGINT/SIGTERM. Namespaces left by an earlier
-run killed with SIGKILL (named ``fpmd_bench_<pid>``, that pid gone) are removed at start.
+run killed with SIGKILL (named ``fpmd_bench_<pid>_...``, that pid gone) are removed at start.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -52,7 +60,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import REPO, RESULTS, child_env
+from bench.common import REPO, RESULTS, child_env, command_line
 
 NAMESPACE_PREFIX = 'fpmd_bench_'
 REMOTE_ENV = 'env_3'
@@ -62,7 +70,7 @@ STOP_TIMEOUT_S = 20.0
 # Private /30s are drawn from here; one that overlaps an address or route of this machine is
 # skipped, so the check cannot capture traffic meant for a real network.
 POOL = ipaddress.ip_network('10.0.0.0/8')
-CHECKS = ('no_static_peers_no_connection', 'updates_before_the_kill', 'log_names_the_lost_sim',
+CHECKS = ('no_discovery_no_connection', 'updates_before_the_kill', 'log_names_the_lost_sim',
           'diagnostics_name_the_lost_sim', 'recovered_after_restart', 'trained_to_the_end')
 
 
@@ -108,7 +116,7 @@ def remove_stale_namespaces() -> list[str]:
     removed = []
     for line in ip('netns', 'list', check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ''
-        match = re.fullmatch(re.escape(NAMESPACE_PREFIX) + r'(\d+)', name)
+        match = re.fullmatch(re.escape(NAMESPACE_PREFIX) + r'(\d+)_\w+', name)
         if match and not Path(f'/proc/{match.group(1)}').exists():
             ip('netns', 'del', name, check=False)
             removed.append(name)
@@ -117,44 +125,64 @@ def remove_stale_namespaces() -> list[str]:
 
 @dataclass
 class Link:
-    """A network namespace joined to the root namespace by a veth pair over a private /30."""
+    """Two sides joined by a veth pair over a private /30: the trainer's (the root namespace
+    when `trainer_namespace` is None) and the sims' (a namespace made here)."""
 
-    namespace: str
-    host_if: str
-    far_if: str
+    trainer_namespace: str | None
+    sims_namespace: str
+    trainer_if: str
+    sims_if: str
     subnet: ipaddress.IPv4Network
-    created: bool = False
+    made: list[str] = field(default_factory=list)
 
     @property
-    def host_address(self) -> str:
+    def trainer_address(self) -> str:
         return str(self.subnet.network_address + 1)
 
     @property
-    def far_address(self) -> str:
+    def sims_address(self) -> str:
         return str(self.subnet.network_address + 2)
+
+    def _ip(self, namespace: str | None, *args: str) -> subprocess.CompletedProcess:
+        return ip(*(('-n', namespace) if namespace else ()), *args)
 
     def create(self) -> None:
         prefix = f'/{self.subnet.prefixlen}'
-        ip('netns', 'add', self.namespace)
-        self.created = True
-        ip('link', 'add', self.host_if, 'type', 'veth', 'peer', 'name', self.far_if,
-           'netns', self.namespace)
-        ip('addr', 'add', self.host_address + prefix, 'dev', self.host_if)
-        ip('link', 'set', self.host_if, 'up')
-        for args in (('addr', 'add', self.far_address + prefix, 'dev', self.far_if),
-                     ('link', 'set', self.far_if, 'up'), ('link', 'set', 'lo', 'up')):
-            ip('-n', self.namespace, *args)
+        for namespace in (self.trainer_namespace, self.sims_namespace):
+            if namespace:
+                ip('netns', 'add', namespace)
+                self.made.append(namespace)
+                self._ip(namespace, 'link', 'set', 'lo', 'up')
+        self._ip(self.trainer_namespace, 'link', 'add', self.trainer_if, 'type', 'veth', 'peer',
+                 'name', self.sims_if, 'netns', self.sims_namespace)
+        for namespace, name, address in ((self.trainer_namespace, self.trainer_if,
+                                          self.trainer_address),
+                                         (self.sims_namespace, self.sims_if, self.sims_address)):
+            self._ip(namespace, 'addr', 'add', address + prefix, 'dev', name)
+            self._ip(namespace, 'link', 'set', name, 'up')
 
-    def host_bytes(self) -> dict[str, int]:
-        stats = Path('/sys/class/net') / self.host_if / 'statistics'
-        return {name: int((stats / name).read_text()) for name in ('rx_bytes', 'tx_bytes')}
+    def exec_prefix(self, namespace: str | None) -> list[str]:
+        """What runs a command in `namespace` (nothing for the root namespace)."""
+        return ['ip', 'netns', 'exec', namespace] if namespace else []
+
+    def trainer_side_bytes(self) -> dict[str, int]:
+        """Bytes received and sent so far by the trainer's end of the veth pair."""
+        stats = json.loads(self._ip(self.trainer_namespace, '-s', '-j', 'link', 'show', 'dev',
+                                    self.trainer_if).stdout)[0]['stats64']
+        return {'rx_bytes': stats['rx']['bytes'], 'tx_bytes': stats['tx']['bytes']}
 
     def remove(self) -> None:
-        if not self.created:
-            return
-        ip('netns', 'del', self.namespace, check=False)  # takes the veth pair with it
-        ip('link', 'del', self.host_if, check=False)  # if the namespace was already gone
-        self.created = False
+        for namespace in reversed(self.made):
+            ip('netns', 'del', namespace, check=False)  # takes its end of the veth pair along
+        if not self.trainer_namespace:  # the root end, if the namespace was already gone
+            ip('link', 'del', self.trainer_if, check=False)
+        self.made.clear()
+
+    def gone(self) -> bool:
+        names = ip('netns', 'list', check=False).stdout.split()
+        root_end = Path('/sys/class/net') / self.trainer_if
+        return (not any(n in names for n in (self.trainer_namespace, self.sims_namespace) if n)
+                and not root_end.exists())
 
 
 def namespace_of(pid: int) -> str:
@@ -220,42 +248,47 @@ class Sample:
     values: dict = field(default_factory=dict)
 
 
-class DiagnosticsListener:
-    """Every trainer status on /diagnostics, as Samples (seconds since `t0`)."""
+def listen_diagnostics() -> int:
+    """``--listen-diagnostics``: print every trainer status on /diagnostics as a JSON line until
+    SIGINT/SIGTERM (run next to the trainer, in its namespace)."""
+    from diagnostic_msgs.msg import DiagnosticArray
 
-    def __init__(self, t0: float):
-        from diagnostic_msgs.msg import DiagnosticArray
+    from fpmd_ros.participant import PrivateParticipant
 
-        from fpmd_ros.participant import PrivateParticipant
-
-        self.t0 = t0
-        self.samples: list[Sample] = []
-        self._participant = PrivateParticipant(f'bench_multi_host_{os.getpid()}')
-        self._participant.node.create_subscription(DiagnosticArray, '/diagnostics',
-                                                   self._on_message, 50)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, name='diagnostics', daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while self._running:
-            self._participant.executor.spin_once(timeout_sec=0.1)
-
-    def _on_message(self, msg) -> None:
+    def on_message(msg) -> None:
         for status in msg.status:
-            if not status.name.endswith(': training'):
-                continue
-            values = {kv.key: kv.value for kv in status.values}
-            self.samples.append(Sample(time.monotonic() - self.t0, values.get('state', ''),
-                                       status.level[0], status.message, values))
+            if status.name.endswith(': training'):
+                print(json.dumps({'level': status.level[0], 'message': status.message,
+                                  'values': {kv.key: kv.value for kv in status.values}}),
+                      flush=True)
+
+    participant = PrivateParticipant(f'bench_multi_host_{os.getpid()}')
+    participant.node.create_subscription(DiagnosticArray, '/diagnostics', on_message, 50)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after rclpy.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.is_set():
+            participant.executor.spin_once(timeout_sec=0.1)
+    finally:
+        participant.close()
+    return 0
+
+
+class DiagnosticsListener(Process):
+    """The listener process; its lines as Samples (seconds since `t0`, at receipt)."""
+
+    def samples(self) -> list[Sample]:
+        found = []
+        for t, line in list(self.lines):
+            if line.startswith('{'):
+                data = json.loads(line)
+                found.append(Sample(t, data['values'].get('state', ''), data['level'],
+                                    data['message'], data['values']))
+        return found
 
     def first(self, predicate, after: float = 0.0) -> Sample | None:
-        return next((s for s in list(self.samples) if s.t >= after and predicate(s)), None)
-
-    def close(self) -> None:
-        self._running = False
-        self._thread.join(timeout=5.0)
-        self._participant.close()
+        return next((s for s in self.samples() if s.t >= after and predicate(s)), None)
 
 
 def env_steps(sample: Sample) -> int:
@@ -294,41 +327,59 @@ def training_config(args, path: Path) -> Path:
     return path
 
 
+def readable(command: list[str]) -> str:
+    """A command as recorded: `python` for this interpreter's path."""
+    return shlex.join(['python' if arg == sys.executable else arg for arg in command])
+
+
+def dds_environments(args, link: Link, domain: str) -> tuple[dict, dict]:
+    """The DDS settings of the trainer's side and of the sims' side, as the README gives them."""
+    if args.discovery == 'subnet':
+        both = {'ROS_DOMAIN_ID': domain, 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
+        return dict(both), dict(both)
+    both = {'ROS_DOMAIN_ID': domain, 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    return ({**both, 'ROS_STATIC_PEERS': link.sims_address},
+            {**both, 'ROS_STATIC_PEERS': link.trainer_address})
+
+
 def run_check(args, link: Link, work: Path, processes: list[Process], t0: float,
               result: dict) -> None:
     domain = str(201 + os.getpid() % 30)  # tests use 1..100, the other benchmarks 77, 101..200
-    common = {'ROS_DOMAIN_ID': domain, 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
-    host_env = child_env(**common, ROS_STATIC_PEERS=link.far_address, PYTHONUNBUFFERED='1')
-    far_env = child_env(**common, ROS_STATIC_PEERS=link.host_address, PYTHONUNBUFFERED='1')
-    os.environ.update(common, ROS_STATIC_PEERS=link.far_address)  # this process's listener
-    result['dds'] = {'ROS_DOMAIN_ID': domain, 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-                     'ROS_STATIC_PEERS (root namespace)': link.far_address,
-                     'ROS_STATIC_PEERS (sim namespace)': link.host_address}
+    trainer_dds, sims_dds = dds_environments(args, link, domain)
+    result['dds'] = {'trainer side': trainer_dds, 'sims side': sims_dds}
+    trainer_env = child_env(**trainer_dds, PYTHONUNBUFFERED='1')
+    sims_env = child_env(**sims_dds, PYTHONUNBUFFERED='1')
 
-    sim_command = ['ip', 'netns', 'exec', link.namespace, sys.executable, '-m',
-                   'fpmd_ros.sim_node', '--ros-args', '-r', f'__ns:=/{REMOTE_ENV}',
-                   '-p', f'task:={TASK}', '-p', 'mode:=lockstep']
+    on_trainer_side = link.exec_prefix(link.trainer_namespace)
+    sim_command = link.exec_prefix(link.sims_namespace) + [
+        sys.executable, '-m', 'fpmd_ros.sim_node', '--ros-args', '-r', f'__ns:=/{REMOTE_ENV}',
+        '-p', f'task:={TASK}', '-p', 'mode:=lockstep']
     config = training_config(args, work / 'train_sim_short.yaml')
-    trainer_command = [sys.executable, '-m', 'fpmd_ros.runner', 'train_sim', 'num_envs:=0',
-                       f'remote_envs:={REMOTE_ENV}', f'config:={config}',
-                       f'output_dir:={work / "run"}', f'step_timeout_s:={args.step_timeout_s}',
-                       'connect_timeout_s:=60.0', f'max_recoveries:={args.max_recoveries}']
-    result['commands'] = {'sim (in the namespace)': ' '.join(sim_command),
-                          'trainer (root namespace)': ' '.join(trainer_command),
+    trainer_command = on_trainer_side + [
+        sys.executable, '-m', 'fpmd_ros.runner', 'train_sim', 'num_envs:=0',
+        f'remote_envs:={REMOTE_ENV}', f'config:={config}', f'output_dir:={work / "run"}',
+        f'step_timeout_s:={args.step_timeout_s}', 'connect_timeout_s:=60.0',
+        f'max_recoveries:={args.max_recoveries}']
+    listener_command = on_trainer_side + [sys.executable, '-m', 'bench.bench_multi_host',
+                                          '--listen-diagnostics']
+    result['commands'] = {'sim': readable(sim_command), 'trainer': readable(trainer_command),
                           'config': yaml.safe_load(config.read_text())}
     deadline = t0 + args.timeout
     logs = work / 'logs'
     logs.mkdir()
     if args.control:
-        run_control(args, sim_command, trainer_command, (far_env, host_env), logs, t0, result)
-    bytes_before = link.host_bytes()
+        run_control(args, sim_command, trainer_command, (sims_env, trainer_env), logs, t0,
+                    result)
+    bytes_before = link.trainer_side_bytes()
 
-    listener = DiagnosticsListener(t0)
+    listener = DiagnosticsListener('listener', listener_command, trainer_env, t0,
+                                   logs / 'diagnostics.log')
+    processes.append(listener)
     t_start = time.monotonic() - t0
     try:
-        sim = Process('sim', sim_command, far_env, t0, logs / 'sim.log')
+        sim = Process('sim', sim_command, sims_env, t0, logs / 'sim.log')
         processes.append(sim)
-        trainer = Process('trainer', trainer_command, host_env, t0, logs / 'trainer.log')
+        trainer = Process('trainer', trainer_command, trainer_env, t0, logs / 'trainer.log')
         processes.append(trainer)
 
         def trainer_alive() -> str | None:
@@ -347,9 +398,10 @@ def run_check(args, link: Link, work: Path, processes: list[Process], t0: float,
             deadline, trainer_alive)
         sim.kill()
         t_kill = time.monotonic() - t0
-        steps_at_kill = env_steps(listener.samples[-1])
+        last = listener.samples()[-1]
+        steps_at_kill = env_steps(last)
         result['env_steps_at_kill'] = steps_at_kill
-        result['updates_at_kill'] = int(listener.samples[-1].values.get('updates') or 0)
+        result['updates_at_kill'] = int(last.values.get('updates') or 0)
         checks['updates_before_the_kill'] = int(before.values.get('updates') or 0) > 0
 
         logged = wait_for(f'the trainer log naming {REMOTE_ENV}', lambda: trainer.first_line(
@@ -364,7 +416,7 @@ def run_check(args, link: Link, work: Path, processes: list[Process], t0: float,
         result['diagnostics_message'] = {'level': diagnosed.level, 'message': diagnosed.message}
         checks['diagnostics_name_the_lost_sim'] = True
 
-        restarted = Process('sim (restarted)', sim_command, far_env, t0, logs / 'sim.log')
+        restarted = Process('sim (restarted)', sim_command, sims_env, t0, logs / 'sim.log')
         processes.append(restarted)
         t_restart = time.monotonic() - t0
         again = wait_for('training again after the restart', lambda: listener.first(
@@ -381,42 +433,42 @@ def run_check(args, link: Link, work: Path, processes: list[Process], t0: float,
         result['final_line'] = finished[1] if finished else None
         checks['trained_to_the_end'] = code == 0 and finished is not None
         times['total'] = round(time.monotonic() - t0, 2)
-        last = listener.first(lambda s: s.state == 'finished')
-        if last:
-            result['diagnostics_final'] = {k: last.values.get(k) for k in
-                                           ('env_steps', 'updates', 'recoveries', 'sims')}
+        final = wait_for('the final /diagnostics', lambda: listener.first(
+            lambda s: s.state == 'finished'), time.monotonic() + 5.0)
+        result['diagnostics_final'] = {k: final.values.get(k) for k in
+                                       ('env_steps', 'updates', 'recoveries', 'sims')}
     finally:
-        listener.close()
-        after = link.host_bytes() if link.created else bytes_before
-        result['veth_bytes'] = {k: after[k] - bytes_before[k] for k in after}
+        after = link.trainer_side_bytes() if link.made else bytes_before
+        result['veth_bytes_trainer_side'] = {k: after[k] - bytes_before[k] for k in after}
 
 
 def run_control(args, sim_command: list[str], trainer_command: list[str], envs: tuple,
                 logs: Path, t0: float, result: dict) -> None:
-    """The same sim and trainer without ROS_STATIC_PEERS on either side: the namespace must keep
-    them apart (the trainer exits 3 naming env_3, after connect_timeout_s), else the main check
-    would not show that the static peers are what joins the hosts."""
+    """The same sim and trainer with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and no static
+    peers: the namespaces must keep them apart (the trainer exits 3 naming env_3, after
+    connect_timeout_s), else the main check would not show that the setup is what joins them."""
     from fpmd_ros.trainer_node import EXIT_SIMS
 
-    far_env, host_env = ({k: v for k, v in env.items() if k != 'ROS_STATIC_PEERS'}
-                         for env in envs)
+    sims_env, trainer_env = ({**{k: v for k, v in env.items() if k != 'ROS_STATIC_PEERS'},
+                              'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'} for env in envs)
     command = [arg.replace('connect_timeout_s:=60.0',
                            f'connect_timeout_s:={args.control_connect_timeout_s}')
                for arg in trainer_command] + ['max_recoveries:=0']
-    sim = Process('control sim', sim_command, far_env, t0, logs / 'control_sim.log')
-    trainer = Process('control trainer', command, host_env, t0, logs / 'control_trainer.log')
+    sim = Process('control sim', sim_command, sims_env, t0, logs / 'control_sim.log')
+    trainer = Process('control trainer', command, trainer_env, t0, logs / 'control_trainer.log')
     try:
         started = time.monotonic()
         trainer.popen.wait(timeout=args.control_connect_timeout_s + 120.0)
         line = trainer.first_line(rf'not found after .*missing sims: {REMOTE_ENV}\b')
-        result['control_without_static_peers'] = {
+        result['control_without_discovery'] = {
+            'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST', 'ROS_STATIC_PEERS': None,
             'trainer_exit_code': trainer.popen.returncode,
             'seconds': round(time.monotonic() - started, 2),
             'log_line': line[1] if line else None}
-        result['checks']['no_static_peers_no_connection'] = (
+        result['checks']['no_discovery_no_connection'] = (
             trainer.popen.returncode == EXIT_SIMS and line is not None)
     except subprocess.TimeoutExpired:
-        result['checks']['no_static_peers_no_connection'] = False
+        result['checks']['no_discovery_no_connection'] = False
     finally:
         trainer.stop()
         sim.stop()
@@ -424,6 +476,9 @@ def run_control(args, sim_command: list[str], trainer_command: list[str], envs: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--discovery', choices=('static', 'subnet'), default='static',
+                        help='static: ROS_STATIC_PEERS, trainer in the root namespace; subnet: '
+                             'ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET, trainer in a namespace too')
     parser.add_argument('--total-steps', type=int, default=3000)
     parser.add_argument('--warmup-steps', type=int, default=1000)
     parser.add_argument('--kill-at', type=int, default=1500,
@@ -433,30 +488,38 @@ def main() -> int:
     parser.add_argument('--timeout', type=float, default=900.0,
                         help='seconds for the whole check')
     parser.add_argument('--control', action=argparse.BooleanOptionalAction, default=True,
-                        help='first run the control without ROS_STATIC_PEERS')
+                        help='first run the control without discovery')
     parser.add_argument('--control-connect-timeout-s', type=float, default=10.0)
     parser.add_argument('--seed', type=int, default=None, help='picks the /30 (default: random)')
     parser.add_argument('--keep-logs', type=Path, default=None,
-                        help='copy the sim and trainer logs to this folder')
-    parser.add_argument('--out', type=Path, default=RESULTS / 'multi_host.json')
+                        help='copy the logs of the processes to this folder')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='default: bench/results/multi_host.json (static), '
+                             'multi_host_subnet.json (subnet)')
+    parser.add_argument('--listen-diagnostics', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.listen_diagnostics:
+        return listen_diagnostics()
     if not args.warmup_steps < args.kill_at < args.total_steps:
         parser.error('expected --warmup-steps < --kill-at < --total-steps')
     if os.geteuid() != 0:
-        parser.error('needs root (it makes a network namespace and a veth pair)')
+        parser.error('needs root (it makes network namespaces and a veth pair)')
     if shutil.which('ip') is None:
         parser.error("needs 'ip' (apt-get install iproute2)")
+    out = args.out or RESULTS / ('multi_host.json' if args.discovery == 'static'
+                                 else 'multi_host_subnet.json')
 
     t0 = time.monotonic()
     pid = os.getpid()
     stale = remove_stale_namespaces()
-    link = Link(f'{NAMESPACE_PREFIX}{pid}', f'fbh{pid}'[:15], f'fbs{pid}'[:15],
+    link = Link(f'{NAMESPACE_PREFIX}{pid}_trainer' if args.discovery == 'subnet' else None,
+                f'{NAMESPACE_PREFIX}{pid}_sims', f'fbt{pid}'[:15], f'fbs{pid}'[:15],
                 pick_subnet(networks_in_use(), random.Random(args.seed)))
     processes: list[Process] = []
-    result: dict = {'pass': False, 'checks': {}, 'seconds': {}, 'task': TASK,
-                    'total_steps': args.total_steps, 'warmup_steps': args.warmup_steps,
-                    'kill_at': args.kill_at, 'remote_env': REMOTE_ENV,
-                    'command': 'python -m bench.bench_multi_host ' + ' '.join(sys.argv[1:]),
+    result: dict = {'pass': False, 'checks': {}, 'seconds': {}, 'discovery': args.discovery,
+                    'task': TASK, 'total_steps': args.total_steps,
+                    'warmup_steps': args.warmup_steps, 'kill_at': args.kill_at,
+                    'remote_env': REMOTE_ENV, 'command': command_line(),
                     'stale_namespaces_removed': stale}
 
     def on_signal(signum, frame):
@@ -466,11 +529,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix='fpmd_multi_host_'))
     try:
         link.create()
-        result['link'] = {'namespace': link.namespace, 'subnet': str(link.subnet),
-                          'root side': f'{link.host_if} {link.host_address}',
-                          'namespace side': f'{link.far_if} {link.far_address}'}
+        result['link'] = {
+            'subnet': str(link.subnet),
+            'trainer side': f'{link.trainer_namespace or "root namespace"}: '
+                            f'{link.trainer_if} {link.trainer_address}',
+            'sims side': f'{link.sims_namespace}: {link.sims_if} {link.sims_address}'}
         run_check(args, link, work, processes, t0, result)
-        expected = set(CHECKS) - (set() if args.control else {'no_static_peers_no_connection'})
+        expected = set(CHECKS) - (set() if args.control else {'no_discovery_no_connection'})
         result['pass'] = (set(result['checks']) == expected
                           and all(result['checks'].values()))
     except (CheckFailed, KeyboardInterrupt) as error:
@@ -479,19 +544,18 @@ def main() -> int:
         for process in reversed(processes):
             process.stop()
         link.remove()
-        result['cleaned_up'] = {
-            'namespace_gone': link.namespace not in ip('netns', 'list', check=False).stdout,
-            'veth_gone': not (Path('/sys/class/net') / link.host_if).exists(),
-            'processes_gone': all(p.popen.poll() is not None for p in processes)}
+        result['cleaned_up'] = {'namespaces_and_veth_gone': link.gone(),
+                                'processes_gone': all(p.popen.poll() is not None
+                                                      for p in processes)}
         if args.keep_logs and (work / 'logs').is_dir():
             shutil.copytree(work / 'logs', args.keep_logs, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     result['machine'] = {'cores': os.cpu_count(), 'python': platform.python_version(),
                          'load_avg': os.getloadavg(), 'kernel': platform.release()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + '\n')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + '\n')
     print(json.dumps(result, indent=2))
-    print(f"{'PASS' if result['pass'] else 'FAIL'}; written: {args.out}")
+    print(f"{'PASS' if result['pass'] else 'FAIL'}; written: {out}")
     return 0 if result['pass'] else 1
 
 
