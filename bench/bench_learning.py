@@ -25,7 +25,7 @@ learning-curve PNG per task, ``<out-dir>/<task>.png`` (seed mean, shaded ± std,
 solid and best-of-N dashed). summary.json is what is committed of a benchmark, so it also holds
 everything read from the run dirs that a reader may need: per algorithm the plotted curves
 (``curves``), every seed's evaluations (``evaluations``: eval.csv's columns), its training log
-(``training_log``: train.csv's columns of TRAIN_LOG_COLUMNS, 4 significant digits) and its exact
+(``training_log``: every column of train.csv, 4 significant digits) and its exact
 ``python -m fpmd_core.cli`` command (``runs``); and at the top every bench command that made the
 runs and the summary (``commands``). ``--from-summary`` re-makes summary.md and the plots from
 summary.json alone.
@@ -57,11 +57,6 @@ NFE = {"dpmd": 20}  # network calls of the deploy action (DPMD: its DDPM steps)
 COLORS = {"fpmd_r": "tab:blue", "fpmd_m": "tab:orange", "sac": "tab:green", "dpmd": "tab:red"}
 # Slowest first, so that the long runs do not end up alone at the end of a parallel schedule.
 COST_ORDER = {"dpmd": 0, "fpmd_r": 1, "fpmd_m": 2, "sac": 3}
-# train.csv columns the summary keeps per seed (what the discussion of a run refers to: Q, alpha,
-# the mirror-descent weights, the one-step error, the rates); 4 significant digits.
-TRAIN_LOG_COLUMNS = ("updates", "loss/critic", "loss/actor", "alpha", "q/mean", "weights/std",
-                     "one_step_error", "train/episode_return", "perf/updates_per_s",
-                     "perf/env_steps_per_s")
 EVAL_COLUMNS = ("updates", "wall_time_s", "return_deploy", "return_best_of_n", "length_deploy",
                 "length_best_of_n")
 
@@ -243,10 +238,11 @@ def run_record(run: dict) -> dict:
     return record
 
 
-def columns(rows: list[dict], names, value=_float) -> dict:
-    """CSV rows as env_steps plus one list per column (None where a row left it empty)."""
+def columns(rows: list[dict], names=None, value=_float) -> dict:
+    """CSV rows as env_steps plus one list per column of `names` (default: every column), None
+    where a row left it empty."""
     table = {"env_steps": [int(r["env_steps"]) for r in rows]}
-    for name in names:
+    for name in names or [n for n in (rows[0] if rows else {}) if n != "env_steps"]:
         if any(name in r for r in rows):
             table[name] = [value(r.get(name)) for r in rows]
     return table
@@ -293,8 +289,7 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
                 "runs": [run_record(run) for run in runs],
                 "evaluations": {str(run["info"].get("seed")): columns(run["eval"], EVAL_COLUMNS)
                                 for run in runs},
-                "training_log": {str(run["info"].get("seed")):
-                                 columns(run["train"], TRAIN_LOG_COLUMNS, _rounded)
+                "training_log": {str(run["info"].get("seed")): columns(run["train"], None, _rounded)
                                  for run in runs},
             }
         if entry:

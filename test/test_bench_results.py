@@ -85,7 +85,7 @@ def test_learning_summary_holds_what_the_table_and_plots_show(tmp_path):
     assert sac['evaluations']['1']['return_deploy'] == [20.0, 50.0, 70.0]
     log = summary['tasks'][TASK]['fpmd_m']['training_log']['0']
     assert log['q/mean'] == [0.0, 0.1235, 0.2469]  # 4 significant digits
-    assert 'weights/max' not in log  # not one of TRAIN_LOG_COLUMNS
+    assert log['weights/max'] == [9.0, 9.0, 9.0]
     run = sac['runs'][0]
     assert run['command'].startswith('python -m fpmd_core.cli --profile cpu')
     assert f'trainer.output_dir=bench/results/x/{TASK}/sac/seed_0' in run['command']
