@@ -1,6 +1,6 @@
 """Closed-loop benchmark of policy_controller across two processes through Fast DDS (issue 5).
 
-    python bench/bench_control_loop.py [--duration 6] [--out bench/results/control_loop.json]
+    python -m bench.bench_control_loop [--duration 6] [--out bench/results/control_loop.json]
 
 This process is the "robot": a thread publishes observations (std_msgs/Float32MultiArray) at
 100, 500 and 1000 Hz while the main thread receives the commands. The node under test runs in
@@ -43,14 +43,13 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 # Own DDS domain (the tests use 1..100), localhost only.
 os.environ.setdefault('ROS_DOMAIN_ID', str(101 + os.getpid() % 100))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 import numpy as np  # noqa: E402
+
+from bench.common import RESULTS, child_env, command_line  # noqa: E402
 
 TASK = 'HalfCheetah-v5'
 RATES = (100.0, 500.0, 1000.0)
@@ -202,7 +201,7 @@ class Robot:
 
 
 def start_target(target: str, rate_hz: float, policy: Path | None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = child_env()
     if target.startswith('controller'):
         trigger = 'observation' if target == 'controller_obs' else 'timer'
         cmd = [sys.executable, '-m', 'fpmd_ros.controller_node', '--ros-args',
@@ -211,7 +210,7 @@ def start_target(target: str, rate_hz: float, policy: Path | None) -> subprocess
                '-p', 'autostart:=true', '-p', 'state_timeout_s:=0.5',
                '--log-level', 'warn']
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), '--echo', target.split('_')[1],
+        cmd = [sys.executable, '-m', 'bench.bench_control_loop', '--echo', target.split('_')[1],
                '--rate', str(rate_hz)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -289,7 +288,7 @@ def measure(executor, robot: Robot, diagnostics: dict, target: str, rate_hz: flo
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--duration', type=float, default=6.0, help='seconds measured per run')
-    parser.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'control_loop.json'))
+    parser.add_argument('--out', default=str(RESULTS / 'control_loop.json'))
     parser.add_argument('--rates', default=','.join(f'{r:g}' for r in RATES))
     parser.add_argument('--no-algos', action='store_true',
                         help='skip the SAC / DPMD inference comparison')
@@ -359,6 +358,7 @@ def main(argv=None) -> int:
     import onnxruntime
 
     result = {
+        'command': command_line(),
         'benchmark': 'control_loop',
         'task': TASK,
         'obs_dim': int(obs_dim),

@@ -1,6 +1,6 @@
 """Issue 3 benchmark: update throughput and deploy latency of the four algorithms, one run.
 
-    python bench/bench_core.py --out bench/results/core.json
+    python -m bench.bench_core --out bench/results/core.json
 
 Measures, interleaved so machine noise hits all alike: gradient updates/s (random replay
 batch, one thread by default) of SAC, DPMD, FPMD-R (paper K=20, N=32 and the CPU profile) and
@@ -11,7 +11,7 @@ GPU profile: updates run on CUDA when present (``--device auto``, the default; d
 stays on the CPU, as deployed), and ``--profile paper`` times the four algorithms with the
 paper's settings:
 
-    python bench/bench_core.py --profile paper --out bench/results/core_gpu.json
+    python -m bench.bench_core --profile paper --out bench/results/core_gpu.json
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine  # bench/, the script's own directory
 
+from bench.common import command_line
+from bench.machine import machine
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
 from fpmd_core.export import export_onnx
@@ -122,7 +123,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in chosen:
             latencies[name].append(latency_us(policies[name], obs, args.calls))
-    result = {"task": args.task, "threads": args.threads, "machine": machine(),
+    result = {"command": command_line(), "task": args.task, "threads": args.threads,
+              "machine": machine(),
               "device": str(device), "configs": configs, "variants": {}}
     sac_rate = statistics.median(rates["sac"])
     sac_p50 = statistics.median(lat["p50"] for lat in latencies["sac"])

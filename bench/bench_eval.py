@@ -1,7 +1,7 @@
 """Evaluation cost: the trainer's episodes side by side (one batched policy call per step)
 against the same episodes one by one (a batch-1 call per episode and step), in one run.
 
-    python bench/bench_eval.py --out bench/results/eval.json
+    python -m bench.bench_eval --out bench/results/eval.json
 
 Untrained agents of the four algorithms (the `paper` profile by default), the profile's
 evaluation episodes, each cut at --episode-steps so that every episode has the same length; both
@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine  # bench/, the script's own directory
 
+from bench.common import command_line
+from bench.machine import machine
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
 from fpmd_core.tasks import env_from_config, task_spec
@@ -56,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    result: dict = {"task": args.task, "profile": args.profile, "machine": machine(),
+    result: dict = {"command": command_line(), "task": args.task, "profile": args.profile,
+                    "machine": machine(),
                     "device": str(device), "episode_steps": args.episode_steps, "algos": {}}
     for algo in ALGOS:
         overrides = {"agent.algo": algo, "task.id": args.task,

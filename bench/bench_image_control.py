@@ -1,6 +1,6 @@
 """policy_controller on camera images across two processes through Fast DDS (issue 6).
 
-    python bench/bench_image_control.py [--duration 10] [--out bench/results/image_control.json]
+    python -m bench.bench_image_control [--duration 10] [--out bench/results/image_control.json]
 
 The policy is an untrained pixel FPMD export (cpu_pixels profile: DrQ-v2 encoder and the
 one-step flow policy, random initialisation) for dm_control cartpole-swingup at 84x84 with 3
@@ -38,15 +38,14 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 # Own DDS domain (the tests use 1..100), localhost only; set before bench_control_loop does.
 os.environ.setdefault('ROS_DOMAIN_ID', str(101 + os.getpid() % 100))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 import numpy as np  # noqa: E402
-from bench_control_loop import Robot, spin_for, stop_target  # noqa: E402
+
+from bench.bench_control_loop import Robot, spin_for, stop_target  # noqa: E402
+from bench.common import RESULTS, child_env, command_line  # noqa: E402
 
 TASK = 'cartpole-swingup'
 SIZE = 84
@@ -151,7 +150,7 @@ class Camera(Robot):
 
 
 def start_controller(policy: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = child_env()
     cmd = [sys.executable, '-m', 'fpmd_ros.controller_node', '--ros-args',
            '-p', f'policy:={policy}', '-p', 'observation_mode:=image',
            '-p', 'trigger:=observation', '-p', 'autostart:=true', '-p', 'state_timeout_s:=0.5',
@@ -213,7 +212,7 @@ def measure(executor, camera: Camera, diagnostics: dict, rate_hz: float, duratio
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--duration', type=float, default=10.0, help='seconds measured per rate')
-    parser.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'image_control.json'))
+    parser.add_argument('--out', default=str(RESULTS / 'image_control.json'))
     parser.add_argument('--rates', default=','.join(f'{r:g}' for r in RATES))
     parser.add_argument('--inference-calls', type=int, default=INFERENCE_CALLS)
     args = parser.parse_args(argv)
@@ -270,6 +269,7 @@ def main(argv=None) -> int:
             rclpy.try_shutdown()
 
     result = {
+        'command': command_line(),
         'benchmark': 'image_control',
         'task': TASK,
         'obs_shape': [SIZE, SIZE, 3 * FRAME_STACK],

@@ -1,6 +1,6 @@
 """Issue 7 benchmark: deploy latency of SAC, FPMD-R, FPMD-M and DPMD at batch 1, one thread.
 
-    nice -n 5 python bench/bench_inference.py --out bench/results/inference.json
+    nice -n 5 python -m bench.bench_inference --out bench/results/inference.json
 
 For each network profile (``paper``: 3x256, ``cpu``: 2x128) on one task (Hopper-v5), untrained
 agents (latency does not depend on the weights) are built as the trainer builds them and timed on
@@ -35,26 +35,22 @@ import json
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
-
-from fpmd_core.agents import make_agent  # noqa: E402
-from fpmd_core.agents.sampling import sample_actions  # noqa: E402
-from fpmd_core.config import make_config  # noqa: E402
-from fpmd_core.export import deploy_graph, export_onnx  # noqa: E402
-from fpmd_core.runtime import OnnxPolicy  # noqa: E402
-from fpmd_core.tasks import make_env, task_spec  # noqa: E402
+from bench.common import command_line
+from bench.machine import cpu_model
+from fpmd_core.agents import make_agent
+from fpmd_core.agents.sampling import sample_actions
+from fpmd_core.config import make_config
+from fpmd_core.export import deploy_graph, export_onnx
+from fpmd_core.runtime import OnnxPolicy
+from fpmd_core.tasks import make_env, task_spec
 
 ALGOS = ("sac", "fpmd_r", "fpmd_m", "dpmd")
 VARIANTS = ("sac", "fpmd_r", "fpmd_m", "dpmd", "dpmd_bo32")
@@ -274,6 +270,7 @@ def main() -> None:
     import onnxruntime
 
     result = {
+        "command": command_line(),
         "task": args.task, "batch": 1, "threads": 1, "rounds": args.rounds,
         "calls_per_round": args.calls, "slow_calls_per_round": args.slow_calls,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),

@@ -1,14 +1,15 @@
 """Issue 7 benchmark: learning curves of FPMD-R, FPMD-M, SAC and DPMD over tasks x seeds.
 
-    nice -n 5 python bench/bench_learning.py --jobs 2 [--tasks Hopper-v5 ...] [--seeds 3] \
-        [--total-steps 100000] [--profile cpu|paper] [--aggregate-only]
+    nice -n 5 python -m bench.bench_learning --jobs 2 [--tasks Hopper-v5 ...] [--seeds 3] \
+        [--total-steps 100000] [--profile cpu|paper] [--aggregate-only | --from-summary]
 
 Every (task, algorithm, seed) is one training run of ``fpmd_core.trainer.Trainer``, started as its
 own process (``python -m fpmd_core.cli --profile P --set ...``, ``--jobs`` at a time) with its
-output in ``<out-dir>/<task>/<algo>/seed_<s>/`` (eval.csv, train.csv, train.log, run.json; the
-trainer's checkpoints, TensorBoard logs and policy.onnx too, which git ignores). A run whose
-eval.csv already reaches ``--total-steps`` is skipped, so an interrupted benchmark resumes by
-running the same command again; an unfinished run dir is cleared and its run started over.
+output in ``<out-dir>/<task>/<algo>/seed_<s>/`` (eval.csv, train.csv, train.log, run.json, the
+trainer's checkpoints, TensorBoard logs and policy.onnx: none of it is committed, see
+bench/results/.gitignore). A run whose eval.csv already reaches ``--total-steps`` is skipped, so
+an interrupted benchmark resumes by running the same command again; an unfinished run dir is
+cleared and its run started over.
 
 Evaluation protocol (the trainer's): every ``trainer.eval_interval`` env steps and at the end,
 ``trainer.eval_episodes`` episodes (seeds fixed per episode index) in deploy mode (EMA policy, one
@@ -19,9 +20,15 @@ Aggregate (also alone with ``--aggregate-only``, from the run dirs on disk): per
 algorithm over the finished seeds, the final deploy-mode return (mean ± sample std over seeds),
 the best deploy-mode return (maximum over evaluations of the seed-mean curve), the same two for
 best-of-N, the wall time and the env steps/s after the warm-up (updates and evaluations
-included, mean over seeds); written to
-``<out-dir>/summary.json`` and ``summary.md``, and one learning-curve PNG per task,
-``<out-dir>/<task>.png`` (seed mean, shaded ± std, deploy mode solid and best-of-N dashed).
+included, mean over seeds); written to ``<out-dir>/summary.md`` and ``summary.json``, and one
+learning-curve PNG per task, ``<out-dir>/<task>.png`` (seed mean, shaded ± std, deploy mode
+solid and best-of-N dashed). summary.json is what is committed of a benchmark, so it also holds
+everything read from the run dirs that a reader may need: per algorithm the plotted curves
+(``curves``), every seed's evaluations (``evaluations``: eval.csv's columns), its training log
+(``training_log``: every column of train.csv, 4 significant digits) and its exact
+``python -m fpmd_core.cli`` command (``runs``); and at the top every bench command that made the
+runs and the summary (``commands``). ``--from-summary`` re-makes summary.md and the plots from
+summary.json alone.
 
 The trainer picks CUDA when present (``trainer.device: auto``): the same command runs on a GPU.
 """
@@ -31,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -40,13 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from machine import machine  # noqa: E402  (bench/, the script's own directory)
-
-from fpmd_core.config import make_config  # noqa: E402
+from bench.common import REPO, child_env, command_line, json_text
+from bench.machine import machine
+from fpmd_core.config import make_config
 
 TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 ALGOS = ("fpmd_r", "fpmd_m", "sac", "dpmd")
@@ -55,6 +57,8 @@ NFE = {"dpmd": 20}  # network calls of the deploy action (DPMD: its DDPM steps)
 COLORS = {"fpmd_r": "tab:blue", "fpmd_m": "tab:orange", "sac": "tab:green", "dpmd": "tab:red"}
 # Slowest first, so that the long runs do not end up alone at the end of a parallel schedule.
 COST_ORDER = {"dpmd": 0, "fpmd_r": 1, "fpmd_m": 2, "sac": 3}
+EVAL_COLUMNS = ("updates", "wall_time_s", "return_deploy", "return_best_of_n", "length_deploy",
+                "length_best_of_n")
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -99,8 +103,7 @@ def start_run(args, task: str, algo: str, seed: int) -> tuple[subprocess.Popen, 
     command = [sys.executable, "-m", "fpmd_core.cli", "--profile", args.profile]
     for item in overrides:
         command += ["--set", item]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = child_env()
     env.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
     info = {"task": task, "algo": algo, "seed": seed, "profile": args.profile,
             "total_steps": args.total_steps, "overrides": overrides, "command": command,
@@ -168,7 +171,8 @@ def seed_runs(out_dir: Path, task: str, algo: str, partial: bool = False) -> lis
         total = info.get("total_steps")
         if not rows or total is None or (int(rows[-1]["env_steps"]) < total and not partial):
             continue  # unfinished: left out of the aggregate
-        runs.append({"dir": directory, "info": info, "eval": rows, "rate": learning_rate(rows)})
+        runs.append({"dir": directory, "info": info, "eval": rows, "rate": learning_rate(rows),
+                     "train": read_csv(directory / "train.csv")})
     return runs
 
 
@@ -207,6 +211,50 @@ def stats(runs: list[dict], key: str) -> dict | None:
             "best_mean": float(mean[best]), "best_at_env_steps": int(steps[best])}
 
 
+def _rounded(value) -> float | None:
+    number = _float(value)
+    return float(f"{number:.4g}") if number is not None else None
+
+
+def _portable(arg: str) -> str:
+    """A command-line argument without this machine's paths: a folder under some checkout's
+    bench/ is named from the repository root (`trainer.output_dir=bench/results/...`)."""
+    key, sep, value = arg.rpartition("=")
+    if value.startswith("/") and "/bench/" in value:
+        return key + sep + "bench/" + value.split("/bench/", 1)[1]
+    return arg
+
+
+def run_record(run: dict) -> dict:
+    """What a seed's run.json says beyond the algorithm's entry: its exact command (a
+    `python -m fpmd_core.cli` line that repeats the run), when it ran and how it ended."""
+    info = run["info"]
+    record = {"seed": info.get("seed")}
+    if info.get("command"):
+        record["command"] = " ".join(["python"] + [_portable(a) for a in info["command"][1:]])
+    for key in ("started", "returncode", "stopped", "process_wall_s", "note"):
+        if key in info:
+            record[key] = info[key]
+    return record
+
+
+def columns(rows: list[dict], names=None, value=_float) -> dict:
+    """CSV rows as env_steps plus one list per column of `names` (default: every column), None
+    where a row left it empty."""
+    table = {"env_steps": [int(r["env_steps"]) for r in rows]}
+    for name in names or [n for n in (rows[0] if rows else {}) if n != "env_steps"]:
+        if any(name in r for r in rows):
+            table[name] = [value(r.get(name)) for r in rows]
+    return table
+
+
+def curve_record(runs: list[dict], key: str) -> dict | None:
+    steps, mean, std = curve(runs, key)
+    if not len(mean):
+        return None
+    return {"env_steps": steps.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+
+
 def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool = False) -> dict:
     summary: dict = {"tasks": {}, "machine": None, "aggregated_on": machine()}
     recorded = []
@@ -234,6 +282,15 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
                 "process_wall_s_mean": float(np.mean(process)) if None not in process else None,
                 "env_steps_per_s_after_warmup": float(np.mean(rates)) if rates else None,
                 "eval_steps": [int(r["env_steps"]) for r in runs[0]["eval"]],
+                # What the plot shows (seed mean and std at the steps every seed evaluated) and
+                # what it was computed from, so the run dirs need not be kept.
+                "curves": {"deploy": curve_record(runs, "return_deploy"),
+                           "best_of_n": curve_record(runs, "return_best_of_n")},
+                "runs": [run_record(run) for run in runs],
+                "evaluations": {str(run["info"].get("seed")): columns(run["eval"], EVAL_COLUMNS)
+                                for run in runs},
+                "training_log": {str(run["info"].get("seed")): columns(run["train"], None, _rounded)
+                                 for run in runs},
             }
         if entry:
             if partial:
@@ -295,8 +352,8 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_task(out_dir: Path, task: str, algos: list[str], png: Path,
-              partial: bool = False) -> None:
+def plot_task(task: str, entry: dict, png: Path, partial: bool = False) -> None:
+    """The learning curves of one task from its summary entry (algo -> aggregate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,22 +361,21 @@ def plot_task(out_dir: Path, task: str, algos: list[str], png: Path,
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     meta = None
-    for algo in algos:
-        runs = seed_runs(out_dir, task, algo, partial)
-        if not runs:
+    for algo, row in entry.items():
+        deploy = (row.get("curves") or {}).get("deploy")
+        if not deploy:
             continue
-        meta = meta or runs[0]["info"]
+        meta = meta or row
         color = COLORS.get(algo)
-        steps, mean, std = curve(runs, "return_deploy")
+        steps, mean, std = (np.array(deploy[k], dtype=float) for k in ("env_steps", "mean", "std"))
         ax.plot(steps, mean, color=color, marker="o", ms=3,
                 label=f"{LABELS.get(algo, algo)} deploy (NFE {NFE.get(algo, 1)}), "
-                      f"{len(runs)} seeds")
+                      f"{len(row['seeds'])} seeds")
         ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
-        if algo != "sac":
-            steps, mean, _ = curve(runs, "return_best_of_n")
-            if len(mean):
-                ax.plot(steps, mean, color=color, ls="--", lw=1,
-                        label=f"{LABELS.get(algo, algo)} best-of-N")
+        best = row["curves"].get("best_of_n")
+        if algo != "sac" and best:
+            ax.plot(best["env_steps"], best["mean"], color=color, ls="--", lw=1,
+                    label=f"{LABELS.get(algo, algo)} best-of-N")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return (mean over seeds, ± std shaded)")
     if meta:
@@ -333,18 +389,40 @@ def plot_task(out_dir: Path, task: str, algos: list[str], png: Path,
     plt.close(fig)
 
 
-def write_aggregate(out_dir: Path, tasks: list[str], algos: list[str],
-                    partial: bool = False) -> None:
-    summary = aggregate(out_dir, tasks, algos, partial)
-    summary["unfinished_runs_included"] = partial
+def read_summary(out_dir: Path) -> dict:
+    path = out_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_outputs(out_dir: Path, summary: dict) -> None:
+    """summary.json, summary.md and one learning-curve PNG per task, all from `summary`."""
+    partial = bool(summary.get("unfinished_runs_included"))
     text = markdown(summary)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "summary.json").write_text(json_text(summary) + "\n")
     (out_dir / "summary.md").write_text(text)
-    for task in summary["tasks"]:
-        plot_task(out_dir, task, algos, out_dir / f"{task}.png", partial)
+    for task, entry in summary["tasks"].items():
+        plot_task(task, entry, out_dir / f"{task}.png", partial)
     print(text, end="")
     print(f"written: {out_dir / 'summary.json'}, {out_dir / 'summary.md'}, "
           f"{', '.join(str(out_dir / f'{t}.png') for t in summary['tasks'])}")
+
+
+def write_aggregate(out_dir: Path, tasks: list[str], algos: list[str],
+                    partial: bool = False) -> None:
+    previous = read_summary(out_dir)
+    summary = aggregate(out_dir, tasks, algos, partial)
+    summary["unfinished_runs_included"] = partial
+    # Every command that made the runs and this summary, oldest first (the runs' own commands
+    # are in each algorithm's "runs"), and notes written about them, are kept from an earlier
+    # summary; so is its machine where the runs name none.
+    commands = list(previous.get("commands", []))
+    if command_line() not in commands:
+        commands.append(command_line())
+    notes = {"notes": previous["notes"]} if previous.get("notes") else {}
+    summary = {"commands": commands, **notes, **summary}
+    if summary["machine"] is None and previous.get("machine"):
+        summary["machine"] = previous["machine"]
+    write_outputs(out_dir, summary)
 
 
 def main() -> None:
@@ -370,11 +448,20 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results/learning"))
     parser.add_argument("--aggregate-only", action="store_true",
                         help="only re-make summary and plots from the run dirs on disk")
+    parser.add_argument("--from-summary", action="store_true",
+                        help="only re-make summary.md and the plots from summary.json (the run "
+                             "dirs are not needed)")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="aggregate runs stopped before --total-steps too, up to their last "
                              "evaluation (the table's env steps column says how far)")
     args = parser.parse_args()
     args.out_dir = args.out_dir if args.out_dir.is_absolute() else REPO / args.out_dir
+    if args.from_summary:
+        summary = read_summary(args.out_dir)
+        if not summary:
+            parser.error(f"--from-summary: no summary.json in {args.out_dir}")
+        write_outputs(args.out_dir, summary)
+        return
     if args.aggregate_only:
         on_disk = sorted(p.name for p in args.out_dir.iterdir() if p.is_dir()) \
             if args.out_dir.is_dir() else []

@@ -1,6 +1,6 @@
 """Issue 7 diagnostic: is there still a choice for best-of-N to make? Particle spread per state.
 
-    python bench/bench_particle_spread.py RUN_DIR [RUN_DIR ...] [--out FILE.json]
+    python -m bench.bench_particle_spread RUN_DIR [RUN_DIR ...] [--out FILE.json]
 
 Mirror descent improves the policy only through its own samples: best-of-N keeps the best of
 N candidates per state, and the weighted loss fits those. Once the N candidates of a state are
@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench_straightness import checkpoints, load_agent  # noqa: E402  (bench/, this directory)
+from bench.bench_straightness import checkpoints, load_agent
+from bench.common import command_line
 
 ALGOS = ("fpmd_r", "fpmd_m", "dpmd")
 UNIFORM = 256
@@ -79,7 +75,7 @@ def main() -> None:
                   f"search {row['q_gain_uniform']:.2f}, alpha {row['alpha']:.2f}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2))
+        args.out.write_text(json.dumps({"command": command_line(), "runs": rows}, indent=2))
         print(f"written: {args.out}")
 
 

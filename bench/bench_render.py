@@ -1,6 +1,6 @@
 """Issue 6 benchmark: camera frames/s of `fpmd_core.rendering.Camera.render`, per OpenGL backend.
 
-    python bench/bench_render.py --out bench/results/render.json
+    python -m bench.bench_render --out bench/results/render.json
 
 Each round runs, for each backend (MUJOCO_GL=egl, osmesa), a subprocess of its own (MuJoCo reads
 MUJOCO_GL once, at import) that renders 84x84 frames of each task with the fast visuals pixel
@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.common import child_env, command_line
 
 BACKENDS = ("egl", "osmesa")
 TASKS = ("cartpole-swingup", "cheetah-run")
@@ -82,11 +84,9 @@ def _gl_renderer() -> str:
 
 def run_backend(backend: str, args) -> dict:
     """One round in a worker subprocess with MUJOCO_GL=backend: its JSON, or why it failed."""
-    env = dict(os.environ, MUJOCO_GL=backend)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, __file__, "--worker", "--size", str(args.size), "--seconds",
-               str(args.seconds), "--tasks", *args.tasks]
+    env = child_env(MUJOCO_GL=backend)
+    command = [sys.executable, "-m", "bench.bench_render", "--worker", "--size", str(args.size),
+               "--seconds", str(args.seconds), "--tasks", *args.tasks]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["exit "
@@ -125,7 +125,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for backend in args.backends:
             rounds[backend].append(run_backend(backend, args))
-    result = {"size": args.size, "tasks": args.tasks, "rounds": args.rounds,
+    result = {"command": command_line(),
+              "size": args.size, "tasks": args.tasks, "rounds": args.rounds,
               "seconds_per_measurement": args.seconds,
               "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "python": platform.python_version(),

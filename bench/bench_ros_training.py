@@ -1,6 +1,6 @@
 """Issue 4 benchmark: collection and training throughput through ROS 2 versus in-process, one run.
 
-    python bench/bench_ros_training.py [--rounds 2] [--out bench/results/ros_training.json]
+    python -m bench.bench_ros_training [--rounds 2] [--out bench/results/ros_training.json]
 
 Collection: the same policy steps the same task for ``--collect-steps`` vector steps, either in
 this process (``fpmd_core.tasks.make_vector_env``: SyncVectorEnv, SAME_STEP autoreset) or through
@@ -35,9 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 # A private DDS domain (the tests use 1..100 by pid), localhost only; set before rclpy loads and
 # inherited by the sim processes. The sims' namespaces are unique to this process as well.
 os.environ.setdefault('ROS_DOMAIN_ID', '77')
@@ -48,6 +45,7 @@ import rclpy  # noqa: E402
 import torch  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 
+from bench.common import command_line  # noqa: E402
 from fpmd_core.agents import make_agent  # noqa: E402
 from fpmd_core.config import make_config  # noqa: E402
 from fpmd_core.tasks import make_env, make_vector_env, task_spec  # noqa: E402
@@ -307,6 +305,7 @@ def main() -> None:
     context = Context()
     rclpy.init(args=[], context=context)
     result = {
+        'command': command_line(),
         'benchmark': 'ros_training',
         'transport': f'{os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp (default)")}, '
                      f'ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, ROS_AUTOMATIC_DISCOVERY_RANGE='

@@ -1,13 +1,13 @@
 """Issue 7 benchmark: how straight the learned flow is (the paper's one-step claim), with plots.
 
-    nice -n 5 python bench/bench_straightness.py \
+    nice -n 5 python -m bench.bench_straightness \
         [--run-dir bench/results/learning/InvertedPendulum-v5/fpmd_r/seed_0]
 
 (a) One-step error against training: the trainer logs ``one_step_error`` in train.csv every
 ``trainer.log_interval`` env steps, the mean over 64 replay states of ||a(NFE=1) - a(NFE=20)||
 from x0 = 0 with the EMA policy, actions clipped to [-1, 1]
 (``MirrorDescentAgent.one_step_error``). It is read from the FPMD-R and FPMD-M run dirs of
-``bench/bench_learning.py`` (``--train-csv`` globs) and plotted per task and algorithm (mean over
+``bench.bench_learning`` (``--train-csv`` globs) and plotted per task and algorithm (mean over
 seeds, shaded ± std) to ``straightness_error.png``.
 
 (b) The paper's trajectory figure: an early and a late checkpoint of one FPMD-R run (the first
@@ -36,22 +36,18 @@ import csv
 import glob
 import json
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fpmd_core.agents import make_agent  # noqa: E402
-from fpmd_core.checkpoint import load_checkpoint  # noqa: E402
-from fpmd_core.config import config_from_dict, make_config  # noqa: E402
-from fpmd_core.tasks import make_env  # noqa: E402
-from fpmd_core.trainer import Trainer, resolve_device  # noqa: E402
+from bench.common import REPO, command_line
+from fpmd_core.agents import make_agent
+from fpmd_core.checkpoint import load_checkpoint
+from fpmd_core.config import config_from_dict, make_config
+from fpmd_core.tasks import make_env
+from fpmd_core.trainer import Trainer, resolve_device
 
 STEPS = 20
 LABELS = {"fpmd_r": "FPMD-R", "fpmd_m": "FPMD-M"}
@@ -255,7 +251,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out_dir = args.out_dir if args.out_dir.is_absolute() else REPO / args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict = {}
+    result: dict = {"command": command_line()}
 
     run_dir = args.run_dir if args.run_dir.is_absolute() else REPO / args.run_dir
     trained = False
