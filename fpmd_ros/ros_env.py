@@ -336,7 +336,8 @@ class RosVectorEnv(gym.vector.VectorEnv):
                 next(iter(missing)),
                 f'not found after {self.connect_timeout_s:g} s (missing sims: {names}). '
                 f'Details: {details}. Are the mujoco_sim nodes running, in lockstep mode, with '
-                'the same ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE?')
+                'the same ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE (and, for sims on other '
+                'hosts, ROS_STATIC_PEERS naming them)?')
         names = ['task', 'mode', 'action_repeat']
         expected = {'task': self.task_id, 'mode': 'lockstep',
                     'action_repeat': self.action_repeat}
