@@ -47,13 +47,17 @@ def td_target(critic: Critic, batch: dict, next_value_bonus: torch.Tensor | floa
         return cfg.reward_scale * batch["rewards"] + cfg.gamma * (1 - batch["terminated"]) * next_q
 
 
-def update_critic(critic: Critic, batch: dict, target: torch.Tensor) -> dict[str, float]:
+def update_critic(critic: Critic, batch: dict, target: torch.Tensor,
+                  adam_steps: int = 1) -> dict[str, float]:
+    """One gradient of the double-Q loss, applied by `adam_steps` Adam steps (the released
+    FPMD and DPMD code applies each critic gradient twice)."""
     q1, q2 = critic.online(batch["obs"], batch["actions"])
     loss = (q1 - target).pow(2).mean() + (q2 - target).pow(2).mean()
     check_finite("critic_loss", loss)
     critic.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    critic.optimizer.step()
+    for _ in range(adam_steps):
+        critic.optimizer.step()
     return {"loss/critic": loss.item(), "q/mean": q1.mean().item()}
 
 
