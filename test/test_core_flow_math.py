@@ -258,3 +258,17 @@ def test_ddpm_training_samples_use_the_full_posterior_sigma_at_each_step():
     assert full > 1.3 * halved  # the two samplers are far apart: the check below can tell
     assert x.std().item() == pytest.approx(full, rel=0.02)
     assert x.mean().abs().item() < 0.01
+
+
+def test_time_embedding_features_are_the_released_scaled_sinusoids():
+    """Before its MLP: [sin(t f_j), cos(t f_j)] / sqrt(16) with f_j = 10000^(-j/8), j = 0..7,
+    so the fastest feature turns 1 rad per unit of t (the released scaled_sinusoidal_encoding)."""
+    from fpmd_core.nets import TimeEmbedding
+
+    embedding = TimeEmbedding()
+    embedding.net = torch.nn.Identity()
+    t = torch.tensor([0.0, 0.3, 1.0, 7.0], dtype=torch.float64)
+    freqs = torch.tensor([10_000.0 ** (-j / 8) for j in range(8)], dtype=torch.float64)
+    angles = t[:, None] * freqs
+    expected = torch.cat([angles.sin(), angles.cos()], dim=-1) / 4.0
+    torch.testing.assert_close(embedding(t.float()).double(), expected, rtol=0, atol=1e-6)
