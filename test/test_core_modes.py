@@ -9,7 +9,7 @@ samples on the minority side (x > 0); MeanFlow's adaptive loss weighting puts al
 Cost: the profile's loss settings on a 2x64 net, actor_lr 3e-3 decayed to 3e-4 (the agent's
 schedule) and 2000 (FPMD-R) or 1000 (FPMD-M) batches of 256, a few seconds each. Measured with
 seeds 0, 1, 2 in the cpu and paper profiles: FPMD-R 0.245 to 0.277, FPMD-M 0.229 to 0.247 on the
-minority side; with adaptive weighting FPMD-M 0.005.
+minority side; with adaptive weighting FPMD-M 0.003 to 0.005 (cpu seeds 0, 1; paper seed 0).
 """
 
 from __future__ import annotations
