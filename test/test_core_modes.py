@@ -1,4 +1,4 @@
-"""The policy loss must cover every mode of its target (ALGORITHM.md, "Corrections").
+"""The policy loss must cover every mode of its target.
 
 FPMD's actor step fits pi_old * exp(Q / alpha); a loss that drops a minority mode fits something
 else. Target here: 75% of the mass at -0.6 and 25% at +0.6 (each N(., 0.2^2)), constant state,
