@@ -61,6 +61,9 @@ class AgentConfig:
     """Replay minibatch size."""
     critic_lr: float = 3e-4
     """Adam learning rate of both Q networks."""
+    critic_steps: int = 2
+    """FPMD-R, FPMD-M, DPMD: Adam steps on the critic per gradient step, all with the same
+    gradient (the released code takes two; SAC always takes one)."""
     actor_lr: float = 3e-4
     """Initial Adam learning rate of the policy."""
     actor_lr_final: float = 3e-5
@@ -72,7 +75,9 @@ class AgentConfig:
     reward_scale: float = 0.2
     """Multiplies rewards in the TD target."""
     actor_interval: int = 2
-    """Gradient steps per actor update (and per Polyak update)."""
+    """FPMD-R, FPMD-M, DPMD: gradient steps per actor update (and per Polyak update of the
+    target critics and the EMA policy). SAC updates its actor, temperature and target critics
+    every gradient step (the standard recipe)."""
     flow_steps: int = 20
     """FPMD-R: Euler steps K of training-time sampling (acting, TD targets, best-of-N eval)."""
     meanflow_steps: int = 1
@@ -80,7 +85,8 @@ class AgentConfig:
     particles: int = 32
     """Best-of-N candidates per state, scored by min(Q1, Q2)."""
     noise_scale_init: float = 0.5
-    """Initial noise x0 = noise_scale_init * eps when sampling in training."""
+    """Initial noise x0 = noise_scale_init * eps when sampling in training (DPMD: x_T; its
+    per-step noise is the full posterior sigma, as released)."""
     explore_noise: float = 0.1
     """Exploration noise std = explore_noise * alpha, added after best-of-N."""
     alpha_init: float = 5.0
@@ -100,7 +106,9 @@ class AgentConfig:
     p_equal: float = 0.0
     """MeanFlow: probability of r = t in a training sample."""
     adaptive_loss: bool = False
-    """MeanFlow: adaptive loss weighting 1/(|delta|^2 + c)^p (stop-gradient)."""
+    """MeanFlow: adaptive loss weighting 1/(|delta|^2 + c)^p (stop-gradient). Mode-seeking:
+    with it a MeanFlow policy drops the minority mode of a bimodal target, so FPMD no longer
+    fits pi_old * exp(Q / alpha); off in every profile."""
     adaptive_p: float = 1.0
     """MeanFlow adaptive weighting power p."""
     adaptive_c: float = 1e-3
@@ -178,8 +186,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {},
     # A 2-core CPU budget. Deviations from the paper, each for cost or small-budget stability:
     # fewer particles and flow steps (best-of-N sampling dominates CPU time), one env, a short
-    # warm-up, smaller nets, bounded flow outputs, gradient clipping and MeanFlow's adaptive loss
-    # weighting (the prototype's MeanFlow loss diverged without them). Temperature annealing
+    # warm-up, smaller nets, bounded flow outputs and gradient clipping (the prototype's MeanFlow
+    # loss diverged without a bound). Not MeanFlow's adaptive loss weighting: it is mode-seeking
+    # (test_core_modes). One critic Adam step per gradient step, not the released two: the
+    # measured CPU runs and config/train_sim.yaml's critic_lr 1e-3 were tuned with one, and two
+    # steps with one gradient roughly double the critic's step size. Temperature annealing
     # keeps the paper's pace (alpha_interval 250): 20 annealed alpha to its floor by 15k steps and
     # FPMD-R's samples then shrank to one action per state and it collapsed (README, "Why FPMD-R
     # collapses"); with 250 FPMD-R and FPMD-M both solve InvertedPendulum in 25k steps.
@@ -190,7 +201,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "agent.particles": 4,
         "agent.flow_steps": 4,
         "agent.lr_decay_start": 10**9,
-        "agent.adaptive_loss": True,
+        "agent.critic_steps": 1,
         "agent.grad_clip": 10.0,
         "agent.output_bound": 5.0,
         "trainer.warmup_steps": 2_000,
@@ -383,6 +394,7 @@ def validate(cfg: Config) -> None:
         ("agent.shift_pad", a.shift_pad, 0),
         ("agent.hidden", a.hidden, 1), ("agent.layers", a.layers, 1),
         ("agent.batch_size", a.batch_size, 2), ("agent.actor_interval", a.actor_interval, 1),
+        ("agent.critic_steps", a.critic_steps, 1),
         ("agent.flow_steps", a.flow_steps, 1), ("agent.meanflow_steps", a.meanflow_steps, 1),
         ("agent.particles", a.particles, 1),
         ("agent.alpha_interval", a.alpha_interval, 1),

@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 
-def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
-    """`layers` hidden layers of width `hidden` with mish, linear output."""
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int,
+        activation: Callable[[], nn.Module] | None = None) -> nn.Sequential:
+    """`layers` hidden layers of width `hidden`, linear output. `activation` builds each hidden
+    activation; None is mish, the FPMD networks' (the SAC baseline passes nn.ReLU)."""
+    activation = activation or nn.Mish
     dims = [in_dim] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
-        blocks += [nn.Linear(a, b), nn.Mish()]
+        blocks += [nn.Linear(a, b), activation()]
     blocks.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*blocks)
 
 
 class TimeEmbedding(nn.Module):
-    """sinusoidal(16) -> Linear(32) -> mish -> Linear(16), for t in [0, 1].
+    """sinusoidal(16) / sqrt(16) -> Linear(32) -> mish -> Linear(16), as released.
 
-    Frequencies go up to `scale` rad per unit of t. A diffusion-style scale of 1000 makes
-    du/dt huge at initialisation, and MeanFlow's target v - (t - r) du/dt then feeds the net
-    its own noise (the prototype's divergence); t in [0, 1] needs no more than about 10.
+    Frequencies 10000^(-j/8), j = 0..7: the fastest is 1 rad per unit of input, so for t in
+    [0, 1] every feature is smooth and du/dt stays small at initialisation (MeanFlow's JVP
+    target v - (t - r) du/dt then carries little of the network's own noise). DPMD feeds its
+    integer step index 0..K-1, as released.
     """
 
-    def __init__(self, dim: int = 16, scale: float = 10.0):
+    def __init__(self, dim: int = 16):
         super().__init__()
         half = dim // 2
-        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half) / half)
-        self.register_buffer("freqs", freqs * scale, persistent=False)
+        self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half) / half),
+                             persistent=False)
+        self.amplitude = 1.0 / math.sqrt(dim)
         self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Mish(), nn.Linear(2 * dim, dim))
         self.out_dim = dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         angles = t.reshape(-1, 1) * self.freqs
-        return self.net(torch.cat([angles.sin(), angles.cos()], dim=-1))
+        return self.net(self.amplitude * torch.cat([angles.sin(), angles.cos()], dim=-1))
 
 
 def bound(x: torch.Tensor, limit: float) -> torch.Tensor:

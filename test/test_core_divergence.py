@@ -100,7 +100,8 @@ def test_nan_in_the_actor_loss_is_caught_before_the_step():
         agent.q_std.fill_(float('nan'))  # running std poisoned -> weights NaN
     before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
     with pytest.raises(NonFiniteLossError, match='actor_loss is nan'):
-        agent.update_actor(torch.randn(8, 3), torch.rand(8, 2))
+        obs, actions = torch.randn(8, 3), torch.rand(8, 2)
+        agent.update_actor(obs, actions, agent.weights_and_q_statistics(obs, actions))
     after = agent.policy.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

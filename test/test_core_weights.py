@@ -80,9 +80,9 @@ def test_weights_saturate_at_exp_of_clip_over_alpha(alpha):
     torch.testing.assert_close(w2[-1], torch.tensor(math.exp(1 / alpha)))
 
 
-def test_update_actor_running_q_statistics_follow_the_ema():
-    """mu and sigma start at (0, 1) and move at rate q_stat_rate toward the batch mean and std
-    of min(Q1, Q2); the weights of the same update use the moved statistics."""
+def test_weights_use_the_running_q_statistics_before_their_ema_step():
+    """As released: the weights of a gradient step use (mu, sigma) as they were (start: 0, 1);
+    then mu and sigma move at rate q_stat_rate toward the batch mean and std of min(Q1, Q2)."""
     rate = 0.001
     agent = make_agent(q_stat_rate=rate)
     assert agent.q_mean.item() == 0.0 and agent.q_std.item() == 1.0
@@ -93,26 +93,45 @@ def test_update_actor_running_q_statistics_follow_the_ema():
         q = agent.critic.online.min_q(obs, actions)
     mean, std = q.mean().item(), q.std().item()
     assert mean > 5
-    metrics = agent.update_actor(obs, actions)
+    weights = agent.weights_and_q_statistics(obs, actions)
+    torch.testing.assert_close(weights, torch.exp(q.clamp(-3, 3) / agent.alpha))  # (0, 1)
     assert agent.q_mean.item() == pytest.approx(rate * mean, rel=1e-5)
     assert agent.q_std.item() == pytest.approx((1 - rate) + rate * std, rel=1e-6)
-    weights = torch.exp(((q - agent.q_mean) / agent.q_std).clamp(-3, 3) / agent.alpha)
-    assert metrics['weights/max'] == pytest.approx(weights.max().item(), rel=1e-5)
-    assert metrics['weights/min'] == pytest.approx(weights.min().item(), rel=1e-5)
-    # a second update continues the EMA from the first (critic unchanged by update_actor)
+    # the next call's weights use the moved statistics, and the EMA continues from them
     m1, s1 = agent.q_mean.item(), agent.q_std.item()
-    agent.update_actor(obs, actions)
+    weights = agent.weights_and_q_statistics(obs, actions)
+    torch.testing.assert_close(weights, torch.exp(((q - m1) / s1).clamp(-3, 3) / agent.alpha))
     assert agent.q_mean.item() == pytest.approx((1 - rate) * m1 + rate * mean, rel=1e-5)
     assert agent.q_std.item() == pytest.approx((1 - rate) * s1 + rate * std, rel=1e-6)
+
+
+def test_q_statistics_move_on_every_gradient_step_not_only_actor_steps():
+    agent = make_agent(actor_interval=3, q_stat_rate=0.5)
+    means = [agent.q_mean.item()]
+    for _ in range(3):
+        agent.update(make_batch())
+        means.append(agent.q_mean.item())
+    assert agent.actor_updates == 1
+    assert all(a != b for a, b in zip(means, means[1:], strict=False))
 
 
 def test_q_stat_rate_one_tracks_the_batch_exactly():
     agent = make_agent(q_stat_rate=1.0)
     obs, actions = torch.randn(32, OBS_DIM), torch.rand(32, 2) * 2 - 1
     q = agent.critic.online.min_q(obs, actions).detach()
-    agent.update_actor(obs, actions)
+    agent.weights_and_q_statistics(obs, actions)
     assert agent.q_mean.item() == pytest.approx(q.mean().item(), rel=1e-5, abs=1e-7)
     assert agent.q_std.item() == pytest.approx(q.std().item(), rel=1e-5)
+
+
+def test_update_actor_reports_the_weights_it_was_given():
+    agent = make_agent()
+    obs, actions = torch.randn(16, OBS_DIM), torch.rand(16, 2) * 2 - 1
+    weights = torch.linspace(0.5, 4.0, 16)
+    metrics = agent.update_actor(obs, actions, weights)
+    assert metrics['weights/max'] == pytest.approx(4.0)
+    assert metrics['weights/min'] == pytest.approx(0.5)
+    assert metrics['weights/std'] == pytest.approx(weights.std().item())
 
 
 # --- temperature ---------------------------------------------------------------------------
@@ -167,13 +186,30 @@ def test_temperature_converges_to_the_closed_form_fixed_point(act_dim):
 
 
 def test_sac_agent_is_not_affected_by_mirror_descent_temperature():
-    """SAC keeps its own temperature (initial sac_alpha_init), unrelated to alpha_init."""
+    """SAC's temperature starts at sac_alpha_init and follows its own rule (one step every
+    gradient step); FPMD's alpha_init, alpha_lr and alpha_interval change nothing in it."""
     from fpmd_core.agents import make_agent as make_any
 
-    cfg = make_config('cpu', overrides={'agent.algo': 'sac', 'agent.hidden': 16,
-                                        'agent.sac_alpha_init': 0.3})
-    agent = make_any(OBS_DIM, 2, cfg.agent, torch.device('cpu'))
-    assert agent.alpha.item() == pytest.approx(0.3)
+    def sac_after_updates(**mirror_descent):
+        overrides = {'agent.algo': 'sac', 'agent.hidden': 16, 'agent.sac_alpha_init': 0.3,
+                     'agent.batch_size': 16}
+        overrides.update({f'agent.{k}': v for k, v in mirror_descent.items()})
+        torch.manual_seed(5)
+        agent = make_any(OBS_DIM, 2, make_config('cpu', overrides=overrides).agent,
+                         torch.device('cpu'))
+        assert agent.alpha.item() == pytest.approx(0.3)
+        alphas = []
+        for _ in range(3):
+            agent.update(make_batch())
+            alphas.append(agent.alpha.item())
+        return alphas, agent.state_dict()
+
+    alphas, state = sac_after_updates()
+    assert len(set(alphas)) == 3 and 0.3 not in alphas  # it moved on every gradient step
+    other_alphas, other_state = sac_after_updates(alpha_init=0.01, alpha_lr=0.5,
+                                                  alpha_interval=1)
+    assert other_alphas == alphas
+    assert all(torch.equal(state[k], other_state[k]) for k in state)
 
 
 # --- actor learning rate -------------------------------------------------------------------
@@ -193,6 +229,6 @@ def test_update_actor_applies_the_scheduled_learning_rate():
     obs, actions = torch.randn(8, OBS_DIM), torch.rand(8, 2) * 2 - 1
     lrs = []
     for _ in range(4):
-        agent.update_actor(obs, actions)
+        agent.update_actor(obs, actions, torch.ones(8))
         lrs.append(agent.policy_optimizer.param_groups[0]['lr'])
     assert lrs == pytest.approx([1e-3, 5.5e-4, 1e-4, 1e-4])

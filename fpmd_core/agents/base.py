@@ -16,6 +16,8 @@ class Agent(nn.Module):
     features (`self.encoder(obs)`): the state itself, or the pixel encoder's output."""
 
     algo: str = ""
+    activation = None
+    """Builds the hidden activations of the critic (and the policy); None: nets.mlp's mish."""
 
     def __init__(self, obs_shape: int | tuple[int, ...], act_dim: int, cfg,
                  device: torch.device):
@@ -26,7 +28,7 @@ class Agent(nn.Module):
         self.cfg, self.act_dim, self.device = cfg, act_dim, device
         self.obs_dim = encoder.out_dim
         """Size of the features the critic and the policy see."""
-        self.critic = Critic(encoder, act_dim, cfg)
+        self.critic = Critic(encoder, act_dim, cfg, self.activation)
         self.gradient_steps = 0
         self.actor_updates = 0
 

@@ -11,10 +11,10 @@ from ..nets import mlp
 
 
 class DoubleQ(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, activation=None):
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, 1, hidden, layers)
-        self.q2 = mlp(obs_dim + act_dim, 1, hidden, layers)
+        self.q1 = mlp(obs_dim + act_dim, 1, hidden, layers, activation)
+        self.q2 = mlp(obs_dim + act_dim, 1, hidden, layers, activation)
 
     def forward(self, obs, act) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, act], dim=-1)
@@ -30,10 +30,10 @@ class Critic(nn.Module):
     critic loss is the only loss that trains the encoder (DrQ-v2). The target critic reads the
     online encoder's features (no target encoder), as in DrQ-v2."""
 
-    def __init__(self, encoder: nn.Module, act_dim: int, cfg):
+    def __init__(self, encoder: nn.Module, act_dim: int, cfg, activation=None):
         super().__init__()
         self.encoder = encoder
-        self.online = DoubleQ(encoder.out_dim, act_dim, cfg.hidden, cfg.layers)
+        self.online = DoubleQ(encoder.out_dim, act_dim, cfg.hidden, cfg.layers, activation)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.optimizer = torch.optim.Adam(
             [*self.online.parameters(), *self.encoder.parameters()], lr=cfg.critic_lr)
@@ -47,13 +47,17 @@ def td_target(critic: Critic, batch: dict, next_value_bonus: torch.Tensor | floa
         return cfg.reward_scale * batch["rewards"] + cfg.gamma * (1 - batch["terminated"]) * next_q
 
 
-def update_critic(critic: Critic, batch: dict, target: torch.Tensor) -> dict[str, float]:
+def update_critic(critic: Critic, batch: dict, target: torch.Tensor,
+                  adam_steps: int = 1) -> dict[str, float]:
+    """One gradient of the double-Q loss, applied by `adam_steps` Adam steps (the released
+    FPMD and DPMD code applies each critic gradient twice)."""
     q1, q2 = critic.online(batch["obs"], batch["actions"])
     loss = (q1 - target).pow(2).mean() + (q2 - target).pow(2).mean()
     check_finite("critic_loss", loss)
     critic.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    critic.optimizer.step()
+    for _ in range(adam_steps):
+        critic.optimizer.step()
     return {"loss/critic": loss.item(), "q/mean": q1.mean().item()}
 
 

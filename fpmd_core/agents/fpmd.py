@@ -70,31 +70,43 @@ class MirrorDescentAgent(Agent):
 
     # --- the update ----------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:
-        """One gradient step: critic; every `actor_interval`: actor and Polyak; every
-        `alpha_interval`: temperature."""
+        """One gradient step, in the released code's order: critic (`critic_steps` Adam steps
+        with one gradient); the mirror-descent weights from the running Q statistics, then the
+        statistics' EMA step (every gradient step); every `actor_interval`: actor and Polyak;
+        every `alpha_interval`: temperature."""
         cfg = self.cfg
         batch = self.encode_batch(batch)
         next_actions = self._sample(self.policy, batch["next_obs"], explore=True)
         metrics = update_critic(self.critic, batch, td_target(self.critic, batch, 0.0,
-                                                              next_actions, cfg))
+                                                              next_actions, cfg),
+                                adam_steps=cfg.critic_steps)
+        weights = self.weights_and_q_statistics(batch["next_obs"], next_actions)
         self.gradient_steps += 1
         if self.gradient_steps % cfg.actor_interval == 0:
-            metrics |= self.update_actor(batch["next_obs"], next_actions)
+            metrics |= self.update_actor(batch["next_obs"], next_actions, weights)
             polyak(self.critic.target, self.critic.online, cfg.tau)
             polyak(self.ema_policy, self.policy, cfg.tau)
         if self.gradient_steps % cfg.alpha_interval == 0:
             metrics |= self.update_temperature()
         return metrics
 
-    def update_actor(self, obs, actions) -> dict[str, float]:
-        """Weighted generative loss on the policy's own samples, w = exp(Q_norm / alpha)."""
+    @torch.no_grad()
+    def weights_and_q_statistics(self, obs, actions) -> torch.Tensor:
+        """w = exp(clip((Q - mu) / sigma) / alpha) with Q = min(Q1, Q2)(obs, actions) of the
+        online critic and the running (mu, sigma) as they were; then (mu, sigma) move toward
+        this batch's mean and std at rate q_stat_rate."""
         cfg = self.cfg
-        with torch.no_grad():
-            q = self.critic.online.min_q(obs, actions)
-            self.q_mean.lerp_(q.mean(), cfg.q_stat_rate)
-            self.q_std.lerp_(q.std(), cfg.q_stat_rate)
-            weights = mirror_descent_weights(q, self.q_mean, self.q_std, self.alpha,
-                                             cfg.weight_clip, cfg.weight_form)
+        q = self.critic.online.min_q(obs, actions)
+        weights = mirror_descent_weights(q, self.q_mean, self.q_std, self.alpha,
+                                         cfg.weight_clip, cfg.weight_form)
+        self.q_mean.lerp_(q.mean(), cfg.q_stat_rate)
+        self.q_std.lerp_(q.std(), cfg.q_stat_rate)
+        return weights
+
+    def update_actor(self, obs, actions, weights) -> dict[str, float]:
+        """One step on the weighted generative loss of the policy's own samples (obs, actions),
+        w = exp(Q_norm / alpha) (`weights_and_q_statistics`), with the scheduled learning rate."""
+        cfg = self.cfg
         loss = self.policy.weighted_loss(obs, actions, weights, cfg)
         check_finite("actor_loss", loss)
         self.policy_optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,6 @@
-"""SAC baseline: tanh-Gaussian actor, automatic entropy tuning, the shared critic."""
+"""SAC baseline, the standard recipe (stable-baselines3, CleanRL): tanh-Gaussian actor,
+automatic entropy tuning, ReLU networks, and every gradient step one critic step, one actor
+step, one temperature step and the Polyak update of the target critics."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from .critic import check_finite, polyak, td_target, update_critic
 
 class SACAgent(Agent):
     algo = "sac"
+    activation = torch.nn.ReLU
 
     def __init__(self, obs_shape, act_dim: int, cfg, device: torch.device):
         super().__init__(obs_shape, act_dim, cfg, device)
-        self.policy = GaussianPolicy(self.obs_dim, act_dim, cfg.hidden, cfg.layers)
+        self.policy = GaussianPolicy(self.obs_dim, act_dim, cfg.hidden, cfg.layers,
+                                     self.activation)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.sac_alpha_init)))
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.actor_lr)
@@ -40,10 +44,9 @@ class SACAgent(Agent):
         target = td_target(self.critic, batch, -self.alpha * next_log_prob, next_actions, cfg)
         metrics = update_critic(self.critic, batch, target)
         self.gradient_steps += 1
-        if self.gradient_steps % cfg.actor_interval == 0:
-            # Detached: only the critic loss trains the pixel encoder.
-            metrics |= self.update_actor_and_temperature(batch["obs"].detach())
-            polyak(self.critic.target, self.critic.online, cfg.tau)
+        # Detached: only the critic loss trains the pixel encoder.
+        metrics |= self.update_actor_and_temperature(batch["obs"].detach())
+        polyak(self.critic.target, self.critic.online, cfg.tau)
         return metrics
 
     def update_actor_and_temperature(self, obs) -> dict[str, float]:

@@ -33,16 +33,18 @@ class DiffusionPolicy(nn.Module):
         self.register_buffer("alpha_bars_prev", prev)
 
     def predict_noise(self, obs, x, k: torch.Tensor) -> torch.Tensor:
-        """k: step index 1..steps (as float), embedded as k / steps."""
-        time = self.time(k / self.steps).expand(x.shape[0], -1)
+        """k: step index 1..steps (as float), embedded as the released code's index k - 1."""
+        time = self.time(k - 1).expand(x.shape[0], -1)
         out = self.net(torch.cat([obs, x, time], dim=-1))
         return bound(out, self.output_bound)
 
     def generate(self, obs: torch.Tensor, x_init: torch.Tensor, steps: int | None = None,
                  noise_scale: float = 0.0) -> torch.Tensor:
         """Ancestral DDPM from x_T = x_init over the policy's own `self.steps` (`steps` must
-        match). Per-step noise is scaled by `noise_scale`; 0 takes the posterior mean at every
-        step (deterministic: deploy mode)."""
+        match). noise_scale > 0 (training-time sampling; the caller already drew x_T =
+        noise_scale * eps) adds the full posterior noise sigma_k * z at every step but the last,
+        as released: scaling it too would shrink the policy's spread below what it fitted.
+        noise_scale 0 takes the posterior mean at every step (deterministic: deploy mode)."""
         if steps is not None and steps != self.steps:
             raise ValueError(f"DiffusionPolicy has {self.steps} steps, asked for {steps}")
         x = x_init
@@ -55,7 +57,7 @@ class DiffusionPolicy(nn.Module):
             mean = (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * x) / (1 - ab)
             if noise_scale > 0 and k > 1:
                 var = beta * (1 - ab_prev) / (1 - ab)
-                mean = mean + noise_scale * var.sqrt() * torch.randn_like(mean)
+                mean = mean + var.sqrt() * torch.randn_like(mean)
             x = mean
         return x
 

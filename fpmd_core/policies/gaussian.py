@@ -13,10 +13,10 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 class GaussianPolicy(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, activation=None):
         super().__init__()
         self.act_dim = act_dim
-        self.net = mlp(obs_dim, 2 * act_dim, hidden, layers)
+        self.net = mlp(obs_dim, 2 * act_dim, hidden, layers, activation)
 
     def _mean_log_std(self, obs):
         mean, log_std = self.net(obs).chunk(2, dim=-1)
