@@ -12,9 +12,10 @@ import torch
 from .files import write_atomically
 
 FORMAT = "fpmd_core.checkpoint"
-VERSION = 2
-"""2: carries DIGEST_KEY. Version 1 files (no digest) still load, unverified."""
-LEGACY_VERSIONS = (1,)
+VERSION = 3
+"""3: SAC with ReLU networks, the released time embedding and `agent.critic_steps`; carries
+DIGEST_KEY. Earlier versions hold networks that compute something else under the same tensor
+names (SAC's activation, the time embedding), so they are refused rather than resumed wrongly."""
 DIGEST_KEY = "sha256"
 REQUIRED = ("format", "version", "config", "task_spec", "agent", "counters", "rng")
 
@@ -50,10 +51,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path}: not an fpmd_core checkpoint "
                               f"(expected format {FORMAT!r})")
     version = payload.get("version")
-    if version != VERSION and version not in LEGACY_VERSIONS:
-        raise CheckpointError(f"checkpoint {path}: version {version!r}, expected {VERSION} "
-                              f"(or {', '.join(map(str, LEGACY_VERSIONS))})")
-    required = REQUIRED if version in LEGACY_VERSIONS else (*REQUIRED, DIGEST_KEY)
+    if version in (1, 2):
+        raise CheckpointError(
+            f"checkpoint {path}: version {version}, written by an earlier fpmd_core whose "
+            f"networks differ (SAC's activation, the time embedding; docs/algorithm.md); expected "
+            f"version {VERSION}: train again (its exported policy.onnx still runs as it is)")
+    if version != VERSION:
+        raise CheckpointError(f"checkpoint {path}: version {version!r}, expected {VERSION}")
+    required = (*REQUIRED, DIGEST_KEY)
     missing = [k for k in required if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path}: missing entries {missing}")

@@ -1,6 +1,6 @@
 """Typed configuration: every field has a type, a default and a docstring-comment.
 
-Defaults are the paper's settings (ALGORITHM.md). `PROFILES` holds named overrides, e.g. the
+Defaults are the paper's settings (docs/algorithm.md). `PROFILES` holds named overrides, e.g. the
 CPU profile that fits a 2-core machine. Config files (YAML or JSON) and command-line overrides
 are validated strictly: an unknown field or a wrong type is an error that names the field.
 """

@@ -1,4 +1,4 @@
-"""``trainer``: the fpmd_core trainer over lockstep ``mujoco_sim`` nodes (see ROS_INTERFACE.md).
+"""``trainer``: the fpmd_core trainer over lockstep ``mujoco_sim`` nodes (docs/ros_interface.md).
 
 The sims are reached through their topics by :class:`fpmd_ros.ros_env.RosVectorEnv`; the
 trainer itself (collection, updates, in-process evaluation, checkpoints, ONNX export with

@@ -1,4 +1,4 @@
-"""The critic update (ALGORITHM.md, "Critic and schedule"): the TD target reads the target
+"""The critic update (docs/algorithm.md, "One gradient step"): the TD target reads the target
 critic, the released code's two Adam steps per critic gradient, and Polyak averaging of the target
 critics and of the EMA policy (every `actor_interval` gradient steps; SAC: every step)."""
 

@@ -1,5 +1,5 @@
 """A NaN or Inf in a loss stops training with TrainingDiverged, a message that says what and
-where, and the last good checkpoint intact (ALGORITHM.md / issue 3, "Bad input")."""
+where, and the last good checkpoint intact."""
 
 from __future__ import annotations
 

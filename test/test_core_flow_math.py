@@ -1,4 +1,4 @@
-"""Loss mathematics of the generative policies (ALGORITHM.md, "Why one step works").
+"""Loss mathematics of the generative policies (docs/algorithm.md, "Why one step works").
 
 A flow trained by (weighted) flow matching on a fixed Gaussian target lands on the target's
 (weighted) mean in ONE Euler step from x0 = 0; the MeanFlow JVP target equals a finite

@@ -1,4 +1,4 @@
-"""The one sampling function (ALGORITHM.md, "Sampling"): particles batched as B*N rows, best-of-N
+"""The one sampling function (docs/algorithm.md, "Sampling: best-of-N"): particles batched as B*N rows, best-of-N
 by min(Q1, Q2) over clipped candidates, exploration noise clipped again, deterministic deploy
 mode; and which policy (EMA or online) each use samples."""
 

@@ -1,5 +1,5 @@
 """Mirror-descent weights, their running Q normalisation, the temperature rule and the actor
-learning-rate schedule (ALGORITHM.md, "Weights and temperature")."""
+learning-rate schedule (docs/algorithm.md, "One gradient step")."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The three differ only in the generative policy (rectified flow, MeanFlow, DDPM): each policy
 brings `generate` and `weighted_loss`; the mirror-descent weights, the temperature and the
-schedule are the same (ALGORITHM.md).
+schedule are the same (docs/algorithm.md).
 """
 
 from __future__ import annotations
