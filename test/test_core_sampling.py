@@ -1,6 +1,6 @@
 """The one sampling function (docs/algorithm.md, "Sampling: best-of-N"): particles batched as
-B*N rows, best-of-N by min(Q1, Q2) over clipped candidates, exploration noise clipped again, deterministic deploy
-mode; and which policy (EMA or online) each use samples."""
+B*N rows, best-of-N by min(Q1, Q2) over clipped candidates, exploration noise clipped again,
+deterministic deploy mode; and which policy (EMA or online) each use samples."""
 
 from __future__ import annotations
 
