@@ -52,20 +52,17 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from fpmd_core.config import ConfigError, make_config
 from fpmd_ros import messages, params
 from fpmd_ros.graph import SEED_STRIDE, SIM_NODE_NAME, default_config_path
+from fpmd_ros.qos import DIAGNOSTICS_QOS
 
 NODE_NAME = 'trainer'
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SIMS, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 DIAGNOSTICS_PERIOD_S = 1.0
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
-DIAGNOSTICS_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.VOLATILE)
 INTERRUPTED_CHECKPOINT = Path('checkpoints') / 'interrupted.pt'
 
 
