@@ -31,6 +31,9 @@ REALTIME_COMMAND_QOS = _profile(1, _BEST_EFFORT)
 # Episode summaries: rare and each one counts (a rehearsal scores them): reliable, and deep
 # enough that a slow reader misses none.
 EPISODE_QOS = _profile(100, _RELIABLE)
+# Episode starts: one per reset, each one counts (a pixel controller restarts its frame stack at
+# the stamp it names): reliable, a few deep.
+EPISODE_START_QOS = _profile(10, _RELIABLE)
 # joint_states / observation / clock are sensor streams. They are *offered* RELIABLE on purpose: a
 # reliable writer matches reliable and best-effort readers alike (a best-effort writer would
 # silently never match a reliable reader such as robot_state_publisher's), and a reader that

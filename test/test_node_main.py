@@ -63,15 +63,17 @@ def test_an_invalid_parameter_exits_2_with_its_reason():
     assert "parameter 'x' is 3; expected 1" in done.stderr
 
 
-def test_an_unconfigured_controller_stops_with_exit_0(ros_context, ros_executor):
+@pytest.mark.parametrize('module, node_name', [('fpmd_ros.controller_node', 'policy_controller'),
+                                               ('fpmd_ros.sim_node', 'mujoco_sim')])
+def test_a_running_node_stops_with_exit_0(module, node_name, ros_context, ros_executor):
+    """An unconfigured policy_controller, a lockstep mujoco_sim: SIGINT -> exit 0."""
     probe = rclpy.create_node('node_main_probe', context=ros_context)
     ros_executor.add_node(probe)
-    proc = subprocess.Popen([sys.executable, '-m', 'fpmd_ros.controller_node'], env=ENV,
+    proc = subprocess.Popen([sys.executable, '-m', module], env=ENV,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        # Up and spinning (unconfigured) once it is in the graph.
-        assert spin_until(ros_executor, lambda: 'policy_controller' in
-                          probe.get_node_names(), 60.0)
+        # Up and spinning once it is in the graph.
+        assert spin_until(ros_executor, lambda: node_name in probe.get_node_names(), 60.0)
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=60)[0]
     finally:
