@@ -259,3 +259,88 @@ def test_default_action_is_checked_whenever_it_is_set():
     assert loop.default_action is None  # nothing invalid was stored
     loop.set_safety(TIMEOUT_S, 'zero', [0.1, 0.2, 0.3], 0.0)
     assert np.array_equal(loop.default_action, [0.1, 0.2, 0.3])
+
+
+# --- the image input's frame stack ----------------------------------------------------------------
+
+def _frames(count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _image_input():
+    from fpmd_ros.controller.inputs import ImageInput
+
+    return ImageInput({'frame_stack': 3}, (8, 8, 9))
+
+
+def _feed(source, frames, stamps, announce_before=None, received_gap_ns=MS):
+    """Stacks for frames with these stamps; ``announce_before`` maps a frame index to the
+    episode-start stamp announced just before that frame arrives."""
+    stacks = []
+    for i, (frame, stamp) in enumerate(zip(frames, stamps, strict=True)):
+        if announce_before and i in announce_before:
+            assert source.episode_start(announce_before[i], None) is None
+        stacks.append(source.observation(messages.encode_image(frame, stamp, 'camera'),
+                                         i * received_gap_ns, int(TIMEOUT_S * 1e9)))
+    return stacks
+
+
+def _reference(frames, starts) -> list[np.ndarray]:
+    """What the training env's FrameStack gives, reset at the indices in ``starts``."""
+    from fpmd_core.frames import FrameStack
+
+    stack = FrameStack(3)
+    return [stack.reset(f) if i in starts else stack.push(f) for i, f in enumerate(frames)]
+
+
+def test_an_announced_episode_start_restarts_the_stack_at_its_frame():
+    frames = _frames(6)
+    source = _image_input()
+    stacks = _feed(source, frames, [10, 20, 30, 40, 50, 60], announce_before={3: 40})
+    for got, want in zip(stacks, _reference(frames, {0, 3}), strict=True):
+        assert np.array_equal(got, want)
+    assert source.episode_restarts == 1 and source.refills == 2
+
+
+def test_an_announcement_before_a_lost_frame_restarts_at_the_next_one():
+    frames = _frames(4)
+    source = _image_input()
+    # Announced 30, but the frame stamped 30 never arrives: 40 is the first of the episode.
+    stacks = _feed(source, frames, [10, 20, 40, 50], announce_before={1: 30})
+    for got, want in zip(stacks, _reference(frames, {0, 2}), strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_a_late_announcement_restarts_only_the_newest_frame():
+    frames = _frames(3)
+    source = _image_input()
+    msgs = [messages.encode_image(f, s, 'camera') for f, s in zip(frames, (10, 20, 30),
+                                                                    strict=True)]
+    for i, msg in enumerate(msgs):
+        source.observation(msg, i * MS, int(TIMEOUT_S * 1e9))
+    assert source.episode_start(20, msgs[2]) is None  # older than the newest frame: too late
+    restarted = source.episode_start(30, msgs[2])
+    assert np.array_equal(restarted, np.concatenate([frames[2]] * 3, axis=-1))
+    assert source.episode_start(30, msgs[1]) is None  # the newest input is another message
+
+
+def test_a_zero_stamp_restarts_at_the_next_frame():
+    frames = _frames(4)
+    source = _image_input()
+    stacks = _feed(source, frames, [10, 20, 30, 40], announce_before={2: 0})
+    for got, want in zip(stacks, _reference(frames, {0, 2}), strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_a_gap_or_activation_restarts_the_stack():
+    frames = _frames(4)
+    source = _image_input()
+    gap = int(TIMEOUT_S * 1e9) + MS  # more than state_timeout_s between arrivals
+    stacks = _feed(source, frames[:2], [10, 20], received_gap_ns=gap)
+    for got, want in zip(stacks, _reference(frames[:2], {0, 1}), strict=True):
+        assert np.array_equal(got, want)
+    source.reset()  # activation
+    stack = source.observation(messages.encode_image(frames[2], 30, 'camera'), 2 * gap,
+                               int(TIMEOUT_S * 1e9))
+    assert np.array_equal(stack, np.concatenate([frames[2]] * 3, axis=-1))

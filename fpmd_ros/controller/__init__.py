@@ -77,11 +77,17 @@ Observation from ``image_raw`` (sensor_msgs/Image), pixel policies
     ``observation`` that is every image (run the camera at the model's rate, which includes its
     ``action_repeat``: consecutive training frames are one control period apart); with the
     timer, the newest image at each tick (a tick without a new image reuses the last result and
-    pushes nothing). A malformed frame never enters the stack. The first frame, and the first
-    after a gap longer than ``state_timeout_s`` since the previous good one (stale input, a long
-    run of malformed frames, deactivation), refills all k slots as the training env does at a
-    reset. The policy gets the raw uint8 stack: the scaling (/255 - 0.5) and the convolutional
-    encoder are inside the ONNX graph.
+    pushes nothing). A malformed frame never enters the stack. The stack restarts (all k slots
+    filled with one frame, as the training env does at a reset) at: the first frame after
+    activation; the first frame after a gap longer than ``state_timeout_s`` since the previous
+    good one (stale input, a long run of malformed frames); and the first frame of an episode,
+    announced on ``episode_start`` (below): the frame whose ``header.stamp`` equals the
+    announced stamp, or the first one stamped after it if that frame was lost; a zero stamp
+    means the next frame. mujoco_sim announces every reset there, so across its episodes the
+    controller stacks exactly what the in-process env observes. An announcement that arrives
+    after its frame restarts the stack only if that frame is still the newest; the controller
+    then recomputes and publishes the command for it at once. The policy gets the raw uint8
+    stack: the scaling (/255 - 0.5) and the convolutional encoder are inside the ONNX graph.
 
 Topics (relative names, so the node can live in a namespace; remap ``commands`` to a
 ros2_control ``forward_command_controller``'s ``~/commands``)
@@ -92,6 +98,9 @@ ros2_control ``forward_command_controller``'s ``~/commands``)
         newest message and its steady-clock arrival time; every check happens in the control tick.
         An ``observation`` message may carry a labelled layout, which must then equal the model's
         ``obs_terms`` (no layout or unlabelled segments: only the size is checked).
+    sub ``episode_start`` (std_msgs/Header, image mode only, RELIABLE, KEEP_LAST 10): episode
+        starts, ``header.stamp`` = the stamp of the episode's first frame (0: the next frame);
+        mujoco_sim publishes it at every reset. A robot or user may publish it too.
     pub ``commands`` (std_msgs/Float64MultiArray, RELIABLE, KEEP_LAST 1, VOLATILE): the action in
         env units, actuator order, one layout segment labelled ``action``.
     pub ``~/action`` (sensor_msgs/JointState, RELIABLE, KEEP_LAST 10): the same command stamped
@@ -99,7 +108,8 @@ ros2_control ``forward_command_controller``'s ``~/commands``)
         only built and published while someone subscribes (it is for recording).
     pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, ~1 Hz, while configured): achieved
         rate, inference latency p50/p99, input age and topic, safety state and reason, model
-        hash; in image mode also the image size, frame_stack, frames stacked and stack refills.
+        hash; in image mode also the image size, frame_stack, frames stacked, stack refills and
+        episode restarts.
         Level: ERROR while the input is malformed, inference fails, or the input has been stale
         for longer than 5 x ``state_timeout_s``; WARN while it is stale for less, while waiting
         for the first input, after a recovered trouble within the last period, or below 80 % of

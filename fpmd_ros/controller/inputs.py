@@ -84,12 +84,18 @@ class Input:
 
     topic: str
     msg_type: type
+    episode_starts = False  # whether it listens to episode_start (see ImageInput)
 
     def observation(self, msg, received_ns: int, state_timeout_ns: int) -> np.ndarray:
         raise NotImplementedError
 
     def reset(self) -> None:
         """Forget what earlier messages left behind (on activate)."""
+
+    def episode_start(self, stamp_ns: int, latest_msg) -> np.ndarray | None:
+        """An episode starts at the input stamped ``stamp_ns``; the new observation of
+        ``latest_msg`` if that changes it now (see ImageInput), else None."""
+        return None
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -132,14 +138,29 @@ class ImageInput(Input):
     :class:`fpmd_core.frames.FrameStack` (the training env's definition: oldest frame first,
     the newest in the last 3 channels); a message is never pushed twice, so ticks without a new
     image do not fill the stack with copies. A frame that fails to decode raises ValueError and
-    does not enter the stack. When the previous good frame arrived more than
-    ``state_timeout_s`` before this one (the first frame, after a stale gap or a long run of
-    malformed frames, after activation), the stack is refilled with this frame, as the training
-    env does at a reset: frames across a gap are not the consecutive steps the policy was
-    trained on. The ONNX graph does the scaling (/255 - 0.5) and the encoder, so the stack goes
-    to the policy as raw uint8."""
+    does not enter the stack. The ONNX graph does the scaling (/255 - 0.5) and the encoder, so
+    the stack goes to the policy as raw uint8.
+
+    When the stack restarts (all k slots filled with one frame, as the training env does at a
+    reset: frames across an episode boundary or a gap are not the consecutive steps the policy
+    was trained on):
+
+    - the first frame after activation;
+    - a frame that arrives more than ``state_timeout_s`` after the previous good one (stale
+      input, a long run of malformed frames);
+    - the first frame of an episode, announced on ``episode_start`` (std_msgs/Header, what
+      mujoco_sim publishes at every reset): the frame whose ``header.stamp`` equals the
+      announced stamp, or the first frame stamped after it if that one was lost. A zero stamp
+      means the next frame (for a user or a robot that has no stamp to give:
+      ``ros2 topic pub --once episode_start std_msgs/msg/Header {}``). An announcement that
+      arrives after its frame was already stacked still restarts the stack if that frame is
+      the newest one (:meth:`episode_start` returns the new stack, and the controller acts on
+      it again at once); one older than the newest frame is too late and ignored.
+    """
 
     topic, msg_type = 'image_raw', Image
+    episode_starts = True
+    ANNOUNCEMENTS_KEPT = 16  # announced starts not yet reached (a few episodes ahead at most)
 
     def __init__(self, meta: dict, shape: tuple[int, ...]):
         from fpmd_core.frames import FrameStack
@@ -150,22 +171,64 @@ class ImageInput(Input):
         self.frame_stack = k
         self._frames = FrameStack(k)
         self._last_good_ns: int | None = None
+        self._announced: list[int] = []  # episode-start stamps not reached yet, ascending
+        self._start_next = False  # a zero-stamp announcement: the next frame starts an episode
+        self._newest_msg = None  # the message of the newest stacked frame, and that frame
+        self._newest_frame: np.ndarray | None = None
+        self._newest_stamp: int | None = None
+        self._previous_stamp: int | None = None  # the stamp of the frame stacked before it
         self.frames_stacked = 0
         self.refills = 0
+        self.episode_restarts = 0
 
     def observation(self, msg, received_ns: int, state_timeout_ns: int) -> np.ndarray:
         frame = messages.decode_image(msg, self.height, self.width)
-        if self._last_good_ns is None or received_ns - self._last_good_ns > state_timeout_ns:
+        stamp = messages.stamp_to_ns(msg.header.stamp)
+        gap = self._last_good_ns is None or received_ns - self._last_good_ns > state_timeout_ns
+        new_episode = self._reaches_announced_start(stamp) or self._start_next
+        self._start_next = False
+        if gap or new_episode:
             stack = self._frames.reset(frame)
             self.refills += 1
+            self.episode_restarts += new_episode
         else:
             stack = self._frames.push(frame)
         self._last_good_ns = received_ns
+        self._newest_msg, self._newest_frame = msg, frame
+        self._previous_stamp, self._newest_stamp = self._newest_stamp, stamp
         self.frames_stacked += 1
         return stack
 
+    def _reaches_announced_start(self, stamp: int) -> bool:
+        """Whether an announced start S lies in (the previous frame's stamp, ``stamp``]; the
+        starts reached are forgotten."""
+        reached = [s for s in self._announced if s <= stamp]
+        if not reached:
+            return False
+        self._announced = [s for s in self._announced if s > stamp]
+        return self._newest_stamp is None or max(reached) > self._newest_stamp
+
+    def episode_start(self, stamp_ns: int, latest_msg) -> np.ndarray | None:
+        """An episode starts at the frame stamped ``stamp_ns`` (0: the next frame). Returns the
+        restarted stack when that frame is already the newest stacked one and is ``latest_msg``
+        (the announcement came late), else None (it applies when the frame comes)."""
+        if stamp_ns == 0:
+            self._start_next = True
+            return None
+        if self._newest_stamp is None or stamp_ns > self._newest_stamp:
+            if stamp_ns not in self._announced:
+                self._announced = sorted([*self._announced, stamp_ns])[-self.ANNOUNCEMENTS_KEPT:]
+            return None
+        late_for_newest = self._previous_stamp is None or stamp_ns > self._previous_stamp
+        if not late_for_newest or self._newest_msg is not latest_msg:
+            return None  # older than the newest frame: too late to change anything
+        self.refills += 1
+        self.episode_restarts += 1
+        return self._frames.reset(self._newest_frame)
+
     def reset(self) -> None:
         self._last_good_ns = None
+        self._start_next = False
 
     def describe(self) -> str:
         return (f'obs {self.height}x{self.width}x{3 * self.frame_stack} '
@@ -173,7 +236,8 @@ class ImageInput(Input):
 
     def diagnostic_values(self) -> dict:
         return {'image_size': f'{self.width}x{self.height}', 'frame_stack': self.frame_stack,
-                'frames_stacked': self.frames_stacked, 'frame_stack_refills': self.refills}
+                'frames_stacked': self.frames_stacked, 'frame_stack_refills': self.refills,
+                'episode_restarts': self.episode_restarts}
 
 
 def make_input(mode: str, meta: dict, joint_names, exclude_positions) -> Input:

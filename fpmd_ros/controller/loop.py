@@ -101,6 +101,16 @@ class ControlLoop:
         self._latest_msg, self._latest_ns = msg, now_ns
         self._latest_seq += 1
 
+    def episode_start(self, stamp_ns: int) -> bool:
+        """An episode starts at the input stamped ``stamp_ns`` (0: the next one). True when
+        that changed the observation of the newest input (the announcement came after it):
+        its result is recomputed, and a control step now publishes the corrected command."""
+        observation = self.source.episode_start(stamp_ns, self._latest_msg)
+        if observation is None or self._computed_seq != self._latest_seq:
+            return False
+        self._computed = self._infer(observation)
+        return True
+
     def fresh(self, now_ns: int) -> bool:
         """Whether there is input no older than ``state_timeout_s``."""
         return self._latest_msg is not None and now_ns - self._latest_ns <= self.state_timeout_ns

@@ -13,7 +13,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, Header
 
 from fpmd_ros import messages
 from fpmd_ros.controller.inputs import JointStateInput, make_input
@@ -33,7 +33,7 @@ from fpmd_ros.controller.rules import (
 from fpmd_ros.controller.safety import OK, SafetyMonitor
 from fpmd_ros.interface import CONTROLLER_NODE_NAME, model_rate_hz
 from fpmd_ros.params import declare_all
-from fpmd_ros.qos import ACTION_QOS, COMMAND_QOS, DIAGNOSTICS_QOS, INPUT_QOS
+from fpmd_ros.qos import ACTION_QOS, COMMAND_QOS, DIAGNOSTICS_QOS, EPISODE_START_QOS, INPUT_QOS
 
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 1.0
@@ -83,6 +83,7 @@ class PolicyController(LifecycleNode):
         """Forget everything configure made (entities must already be destroyed)."""
         self.loop: ControlLoop | None = None
         self._subscription = None
+        self._episode_start_subscription = None
         self._command_pub = None
         self._action_pub = None
         self._diagnostics_pub = None
@@ -134,8 +135,9 @@ class PolicyController(LifecycleNode):
         for timer in (self._control_timer, self._diagnostics_timer):
             if timer is not None:
                 self.destroy_timer(timer)
-        if self._subscription is not None:
-            self.destroy_subscription(self._subscription)
+        for subscription in (self._subscription, self._episode_start_subscription):
+            if subscription is not None:
+                self.destroy_subscription(subscription)
         for pub in (self._command_pub, self._action_pub, self._diagnostics_pub):
             if pub is not None:
                 self.destroy_publisher(pub)
@@ -226,6 +228,11 @@ class PolicyController(LifecycleNode):
         self._action_pub = self.create_publisher(JointState, '~/action', ACTION_QOS)
         self._diagnostics_pub = self.create_publisher(
             DiagnosticArray, '/diagnostics', DIAGNOSTICS_QOS)
+        if source.episode_starts:
+            # Made before the input's subscription: when an announcement and its frame are
+            # both waiting, the executor takes the announcement first.
+            self._episode_start_subscription = self.create_subscription(
+                Header, 'episode_start', self._on_episode_start, EPISODE_START_QOS)
         self._subscription = self.create_subscription(
             source.msg_type, source.topic, self._on_input, INPUT_QOS)
         loop.start_window(_steady_ns())
@@ -297,6 +304,11 @@ class PolicyController(LifecycleNode):
             # never wakes the executor (at 1 kHz that was 1000 idle ticks per second).
             self._set_timer_period(self.loop.state_timeout_ns)
             self._control_timer.reset()
+
+    def _on_episode_start(self, msg: Header) -> None:
+        changed = self.loop.episode_start(messages.stamp_to_ns(msg.stamp))
+        if changed and self.trigger == 'observation' and self._control_timer is not None:
+            self._control_step(_steady_ns())  # the corrected command for the newest frame
 
     def _control_period_ns(self) -> int:
         return int(round(1e9 / self.rate_hz))
