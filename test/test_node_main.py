@@ -69,11 +69,13 @@ def test_a_running_node_stops_with_exit_0(module, node_name, ros_context, ros_ex
     """An unconfigured policy_controller, a lockstep mujoco_sim: SIGINT -> exit 0."""
     probe = rclpy.create_node('node_main_probe', context=ros_context)
     ros_executor.add_node(probe)
-    proc = subprocess.Popen([sys.executable, '-m', module], env=ENV,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A name of its own: nodes of earlier tests may linger in the graph for a moment.
+    name = f'{node_name}_stop_{os.getpid()}'
+    proc = subprocess.Popen([sys.executable, '-m', module, '--ros-args', '-r', f'__node:={name}'],
+                            env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         # Up and spinning once it is in the graph.
-        assert spin_until(ros_executor, lambda: node_name in probe.get_node_names(), 60.0)
+        assert spin_until(ros_executor, lambda: name in probe.get_node_names(), 60.0)
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=60)[0]
     finally:
