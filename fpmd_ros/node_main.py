@@ -21,9 +21,15 @@ How a node uses it (the entry module stays light too; the heavy import happens i
             return PolicyController()
         return run_node(CONTROLLER_NODE_NAME, make_node, args=args, start=autostart)
 
+A node whose main thread has work of its own (the trainer: training in the main thread, its
+executor spinning in another) passes ``body(node, stop) -> exit code`` instead of being spun;
+``body`` checks ``stop.is_set()`` (e.g. to write a checkpoint and stop at the next step), and
+with ``second_signal_interrupts=True`` a second signal raises KeyboardInterrupt in the main
+thread (stop at once), which run_node turns into ``interrupted_exit`` (e.g. the trainer's 130).
+
 Exit codes (fpmd_ros.interface): 0 a requested stop; 2 (EXIT_INVALID_PARAMETERS) when
-``make_node`` or ``start`` raises :class:`InvalidParameterError` (a respawn cannot fix it); an
-unexpected exception propagates (Python exits 1 with the traceback).
+``make_node``, ``start`` or ``body`` raises :class:`InvalidParameterError` (a respawn cannot fix
+it); an unexpected exception propagates (Python exits 1 with the traceback).
 """
 
 from __future__ import annotations
@@ -49,8 +55,10 @@ class StopFlag:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, second_signal_interrupts: bool = False) -> None:
         self.event = threading.Event()
+        self.count = 0  # signals received
+        self.second_signal_interrupts = second_signal_interrupts
         self._previous: dict = {}
 
     def __enter__(self) -> StopFlag:
@@ -62,21 +70,27 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def _on_signal(self, signum, frame) -> None:
+        self.count += 1
         self.event.set()
+        if self.second_signal_interrupts and self.count > 1:
+            raise KeyboardInterrupt
 
     def is_set(self) -> bool:
         return self.event.is_set()
 
 
 def run_node(name: str, make_node: Callable[[], object], args=None,
-             start: Callable[[object], int | None] | None = None) -> int:
+             start: Callable[[object], int | None] | None = None,
+             body: Callable[[object, StopFlag], int] | None = None,
+             second_signal_interrupts: bool = False, interrupted_exit: int = EXIT_OK) -> int:
     """Run the node ``make_node()`` builds until SIGINT/SIGTERM; return the exit code.
 
     ``name`` is the logger used for fatal errors before the node exists. ``start(node)`` runs
     after construction, before spinning (e.g. the controller's autostart); it may return an exit
     code to stop at once. ``node.destroy_node()`` always runs on the way out, while the context is
-    still valid, so a node can still publish there."""
-    with StopFlag() as stop:
+    still valid, so a node can still publish there. ``body``, ``second_signal_interrupts`` and
+    ``interrupted_exit``: see the module docstring."""
+    with StopFlag(second_signal_interrupts) as stop:
         # rclpy is imported here, under the flag: its import alone takes a noticeable time.
         import rclpy
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -89,6 +103,8 @@ def run_node(name: str, make_node: Callable[[], object], args=None,
             code = start(node) if start is not None and not stop.is_set() else None
             if code is not None:
                 return code
+            if body is not None:
+                return body(node, stop)
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             while rclpy.ok() and not stop.is_set():
@@ -96,7 +112,9 @@ def run_node(name: str, make_node: Callable[[], object], args=None,
         except InvalidParameterError as error:
             rclpy.logging.get_logger(name).fatal(str(error))
             return EXIT_INVALID_PARAMETERS
-        except (KeyboardInterrupt, ExternalShutdownException):
+        except KeyboardInterrupt:
+            return interrupted_exit
+        except ExternalShutdownException:
             pass
         finally:
             if node is not None:

@@ -83,3 +83,47 @@ def test_a_running_node_stops_with_exit_0(module, node_name, ros_context, ros_ex
             proc.kill()
     assert proc.returncode == 0, out
     assert 'Traceback' not in out
+
+
+# A node with work of its own in the main thread (like the trainer): the first signal asks it to
+# finish, the second interrupts it.
+BODY = """
+import sys, time
+from fpmd_ros.node_main import run_node
+
+def make_node():
+    import rclpy
+    return rclpy.create_node('with_body')
+
+def body(node, stop):
+    print('working', flush=True)
+    while not stop.is_set():
+        time.sleep(0.01)
+    print('finishing', flush=True)
+    if sys.argv[1] == 'finish':
+        return 7
+    time.sleep(60)  # e.g. a long checkpoint write: only a second signal cuts it short
+    return 8
+
+sys.exit(run_node('with_body', make_node, args=[], body=body, second_signal_interrupts=True,
+                  interrupted_exit=130))
+"""
+
+
+@pytest.mark.parametrize('how, signals, code', [('finish', 1, 7), ('interrupt', 2, 130)])
+def test_a_body_finishes_on_the_first_signal_and_is_interrupted_by_the_second(how, signals,
+                                                                               code):
+    proc = subprocess.Popen([sys.executable, '-c', BODY, how], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_line(proc, 'working')
+        proc.send_signal(signal.SIGINT)
+        _wait_for_line(proc, 'finishing')
+        if signals == 2:
+            proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out
+    assert 'Traceback' not in out
