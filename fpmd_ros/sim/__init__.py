@@ -45,13 +45,13 @@ Topics and services (relative names, so the node lives in a namespace such as ``
     pub ``observation`` (std_msgs/Float32MultiArray): the task observation; layout segments
         labelled by the task's observation terms.
     pub ``transition`` (std_msgs/Float64MultiArray, lockstep only): see fpmd_ros.messages.
-        Its ``stamp`` is the sim time of its observation.
+        Its ``stamp`` is the sim time of its observation (the stamp of that state).
     pub ``camera/image_raw`` (sensor_msgs/Image, rgb8; with ``camera_enabled``): one frame of
         every state the node reaches in lockstep mode (each reset and each step, the terminal
         state of an episode included); in realtime mode one frame per control step, like
-        ``observation`` (after an autoreset, the new episode's). Stamped with the state's sim
-        time, so its
-        ``header.stamp`` equals the ``stamp`` of the transition of the same state; frame_id is
+        ``observation`` (after an autoreset, the new episode's). Stamped with the state's stamp
+        (Clock below), so in lockstep its ``header.stamp`` equals the ``stamp`` of the
+        transition of the same state; frame_id is
         the camera's name (``camera`` for an unnamed or the free camera). In lockstep mode a
         state's frame is published before its transition. Rendered only while someone
         subscribes (fpmd_core.rendering.Camera, fast visuals: the same pixels as the in-process
