@@ -68,7 +68,7 @@ def run_echo(mode: str, rate_hz: float) -> int:
     from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
     from fpmd_ros import messages
-    from fpmd_ros.controller_node import COMMAND_QOS, INPUT_QOS
+    from fpmd_ros.qos import COMMAND_QOS, INPUT_QOS
 
     rclpy.init()
     node = rclpy.create_node(f'echo_{mode}')

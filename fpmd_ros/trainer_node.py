@@ -56,7 +56,6 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from fpmd_core.config import ConfigError, make_config
@@ -70,14 +69,12 @@ from fpmd_ros.interface import (
     SIM_NODE_NAME,
     TRAINER_NODE_NAME,
 )
+from fpmd_ros.qos import DIAGNOSTICS_QOS
 
 NODE_NAME = TRAINER_NODE_NAME
 EXIT_SIMS, EXIT_DIVERGED = 3, 4
 DIAGNOSTICS_PERIOD_S = 1.0
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
-DIAGNOSTICS_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.VOLATILE)
 INTERRUPTED_CHECKPOINT = Path('checkpoints') / 'interrupted.pt'
 
 

@@ -10,7 +10,7 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
-from fpmd_ros.sim_node import MujocoSimNode
+from fpmd_ros.sim.node import MujocoSimNode
 
 
 class RunningSim:

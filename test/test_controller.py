@@ -33,19 +33,10 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from fpmd_ros import messages
-from fpmd_ros.controller_node import (
-    PARAMETERS,
-    ConfigureError,
-    ControllerParameterError,
-    JointObservationMap,
-    PolicyController,
-    Safety,
-    SafetyMonitor,
-    check_parameter,
-    rate_limit,
-    resolve_rate,
-    safe_action,
-)
+from fpmd_ros.controller.node import PolicyController
+from fpmd_ros.controller.parameters import PARAMETERS, ControllerParameterError
+from fpmd_ros.controller.rules import check_parameter
+from fpmd_ros.controller.safety import Safety
 
 TASK = 'Hopper-v5'
 HOPPER_JOINTS = ('rootx', 'rootz', 'rooty', 'thigh_joint', 'leg_joint', 'foot_joint')
@@ -191,88 +182,7 @@ def active(make_controller, policy_path, **parameters):
     return node, probe
 
 
-# --- pure helpers (no DDS) --------------------------------------------------------------------
-
-def test_rate_limit_moves_at_most_delta_per_tick():
-    target = np.array([1.0, -1.0, 0.05])
-    previous = np.array([0.0, 0.0, 0.0])
-    assert np.allclose(rate_limit(target, previous, 0.1), [0.1, -0.1, 0.05])
-    assert np.array_equal(rate_limit(target, previous, 0.0), target)  # 0: no limit
-    assert np.array_equal(rate_limit(target, None, 0.1), target)  # nothing to limit against
-
-
-def test_safe_action_kinds_stay_in_bounds():
-    low, high = np.array([-1.0, 0.5]), np.array([1.0, 2.0])
-    last = np.array([0.3, 1.5])
-    assert np.array_equal(safe_action('zero', low, high, last, None), [0.0, 0.5])  # clipped
-    assert np.array_equal(safe_action('hold', low, high, last, None), last)
-    assert np.array_equal(safe_action('hold', low, high, None, None), [0.0, 0.5])
-    assert np.array_equal(safe_action('default', low, high, last, np.array([-0.5, 1.0])),
-                          [-0.5, 1.0])
-    assert np.array_equal(safe_action('hold', low, high, np.array([np.nan, 1.0]), None),
-                          [0.0, 0.5])
-
-
-def test_safety_monitor_logs_once_per_episode_of_trouble():
-    monitor = SafetyMonitor()
-    monitor.reset(Safety.WAITING)
-    assert monitor.update(Safety.WAITING, 'no input', 1) is None
-    assert monitor.update(Safety.OK, '', 2) is None
-    log = monitor.update(Safety.STALE, 'old', 3)
-    assert log is not None and log[0] == 'error' and 'stale' in log[1]
-    assert all(monitor.update(Safety.STALE, 'older', t) is None for t in range(4, 10))
-    assert monitor.update(Safety.MALFORMED, 'NaN', 10)[0] == 'error'  # the kind changed
-    assert monitor.trouble_episodes == 1
-    recovered = monitor.update(Safety.OK, '', 11)
-    assert recovered[0] == 'info' and '8 safe ticks' in recovered[1]
-    assert Safety.STALE.level == 2 and Safety.WAITING.level == 1 and Safety.OK.level == 0
-    assert monitor.reset_window() is Safety.MALFORMED and monitor.reset_window() is None
-
-
-def test_joint_observation_map_sizes_and_errors(reference):
-    meta = reference.metadata
-    mapping = JointObservationMap.from_parameters(None, ['rootx'], meta)
-    assert mapping.joints == HOPPER_JOINTS and mapping.position_joints == HOPPER_JOINTS[1:]
-    assert mapping.size == meta['obs_dim'] == 11
-    with pytest.raises(ConfigureError, match=r"gives 12 values.*obs_dim is 11.*rootx"):
-        JointObservationMap.from_parameters(None, None, meta)
-    with pytest.raises(ConfigureError, match=r"exclude_joint_positions.*nope"):
-        JointObservationMap.from_parameters(None, ['nope'], meta)
-    renamed = JointObservationMap.from_parameters(
-        ['x', 'z', 'pitch', 'hip', 'knee', 'ankle'], ['x'], meta)
-    assert renamed.differences(meta['joint_names'])[0] == "'x' for the model's 'rootx'"
-
-
-def test_parameter_checks_and_rate_rule(reference):
-    assert check_parameter('safe_action', 'brake').startswith("parameter 'safe_action'")
-    assert 'zero, hold, default' in check_parameter('safe_action', 'brake')
-    assert check_parameter('observation_mode', 'image') is None  # structure allows it
-    assert check_parameter('control_rate_hz', 0.5) is not None
-    assert check_parameter('control_rate_hz', 0.0) is None
-    assert 'repeats' in check_parameter('joint_names', ['a', 'a'])
-    assert 'finite' in check_parameter('default_action', [math.nan, 0.0, 0.0])
-    meta = reference.metadata
-    assert resolve_rate(0.0, meta) == pytest.approx(MODEL_RATE_HZ)
-    assert resolve_rate(500.0, meta) == 500.0
-    with pytest.raises(ConfigureError, match=r"'control_rate_hz' is 50 Hz.*125 Hz"):
-        resolve_rate(50.0, meta)
-
-
-def test_observation_decoding():
-    terms = [('observation', 11)]
-    good = messages.to_float32_multiarray(obs_a(), terms)
-    assert np.array_equal(messages.decode_observation(good, 11, terms), obs_a())
-    bare = Float32MultiArray(data=obs_a().tolist())
-    assert messages.decode_observation(bare, 11, terms).dtype == np.float32
-    unlabelled = messages.to_float32_multiarray(obs_a())
-    assert np.array_equal(messages.decode_observation(unlabelled, 11, terms), obs_a())
-    relabelled = messages.to_float32_multiarray(obs_a(), [('qpos', 5), ('qvel', 6)])
-    with pytest.raises(ValueError, match='layout segments'):
-        messages.decode_observation(relabelled, 11, terms)
-    with pytest.raises(ValueError, match='0 values, expected 11'):
-        messages.decode_observation(Float32MultiArray(), 11, terms)
-    with pytest.raises(ValueError, match='non-finite'):
-        messages.decode_observation(Float32MultiArray(data=[math.inf] * 11), 11, terms)
+# Pure rules and the control loop without DDS: test_controller_rules.py.
 
 
 # --- parameters and lifecycle -------------------------------------------------------------------
@@ -371,6 +281,8 @@ def test_deactivate_and_shutdown_publish_the_safe_action(make_controller, policy
 CONFIGURE_FAILURES = {
     'missing': (dict(policy='{dir}/nope.onnx'), r'nope\.onnx: file not found'),
     'empty path': (dict(policy=''), r"parameter 'policy' is empty"),
+    'directory': (dict(policy='{dir}/folder.onnx'),
+                  r"'policy': .*folder\.onnx is a directory; expected a \.onnx or \.pt file"),
     'corrupt': (dict(policy='{corrupt}'), r'not a loadable ONNX model'),
     'corrupt checkpoint': (dict(policy='{corrupt_pt}'), r'corrupt\.pt: cannot be read'),
     'wrong suffix': (dict(policy='{dir}/model.txt'), r'expected a \.onnx or \.pt file'),
@@ -389,6 +301,8 @@ CONFIGURE_FAILURES = {
     'default wrong length': (dict(safe_action='default', default_action=[0.1, 0.2]),
                              r"'default_action' has 2 values; expected 3"),
     'default unset': (dict(safe_action='default'), r"'default_action' is not set"),
+    'default wrong length, unused': (dict(safe_action='zero', default_action=[0.1, 0.2]),
+                                     r"'default_action' has 2 values; expected 3"),
     'default out of bounds': (dict(safe_action='default', default_action=[0.0, 5.0, 0.0]),
                               r"'default_action'\[1\] is 5, outside the action bounds"),
 }
@@ -401,6 +315,7 @@ def test_configure_fails_with_a_clear_reason(case, make_controller, policy_path,
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
     (tmp_path / 'corrupt.pt').write_bytes(np.random.default_rng(1).bytes(4096))
     (tmp_path / 'model.txt').write_text('not a model')
+    (tmp_path / 'folder.onnx').mkdir()
     overrides, pattern = CONFIGURE_FAILURES[case]
     parameters = {'policy': policy_path}
     paths = dict(dir=tmp_path, corrupt=corrupt, corrupt_pt=tmp_path / 'corrupt.pt')
@@ -446,6 +361,8 @@ def test_out_of_range_and_invalid_parameters_are_refused(make_controller, policy
     assert "trained at 125 Hz" in refused('control_rate_hz', 60.0)
     assert 'unconfigured' in refused('policy', '/tmp/other.onnx')
     assert "'default_action' is not set" in refused('safe_action', 'default')
+    # default_action is checked against the model whenever it is set, not only when used.
+    assert "'default_action' has 2 values; expected 3" in refused('default_action', [0.0, 0.0])
     # Valid runtime changes are accepted and take effect.
     ok = node.set_parameters([Parameter('default_action', value=DEFAULT_ACTION),
                               Parameter('safe_action', value='default')])
@@ -592,6 +509,7 @@ def test_stale_input_gives_the_safe_action_and_diagnostics_error(kind, make_cont
     t_stale = time.monotonic()
     assert probe.spin_until(lambda: len(probe.commands_since(t_stale)) >= 3)
     assert all(np.array_equal(c, safe) for c in probe.commands_since(t_stale))
+    # Diagnostics: WARN while briefly stale, ERROR once it lasts > 5 x state_timeout_s.
     assert probe.spin_until(lambda: any(level == 2 and values['safety_state'] == 'stale'
                                         for level, _, values in probe.diagnostics), 5.0)
     # Recovers when input returns.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ from std_srvs.srv import Trigger
 
 from fpmd_core.tasks import PixelOptions, make_env
 from fpmd_ros import messages
-from fpmd_ros.sim_node import CAMERA_REALTIME_QOS, LOCKSTEP_QOS, MujocoSimNode, SimParameterError
+from fpmd_ros.qos import CAMERA_REALTIME_QOS, LOCKSTEP_QOS
+from fpmd_ros.sim.node import MujocoSimNode, SimParameterError
 
 PID = os.getpid()  # in namespaces: another run sharing the DDS domain cannot interfere
 TASK = 'cartpole-swingup'  # default camera 0 ('fixed', fovy 45); control period 0.01 s
@@ -183,16 +185,24 @@ def test_no_frame_is_rendered_without_a_subscriber(ros_context, ros_executor, ca
     assert camera_sim.node.frames_rendered >= 1
 
 
-def test_realtime_frames_follow_the_sim_time(ros_context, ros_executor):
+@pytest.mark.parametrize('publish_clock', [True, False])
+def test_realtime_frames_follow_the_sims_clock(publish_clock, ros_context, ros_executor):
+    """One clock per configuration: with /clock the frames carry sim time (whole control
+    periods from 0); without, the node clock (here the wall clock, like the controller's)."""
     sim = RunningSim(f'sim_camera_rt_p{PID}', task=TASK, mode='realtime', camera_enabled=True,
-                     image_width=48, image_height=SIZE, camera='lookatcart')
+                     image_width=48, image_height=SIZE, camera='lookatcart',
+                     publish_clock=publish_clock)
     try:
         client = CameraClient(ros_context, ros_executor, f'sim_camera_rt_p{PID}',
                               qos=CAMERA_REALTIME_QOS)
         assert spin_until(ros_executor, lambda: len(client.images) >= 5, 10.0)
         stamps = [messages.stamp_to_ns(m.header.stamp) for m in client.images]
         assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False)), stamps
-        assert all(s % 10_000_000 == 0 for s in stamps), stamps  # whole control periods
+        if publish_clock:
+            assert all(s % 10_000_000 == 0 for s in stamps), stamps  # whole control periods
+            assert stamps[-1] < 3600 * 10**9  # sim time starts at 0
+        else:
+            assert abs(stamps[-1] - time.time_ns()) < 3600 * 10**9  # wall clock, not sim time
         assert {(m.width, m.height, m.header.frame_id) for m in client.images} == {
             (48, SIZE, 'lookatcart')}
         assert sim.node.frames_rendered >= len(client.images)

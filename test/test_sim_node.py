@@ -26,12 +26,8 @@ from std_srvs.srv import SetBool, Trigger
 
 from fpmd_core.tasks import make_env, mujoco_handles
 from fpmd_ros import messages
-from fpmd_ros.sim_node import (
-    EPISODE_QOS,
-    LOCKSTEP_QOS,
-    MujocoSimNode,
-    SimParameterError,
-)
+from fpmd_ros.qos import EPISODE_QOS, LOCKSTEP_QOS
+from fpmd_ros.sim.node import MujocoSimNode, SimParameterError
 
 PID = os.getpid()  # in namespaces: another run sharing the DDS domain cannot interfere
 TASK = 'InvertedPendulum-v5'  # control period 0.04 s; random actions end episodes in ~5 steps

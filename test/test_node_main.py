@@ -1,0 +1,129 @@
+"""fpmd_ros.node_main: a node process stops with exit 0 on SIGINT/SIGTERM at any moment of its
+life (while its modules are imported and it is built, unconfigured, active), and exits 2 on an
+invalid parameter. Real processes, real signals, real rclpy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import rclpy
+from ros_helpers import spin_until
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+# A node whose construction takes a while (like importing torch and MuJoCo) and says when it
+# has begun, so the test can signal it mid-construction.
+SLOW_START = """
+import sys, time
+from fpmd_ros.node_main import InvalidParameterError, run_node
+
+def make_node():
+    print('building', flush=True)
+    time.sleep(1.0)
+    if sys.argv[1] == 'invalid':
+        raise InvalidParameterError("parameter 'x' is 3; expected 1")
+    import rclpy
+    return rclpy.create_node('slow_start')
+
+sys.exit(run_node('slow_start', make_node, args=[]))
+"""
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str) -> None:
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f'{text!r} never printed')
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_node_is_built_exits_0(signum):
+    proc = subprocess.Popen([sys.executable, '-c', SLOW_START, 'ok'], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_line(proc, 'building')
+        proc.send_signal(signum)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert 'Traceback' not in out
+
+
+def test_an_invalid_parameter_exits_2_with_its_reason():
+    done = subprocess.run([sys.executable, '-c', SLOW_START, 'invalid'], env=ENV, text=True,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert "parameter 'x' is 3; expected 1" in done.stderr
+
+
+@pytest.mark.parametrize('module, node_name', [('fpmd_ros.controller_node', 'policy_controller'),
+                                               ('fpmd_ros.sim_node', 'mujoco_sim')])
+def test_a_running_node_stops_with_exit_0(module, node_name, ros_context, ros_executor):
+    """An unconfigured policy_controller, a lockstep mujoco_sim: SIGINT -> exit 0."""
+    probe = rclpy.create_node('node_main_probe', context=ros_context)
+    ros_executor.add_node(probe)
+    # A name of its own: nodes of earlier tests may linger in the graph for a moment.
+    name = f'{node_name}_stop_{os.getpid()}'
+    proc = subprocess.Popen([sys.executable, '-m', module, '--ros-args', '-r', f'__node:={name}'],
+                            env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # Up and spinning once it is in the graph.
+        assert spin_until(ros_executor, lambda: name in probe.get_node_names(), 60.0)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert 'Traceback' not in out
+
+
+# A node with work of its own in the main thread (like the trainer): the first signal asks it to
+# finish, the second interrupts it.
+BODY = """
+import sys, time
+from fpmd_ros.node_main import run_node
+
+def make_node():
+    import rclpy
+    return rclpy.create_node('with_body')
+
+def body(node, stop):
+    print('working', flush=True)
+    while not stop.is_set():
+        time.sleep(0.01)
+    print('finishing', flush=True)
+    if sys.argv[1] == 'finish':
+        return 7
+    time.sleep(60)  # e.g. a long checkpoint write: only a second signal cuts it short
+    return 8
+
+sys.exit(run_node('with_body', make_node, args=[], body=body, second_signal_interrupts=True,
+                  interrupted_exit=130))
+"""
+
+
+@pytest.mark.parametrize('how, signals, code', [('finish', 1, 7), ('interrupt', 2, 130)])
+def test_a_body_finishes_on_the_first_signal_and_is_interrupted_by_the_second(how, signals,
+                                                                               code):
+    proc = subprocess.Popen([sys.executable, '-c', BODY, how], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_line(proc, 'working')
+        proc.send_signal(signal.SIGINT)
+        _wait_for_line(proc, 'finishing')
+        if signals == 2:
+            proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out
+    assert 'Traceback' not in out
