@@ -36,6 +36,19 @@ Episode summary
 rewards, ``length`` its number of env steps and ``terminated`` 1.0 if it ended by termination
 (0.0: truncated by the time limit).
 
+Applied command
+---------------
+``~/applied_command`` (published by a realtime ``mujoco_sim`` once per control step, before the
+step) is a ``std_msgs/Float64MultiArray`` with exactly these segments, in this order::
+
+    episode | step | action (act_dim) | held | timed_out
+
+``episode`` and ``step`` name the state the action is applied in (``step`` 0: the episode's
+initial state), ``action`` is what the physics gets (env units), ``held`` how many earlier steps
+applied the same command (0: it arrived since the previous step; 1 or more: no newer command
+arrived in time, so the sim held the last one), ``timed_out`` 1.0 if no command arrived within
+``command_timeout_s`` (the action is then zero and ``held`` 0).
+
 Every ``decode_*``/``parse_*`` function validates what it is given (it comes from another
 process) and raises ``ValueError`` naming the problem.
 """
@@ -53,6 +66,7 @@ from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimensi
 TRANSITION_LABELS = ('observation', 'reward', 'terminated', 'truncated', 'step', 'episode',
                      'stamp')
 EPISODE_LABELS = ('episode', 'seed', 'return', 'length', 'terminated')
+APPLIED_COMMAND_LABELS = ('episode', 'step', 'action', 'held', 'timed_out')
 COMMAND_LABEL = 'action'
 
 Segments = Sequence[tuple[str, int]]
@@ -274,6 +288,62 @@ def decode_episode_summary(msg: Float64MultiArray) -> EpisodeSummary:
     return EpisodeSummary(episode=int(episode), seed=int(seed),
                           episode_return=float(episode_return), length=int(length),
                           terminated=bool(terminated))
+
+
+# --- applied commands (realtime mujoco_sim) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class AppliedCommand:
+    episode: int
+    step: int
+    """Index of the state the action is applied in (0: the episode's initial state)."""
+    action: np.ndarray
+    held: int
+    """Earlier steps that applied the same command (0: it arrived since the previous step)."""
+    timed_out: bool
+    """No command within command_timeout_s: the action is zero."""
+
+
+def encode_applied_command(episode: int, step: int, action, held: int,
+                           timed_out: bool) -> Float64MultiArray:
+    action = np.asarray(action, dtype=np.float64).ravel()
+    values = np.concatenate([[float(episode), float(step)], action,
+                             [float(held), float(bool(timed_out))]])
+    sizes = (1, 1, action.size, 1, 1)
+    return to_float64_multiarray(values, list(zip(APPLIED_COMMAND_LABELS, sizes, strict=True)))
+
+
+def decode_applied_command(msg: Float64MultiArray, act_dim: int | None = None) -> AppliedCommand:
+    """A validated AppliedCommand; ValueError names what is wrong (labels, sizes, values)."""
+    data = np.asarray(msg.data, dtype=np.float64)
+    segments = parse_segment_layout(msg.layout, data.size)
+    labels = tuple(label for label, _ in segments)
+    if labels != APPLIED_COMMAND_LABELS:
+        raise ValueError(f'applied command labels {list(labels)}, expected '
+                         f'{list(APPLIED_COMMAND_LABELS)}')
+    sizes = dict(segments)
+    for label in ('episode', 'step', 'held', 'timed_out'):
+        if sizes[label] != 1:
+            raise ValueError(f'applied command field {label!r} has size {sizes[label]}, '
+                             'expected 1')
+    if act_dim is not None and sizes['action'] != act_dim:
+        raise ValueError(f'applied command action has {sizes["action"]} values, expected '
+                         f'{act_dim}')
+    if not np.all(np.isfinite(data)):
+        index = _first_nonfinite(data)
+        field = ('episode', 'step')[index] if index < 2 else (
+            'action' if index < 2 + sizes['action'] else ('held', 'timed_out')[
+                index - 2 - sizes['action']])
+        raise ValueError(f'applied command field {field!r} is not finite ({data[index]})')
+    episode, step, held, timed_out = data[0], data[1], data[-2], data[-1]
+    for label, value in (('episode', episode), ('step', step), ('held', held)):
+        if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
+            raise ValueError(f'applied command field {label!r} is {value}, '
+                             'expected a non-negative integer')
+    if timed_out not in (0.0, 1.0):
+        raise ValueError(f"applied command field 'timed_out' is {timed_out}, expected 0 or 1")
+    return AppliedCommand(episode=int(episode), step=int(step), action=data[2:-2].copy(),
+                          held=int(held), timed_out=bool(timed_out))
 
 
 # --- joint states ------------------------------------------------------------------------------

@@ -34,6 +34,11 @@ EPISODE_QOS = _profile(100, _RELIABLE)
 # Episode starts: one per reset, each one counts (a pixel controller restarts its frame stack at
 # the stamp it names): reliable, a few deep.
 EPISODE_START_QOS = _profile(10, _RELIABLE)
+# Realtime applied commands (one per control step, for a rehearsal that replays every step): each
+# one counts, so reliable, and 1000 deep: 8 s of the fastest task (125 Hz) at real time, 2 s at
+# realtime_factor 4, far longer than a reader polling every 50 ms ever lags. KEEP_LAST still
+# never blocks the physics timer on a stalled reader.
+APPLIED_COMMAND_QOS = _profile(1000, _RELIABLE)
 # joint_states / observation / clock are sensor streams. They are *offered* RELIABLE on purpose: a
 # reliable writer matches reliable and best-effort readers alike (a best-effort writer would
 # silently never match a reliable reader such as robot_state_publisher's), and a reader that

@@ -15,14 +15,26 @@
    the controller was active, and a reset between two sim steps could otherwise meet the
    command computed for the previous episode's last state). The reply names the first scored
    episode k and its seed (the sim's rule: episode k is reset with ``seed + k``).
-3. Collects the sim's ``episode`` summaries (return, length, seed) of ``episodes`` episodes and
-   the controller's achieved control rate from ``/diagnostics``, then stops the graph (the
-   controller first: it publishes its safe action; then the sim).
+3. Collects the sim's ``episode`` summaries (return, length, seed) of ``episodes`` episodes,
+   the sim's ``~/applied_command`` of each of their steps (the action the physics got, and
+   whether the sim held an older command or zeroed the controls) and the controller's achieved
+   control rate from ``/diagnostics``, then stops the graph (the controller first: it publishes
+   its safe action; then the sim).
 4. Evaluates the same policy in-process, in deploy mode: :func:`fpmd_core.runtime.load_policy`
    stepping ``make_env(task, max_episode_steps, normalized_actions=False)``, reset with the same
    seeds as the scored sim episodes, the action clipped to the bounds as the controller does.
-5. Prints the achieved control rate against its target, the closed-loop and in-process returns
-   (mean ± std and per episode) and their ratio.
+5. Replays each closed-loop episode in-process from its seed with the actions the sim applied
+   (:func:`analyse_closed_loop`): in every state the sim went through it compares the applied
+   action with the policy's own. The first step where they differ is where the closed loop
+   departed from the in-process loop; the reason is named: the command computed for an earlier
+   step (late by k control periods: it reached the sim after its next step), no command within
+   the sim's ``command_timeout_s`` (zero controls), the controller's zero safe action, or a
+   different input (the controller saw another observation or frame stack, or rate-limited).
+6. Prints the achieved control rate against its target, the closed-loop and in-process returns
+   (mean ± std and per episode) and their ratio; for each episode whose return differs, its
+   first difference, e.g. ``episode 2 (seed 2): first difference at step 137: the sim applied
+   the command computed for step 136 (late by one control period); 3 late commands in this
+   episode``; and how many steps applied a late command overall.
 
 Exit codes: 0 the closed-loop mean return is at least ``min_ratio`` (0.9) of the in-process one
 (for a non-positive in-process return: at most ``1 - min_ratio`` of its magnitude below it);
@@ -75,6 +87,9 @@ POLL_S = 0.05
 # the controller's default state_timeout_s (0.2 s), so its watchdog does not take the pause for
 # stale input; longer than two periods of a timer-triggered controller at the tasks' rates.
 SETTLE_S = 0.1
+# How long the rehearsal waits, after the last episode summary, for the sim's applied commands
+# still in flight on their own topic.
+APPLIED_GRACE_S = 2.0
 _RESET_REPLY = re.compile(r'episode (\d+) seed (\d+)')
 
 REHEARSAL_ARGUMENTS = (
@@ -200,6 +215,145 @@ def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0) ->
     return results
 
 
+# --- where a closed loop departed from the in-process loop ---------------------------------------
+
+# Two actions closer than this fraction of the action range, per component, are the same action.
+# The controller and the in-process policy run the same ONNX model with one thread on the same
+# float32 input, so they agree to the bit; a command one control period late differs by far more
+# unless the policy barely changed its action (and then being late changed nothing either).
+ACTION_TOLERANCE = 1e-6
+# How many control periods back a late command is looked for.
+MAX_LATENESS = 5
+
+
+@dataclass(frozen=True)
+class Departure:
+    """The first step whose applied action differs from the policy's action in that state."""
+
+    step: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class EpisodeAnalysis:
+    """One closed-loop episode: what the sim applied, compared step by step with what the policy
+    takes in the states the sim went through."""
+
+    length: int  # env steps (the sim's summary)
+    recorded_steps: int  # applied commands received, steps 0.. without a gap
+    late_steps: int  # the sim applied a command computed for an earlier state (or held one)
+    zeroed_steps: int  # no command within command_timeout_s: zero controls
+    departure: Departure | None  # None: every recorded step got the policy's own action
+    replay_return: float  # the recorded actions replayed in-process from the episode's seed
+
+
+def policy_actions_along(policy, env, seed: int, actions) -> tuple[np.ndarray, float]:
+    """Replays ``actions`` (env units, as the sim applied them) in ``env`` reset with ``seed``:
+    the clipped policy action in each state the replay reaches (MuJoCo is deterministic, so
+    these are the sim's states, pixels included), and the replay's return. The replay stops
+    where its episode ends, so it may return fewer actions than it was given."""
+    low = np.asarray(policy.metadata['action_low'], dtype=np.float64)
+    high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
+    observation, _ = env.reset(seed=int(seed))
+    taken, total = [], 0.0
+    for action in actions:
+        taken.append(np.clip(np.asarray(policy(observation), dtype=np.float64), low, high))
+        observation, reward, terminated, truncated, _ = env.step(np.asarray(action))
+        total += float(reward)
+        if terminated or truncated:
+            break
+    return np.asarray(taken, dtype=np.float64).reshape(len(taken), low.size), total
+
+
+def _periods(k: int) -> str:
+    return 'one control period' if k == 1 else f'{k} control periods'
+
+
+def compare_steps(applied, policy_actions: np.ndarray, tolerance: np.ndarray
+                  ) -> tuple[Departure | None, int, int]:
+    """The first step where the sim's applied action (``applied``: messages.AppliedCommand of
+    steps 0, 1, ...) differs from the policy's action in the same state (``policy_actions``,
+    from :func:`policy_actions_along`), with the reason; and the counts of late and of zeroed
+    steps. Plain arrays in, so it is tested without DDS."""
+    def same(a, b) -> bool:
+        return bool(np.all(np.abs(np.asarray(a) - np.asarray(b)) <= tolerance))
+
+    departure, late, zeroed = None, 0, 0
+    for step, (command, policy_action) in enumerate(zip(applied, policy_actions, strict=False)):
+        action = np.asarray(command.action, dtype=np.float64)
+        lateness = 0
+        if not same(action, policy_action):
+            lateness = next((k for k in range(1, min(step, MAX_LATENESS) + 1)
+                             if same(action, policy_actions[step - k])), 0)
+        if command.timed_out:
+            zeroed += 1
+        elif command.held or lateness:
+            late += 1
+        if departure is not None or same(action, policy_action):
+            continue
+        if command.timed_out:
+            reason = ('no command within command_timeout_s: the sim zeroed the controls')
+        elif lateness:
+            reason = (f'the sim applied the command computed for step {step - lateness} (late by '
+                      f'{_periods(lateness)})')
+        elif not np.any(action):
+            reason = ("the sim applied a zero action: the controller's safe action (its input "
+                      'was stale or malformed; see its log)')
+        else:
+            reason = (f'the sim applied an action the policy takes in none of this and the '
+                      f'{min(step, MAX_LATENESS)} states before: the controller acted on a '
+                      'different input (the observation, or a pixel policy\'s frame stack) or '
+                      'limited the action (max_action_delta)')
+        departure = Departure(step, reason)
+    return departure, late, zeroed
+
+
+def analyse_closed_loop(policy, episodes: list[Episode], applied, max_episode_steps: int = 0
+                        ) -> list[EpisodeAnalysis]:
+    """For each closed-loop episode (``episodes``, with ``applied``: the sim's applied commands
+    of its steps 0.. as recorded), replays the applied actions in-process and compares them step
+    by step with the policy's (:func:`compare_steps`). Until the first difference the closed
+    loop and the in-process loop went through the same states, so that step is where the closed
+    loop departed from in-process; after it the comparison follows the sim's own states, so the
+    late-command counts cover the whole episode."""
+    from fpmd_core.tasks import env_from_metadata
+
+    low = np.asarray(policy.metadata['action_low'], dtype=np.float64)
+    high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
+    tolerance = ACTION_TOLERANCE * np.maximum(high - low, 1.0)
+    env = env_from_metadata(policy.metadata, max_episode_steps)
+    results = []
+    try:
+        for episode, commands in zip(episodes, applied, strict=True):
+            commands = list(commands)
+            policy_actions, replay_return = policy_actions_along(
+                policy, env, episode.seed, [c.action for c in commands])
+            departure, late, zeroed = compare_steps(commands, policy_actions, tolerance)
+            results.append(EpisodeAnalysis(episode.length, len(commands), late, zeroed,
+                                           departure, replay_return))
+    finally:
+        env.close()
+    return results
+
+
+def departure_line(index: int, seed: int, analysis: EpisodeAnalysis, sim_return: float) -> str:
+    """The report's line for a closed-loop episode whose return differs from in-process."""
+    late = f'{analysis.late_steps} late command{"s" if analysis.late_steps != 1 else ""}'
+    if analysis.zeroed_steps:
+        late += f', {analysis.zeroed_steps} zeroed after command_timeout_s'
+    head = f'  episode {index} (seed {seed}): '
+    if analysis.departure is not None:
+        return (f'{head}first difference at step {analysis.departure.step}: '
+                f'{analysis.departure.reason}; {late} in this episode')
+    if analysis.recorded_steps < analysis.length:
+        return (f'{head}no difference in the {analysis.recorded_steps} of {analysis.length} '
+                'steps whose applied commands the rehearsal received (the first difference '
+                f'is at step {analysis.recorded_steps} or later); {late} in them')
+    return (f'{head}every step got the policy\'s action for its state, yet the return differs: '
+            f'replaying the applied commands in-process returns {analysis.replay_return:.2f}, '
+            f'the sim reported {sim_return:.2f} (the sim\'s physics differed from in-process)')
+
+
 # --- watching the graph over ROS -----------------------------------------------------------------
 
 class _Watcher(PrivateParticipant):
@@ -212,6 +366,7 @@ class _Watcher(PrivateParticipant):
         from std_srvs.srv import SetBool, Trigger
 
         from fpmd_ros.controller_node import DIAGNOSTICS_QOS
+        from fpmd_ros.qos import APPLIED_COMMAND_QOS
         from fpmd_ros.sim_node import EPISODE_QOS
 
         super().__init__(f'fpmd_rehearsal_{os.getpid()}')
@@ -219,6 +374,13 @@ class _Watcher(PrivateParticipant):
         self.summaries: list = []
         self.diagnostics: list[tuple[float, dict[str, str]]] = []  # (monotonic, values)
         self.rejected: list[str] = []
+        # episode -> step -> what the sim applied there, from episode record_from on (set once
+        # the scored episodes are known: the steps before are not kept)
+        self.applied: dict[int, dict[int, Any]] = {}
+        self.record_from: int | None = None
+        self.node.create_subscription(Float64MultiArray,
+                                      f'{plan.sim.fully_qualified_name}/applied_command',
+                                      self._on_applied_command, APPLIED_COMMAND_QOS)
         self.node.create_subscription(Float64MultiArray,
                                       f'{plan.sim.fully_qualified_name.rsplit("/", 1)[0]}/episode',
                                       self._on_episode, EPISODE_QOS)
@@ -237,6 +399,28 @@ class _Watcher(PrivateParticipant):
             self.summaries.append((time.monotonic(), messages.decode_episode_summary(msg)))
         except ValueError as error:
             self.rejected.append(str(error))
+
+    def _on_applied_command(self, msg) -> None:
+        from fpmd_ros import messages
+
+        try:
+            applied = messages.decode_applied_command(msg)
+        except ValueError as error:
+            self.rejected.append(str(error))
+            return
+        if self.record_from is None or applied.episode < self.record_from:
+            return
+        self.applied.setdefault(applied.episode, {})[applied.step] = applied
+
+    def recorded(self, episode: int, length: int) -> list:
+        """The applied commands of ``episode``'s steps 0..length-1, up to the first missing one."""
+        steps = self.applied.get(episode, {})
+        commands = []
+        for step in range(length):
+            if step not in steps:
+                break
+            commands.append(steps[step])
+        return commands
 
     def _on_diagnostics(self, msg) -> None:
         from fpmd_ros import messages
@@ -278,12 +462,13 @@ class _Watcher(PrivateParticipant):
         if not match:
             raise RehearsalError(f'{self.reset_client.service_name} answered {reply.message!r}; '
                                  "expected 'episode <k> seed <s>'")
+        # Paused: no step of the new episode has been applied yet; keep all of them.
+        self.record_from = int(match.group(1))
         settle = time.monotonic() + SETTLE_S
         while time.monotonic() < settle:
             self.spin(max(0.0, min(POLL_S, settle - time.monotonic())))
         self._call(self.pause_client, self._set_bool.Request(data=False), deadline, keep_going)
         return int(match.group(1)), int(match.group(2))
-
 
 
 @dataclass(frozen=True)
@@ -296,6 +481,10 @@ class ClosedLoop:
     target_rate_hz: float  # the controller's control_rate_hz (the watchdog's, for observation)
     rate_windows: int
     trouble_episodes: int  # times the controller fell back to its safe action while scoring
+    # per scored episode, the sim's applied commands of its steps 0.. (up to the first one the
+    # rehearsal did not receive)
+    applied: tuple = ()
+    sim_indices: tuple = ()  # the sim's index k of each scored episode
 
 
 def _float_value(values: dict[str, str], key: str) -> float:
@@ -360,6 +549,11 @@ def run_closed_loop(plan: Plan, log=print) -> ClosedLoop:
             watcher.spin()
         finished = max(t for t, s in watcher.summaries if s.episode >= first)
         summaries = sorted(scored(), key=lambda s: s.episode)[:plan.episodes]
+        # The applied commands travel on a topic of their own: let the last ones arrive.
+        grace = time.monotonic() + APPLIED_GRACE_S
+        while time.monotonic() < grace and any(
+                len(watcher.recorded(s.episode, s.length)) < s.length for s in summaries):
+            watcher.spin()
         # The controller's ~1 s windows that began after the sim resumed (an earlier one counts
         # the pause); for a run shorter than that, whatever overlaps it, or the nearest one.
         windows = ([v for t, v in watcher.diagnostics
@@ -374,7 +568,9 @@ def run_closed_loop(plan: Plan, log=print) -> ClosedLoop:
             first_episode=first, wall_s=finished - started,
             achieved_rate_hz=float(np.mean(rates)), min_rate_hz=float(np.min(rates)),
             target_rate_hz=_float_value(windows[-1], 'target_rate_hz'),
-            rate_windows=len(rates), trouble_episodes=max(trouble, 0))
+            rate_windows=len(rates), trouble_episodes=max(trouble, 0),
+            applied=tuple(watcher.recorded(s.episode, s.length) for s in summaries),
+            sim_indices=tuple(s.episode for s in summaries))
     finally:
         runner.request_stop()
         thread.join(timeout=2 * (runner.stop_timeout_s + runner.kill_timeout_s) + 10.0)
@@ -395,8 +591,10 @@ def passes(closed_loop: float, in_process: float, min_ratio: float) -> bool:
 
 
 def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: str,
-           algorithm: str) -> tuple[str, bool]:
-    """The printed report and whether the closed loop passes."""
+           algorithm: str, analyses: list[EpisodeAnalysis] | None = None) -> tuple[str, bool]:
+    """The printed report and whether the closed loop passes; ``analyses``
+    (:func:`analyse_closed_loop` of ``loop``) add, for each episode whose return differs, where
+    it departed from in-process and why, and the count of late commands."""
     closed_mean, closed_std = _mean_std(loop.episodes)
     ref_mean, ref_std = _mean_std(reference)
     ok = passes(closed_mean, ref_mean, plan.min_ratio)
@@ -412,8 +610,9 @@ def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: s
 
     differences = [abs(a.episode_return - b.episode_return)
                    for a, b in zip(loop.episodes, reference, strict=True)]
-    equal = sum(d <= 1e-9 * max(1.0, abs(b.episode_return))
-                for d, b in zip(differences, reference, strict=True))
+    same_return = [d <= 1e-9 * max(1.0, abs(b.episode_return))
+                   for d, b in zip(differences, reference, strict=True)]
+    equal = sum(same_return)
     largest = max(differences)
 
     def returns(episodes):
@@ -434,6 +633,23 @@ def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: s
         f'  per episode: {equal} of {len(reference)} returns equal, largest difference '
         f'{largest:.2f}',
     ]
+    late = 0
+    if analyses is not None:
+        indices = loop.sim_indices or tuple(range(loop.first_episode,
+                                                  loop.first_episode + len(loop.episodes)))
+        for index, episode, analysis, equal_return in zip(indices, loop.episodes, analyses,
+                                                          same_return, strict=True):
+            if not equal_return:
+                lines.append(departure_line(index, episode.seed, analysis,
+                                            episode.episode_return))
+        late = sum(a.late_steps for a in analyses)
+        recorded = sum(a.recorded_steps for a in analyses)
+        received = (f' (the rehearsal received the applied commands of {recorded} of {steps} '
+                    'steps)' if recorded < steps else '')
+        lines.append(f'  commands: {late} of {recorded} steps applied a late command (one '
+                     'computed for an earlier state: it reached the sim after its next step), '
+                     f'{sum(a.zeroed_steps for a in analyses)} zeroed after command_timeout_s'
+                     f'{received}')
     if ref_mean > 0:
         lines.append(f'  ratio closed loop / in-process: {closed_mean / ref_mean:.3f} (required '
                      f'>= {plan.min_ratio:g}): {"OK" if ok else "FAIL"}')
@@ -452,6 +668,9 @@ def report(plan: Plan, loop: ClosedLoop, reference: list[Episode], model_hash: s
                        f'{target_hz:g} Hz (an overloaded host? try realtime_factor:=0.5)')
         if steps / max(loop.wall_s, 1e-9) < 0.9 * sim_rate:
             why.append('the sim did not keep real time (an overloaded host?)')
+        if late:
+            why.append(f'{late} command(s) reached the sim late (the lines above name where '
+                       'each differing episode departed)')
         if plan.trigger == 'timer':
             why.append('trigger timer: commands can be a control period late (try '
                        'trigger:=observation)')
@@ -518,8 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(plan.policy)
     reference = evaluate_in_process(policy, plan.task, [e.seed for e in loop.episodes],
                                     plan.max_episode_steps)
+    analyses = analyse_closed_loop(policy, loop.episodes, loop.applied, plan.max_episode_steps)
     text, ok = report(plan, loop, reference, policy.model_hash,
-                      str(policy.metadata.get('algorithm', '')))
+                      str(policy.metadata.get('algorithm', '')), analyses)
     print(text, flush=True)
     return 0 if ok else EXIT_BELOW
 

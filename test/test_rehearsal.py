@@ -28,6 +28,20 @@ def _returns(line: str) -> list[float]:
     return [float(x) for x in re.search(r'\[([^\]]*)\]', line).group(1).split(',')]
 
 
+def _check_departures(out: str) -> None:
+    """Every scored step's applied command reached the rehearsal, and each episode whose return
+    differs from in-process has a line naming where it departed."""
+    steps = int(re.search(r'episodes \((\d+) steps in', out).group(1))
+    commands = re.search(r'  commands: (\d+) of (\d+) steps applied a late command \(one '
+                         r'computed for an earlier state: it reached the sim after its next '
+                         r'step\), (\d+) zeroed after command_timeout_s\n', out)
+    assert commands and int(commands.group(2)) == steps, out[-3000:]
+    equal, total = map(int, re.search(r'per episode: (\d+) of (\d+) returns equal', out).groups())
+    lines = re.findall(r'^  episode \d+ \(seed \d+\): (?:first difference at step \d+: |no '
+                       r'difference in the |every step got)', out, re.MULTILINE)
+    assert len(lines) == total - equal, out[-3000:]
+
+
 def test_rehearsal_runs_end_to_end_and_prints_both_returns(policy):
     namespace = f'rehearsal_p{os.getpid()}'
     run = RunnerProcess(None, f'policy:={policy}', 'episodes:=2', 'max_episode_steps:=20',
@@ -48,6 +62,7 @@ def test_rehearsal_runs_end_to_end_and_prints_both_returns(policy):
     assert re.search(r'ratio closed loop / in-process: [\d.]+ \(required >= 0.9\): (OK|FAIL)',
                      out)
     assert re.search(r'per episode: [0-2] of 2 returns equal, largest difference [\d.]+', out)
+    _check_departures(out)
     if code == 1:
         assert 'FAIL: the closed-loop return' in out
     # The graph was stopped in order, the controller first (its safe action), then the sim.
@@ -74,6 +89,7 @@ def test_rehearsal_of_a_pixel_policy_watches_the_sim_camera(tmp_path):
     closed = next(line for line in out.splitlines() if 'closed-loop return' in line)
     in_process = next(line for line in out.splitlines() if 'in-process return' in line)
     assert len(_returns(closed)) == len(_returns(in_process)) == 1
+    _check_departures(out)
 
 
 def test_in_process_evaluation_follows_the_seeds(policy):

@@ -73,6 +73,13 @@ Topics and services (relative names, so the node lives in a namespace such as ``
         ``header.stamp`` of its joint_states and camera frame), ``frame_id`` is empty. A
         pixel policy_controller restarts its frame stack at the frame with that stamp, as the
         training env does at a reset.
+    pub ``~/applied_command`` (std_msgs/Float64MultiArray, realtime only, RELIABLE, KEEP_LAST
+        1000): one message per control step, published before the step and only while someone
+        subscribes: the episode and step index of the state the action is applied in, the
+        action the physics gets, ``held`` (how many earlier steps applied the same command: 1
+        or more means no newer command arrived before this step) and ``timed_out`` (no command
+        within ``command_timeout_s``: zero controls); see fpmd_ros.messages. The deploy
+        rehearsal replays them to name the step where a closed loop departed from in-process.
     pub ``/clock`` (rosgraph_msgs/Clock, realtime with ``publish_clock``).
     sub ``commands`` (std_msgs/Float64MultiArray): the action in env units, actuator order.
         Values outside the actuator ranges are clamped by MuJoCo, exactly as in-process.

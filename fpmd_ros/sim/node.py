@@ -28,6 +28,7 @@ from fpmd_ros.node_main import InvalidParameterError
 from fpmd_ros.params import declare_all
 from fpmd_ros.params import descriptor as _descriptor
 from fpmd_ros.qos import (
+    APPLIED_COMMAND_QOS,
     CAMERA_REALTIME_QOS,
     CLOCK_QOS,
     EPISODE_QOS,
@@ -183,6 +184,8 @@ class MujocoSimNode(Node):
         self._episode_pub = self.create_publisher(Float64MultiArray, 'episode', EPISODE_QOS)
         self._episode_start_pub = self.create_publisher(Header, 'episode_start',
                                                         EPISODE_START_QOS)
+        self._applied_pub = (None if lockstep else self.create_publisher(
+            Float64MultiArray, '~/applied_command', APPLIED_COMMAND_QOS))
         self._clock_pub = (self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
                            if values['publish_clock'] else None)
         self.frames_rendered = 0
@@ -200,6 +203,7 @@ class MujocoSimNode(Node):
         self.paused = False
         self._held_action: np.ndarray | None = None
         self._held_since_ns = 0
+        self._held_steps = 0  # steps that have applied the held command so far
         self._timed_out = True
         self._timer = None
         self._reset_episode()
@@ -387,6 +391,7 @@ class MujocoSimNode(Node):
             self._env_step(action)
         else:
             self._held_action, self._held_since_ns = action, time.monotonic_ns()
+            self._held_steps = 0
 
     def _on_tick(self) -> None:
         if self.paused:
@@ -397,7 +402,15 @@ class MujocoSimNode(Node):
             self.get_logger().warning('command timed out: controls zeroed',
                                       throttle_duration_sec=_LOG_THROTTLE_S)
         self._timed_out = not fresh
-        self._env_step(self._held_action if fresh else self._zero_action)
+        action, held = (self._held_action, self._held_steps) if fresh else (self._zero_action, 0)
+        if fresh:
+            self._held_steps += 1
+        if self._applied_pub.get_subscription_count():
+            # Before the step, while episode and step still name the state it is applied in.
+            self._applied_pub.publish(messages.encode_applied_command(
+                self.episodes.episode_index, self.episodes.step_index, action, held,
+                not fresh))
+        self._env_step(action)
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
         seed = self._reset_episode()
