@@ -7,13 +7,15 @@ import math
 import torch
 from torch import nn
 
+from .activations import Mish
+
 
 def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
     """`layers` hidden layers of width `hidden` with mish, linear output."""
     dims = [in_dim] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
-        blocks += [nn.Linear(a, b), nn.Mish()]
+        blocks += [nn.Linear(a, b), Mish()]
     blocks.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*blocks)
 
@@ -31,7 +33,7 @@ class TimeEmbedding(nn.Module):
         half = dim // 2
         freqs = torch.exp(-math.log(10_000.0) * torch.arange(half) / half)
         self.register_buffer("freqs", freqs * scale, persistent=False)
-        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Mish(), nn.Linear(2 * dim, dim))
+        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), Mish(), nn.Linear(2 * dim, dim))
         self.out_dim = dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
