@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional
 
 
@@ -44,28 +45,37 @@ def _derivative(x: torch.Tensor, s: torch.Tensor, denominator: torch.Tensor,
 
 
 class _MishFunction(torch.autograd.Function):
-    """Returns (mish(x), and three saved intermediates that are not differentiable).
-    `setup_context` is separate from `forward`, which torch.func transforms (jvp) require."""
+    """Returns (mish(x), d mish / dx); the derivative is not differentiable. It is computed in
+    the forward pass, once for both the backward pass and a JVP (MeanFlow's loss needs both),
+    and it is the only tensor kept. `setup_context` is separate from `forward`, which torch.func
+    transforms require.
+
+    First-order only: a second backward pass raises (once_differentiable), and a JVP's tangent
+    is exact but carries no gradient through d mish / dx. MeanFlow stops the gradient of its
+    JVP target, so it never needs one."""
 
     @staticmethod
-    def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, denominator, tanh_sp = _tanh_softplus(x)
-        return tanh_sp * x, s, denominator, tanh_sp
+        return tanh_sp * x, _derivative(x, s, denominator, tanh_sp)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        (x,), (_, s, denominator, tanh_sp) = inputs, output
-        ctx.save_for_backward(x, s, denominator, tanh_sp)
-        ctx.save_for_forward(x, s, denominator, tanh_sp)
-        ctx.mark_non_differentiable(s, denominator, tanh_sp)
+        derivative = output[1]
+        ctx.save_for_backward(derivative)
+        ctx.save_for_forward(derivative)
+        ctx.mark_non_differentiable(derivative)
 
     @staticmethod
-    def backward(ctx, grad, *_intermediates) -> torch.Tensor:
-        return grad * _derivative(*ctx.saved_tensors)
+    @once_differentiable
+    def backward(ctx, grad, _grad_derivative) -> torch.Tensor:
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative
 
     @staticmethod
-    def jvp(ctx, tangent: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return tangent * _derivative(*ctx.saved_tensors), None, None, None
+    def jvp(ctx, tangent: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (derivative,) = ctx.saved_tensors
+        return tangent * derivative, None
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:

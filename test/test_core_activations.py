@@ -142,3 +142,11 @@ def test_onnx_export_keeps_torch_mish_and_matches(tmp_path):
         expected = net(torch.as_tensor(x)).numpy()
     assert np.abs(expected).max() > 10
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_second_derivative_is_refused_not_wrong():
+    """d/dx of mish(x)^2's gradient would silently miss mish'' without the refusal."""
+    x = torch.randn(16, requires_grad=True)
+    (grad,) = torch.autograd.grad(mish(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):  # without once_differentiable: a wrong number
+        torch.autograd.grad(grad.sum(), x)
