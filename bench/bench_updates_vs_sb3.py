@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -200,8 +201,7 @@ def main() -> None:
     import stable_baselines3
 
     result = {
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.bench_updates_vs_sb3",
-                             *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "bench.bench_updates_vs_sb3", *sys.argv[1:]]),
         "label": args.label, "git": git_revision(), "task": args.task,
         "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
         "seconds": args.seconds, "warmup": args.warmup, "transitions": args.transitions,
