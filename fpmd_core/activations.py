@@ -17,6 +17,7 @@ rounding:
   the backward pass both avoid differentiating the formula op by op;
 - without gradients (sampling, TD targets, acting): the formula with in-place operations;
 - inside torch.onnx.export: torch's own mish, so the exported deploy graph keeps its operators.
+Tensors on other devices (CUDA) use torch's own mish, which is a single fused kernel there.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class _MishFunction(torch.autograd.Function):
 
 def mish(x: torch.Tensor) -> torch.Tensor:
     """torch.nn.functional.mish(x), faster on CPU (module docstring)."""
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or x.device.type != "cpu":
+        # CUDA's mish is one fused kernel: six kernels and a Python Function would be slower.
         return functional.mish(x)
     if not torch.is_grad_enabled():
         # Nothing to save for a backward pass. Every operation here also has a forward-mode
