@@ -17,7 +17,8 @@ rounding:
   the backward pass both avoid differentiating the formula op by op;
 - without gradients (sampling, TD targets, acting): the formula with in-place operations;
 - inside torch.onnx.export: torch's own mish, so the exported deploy graph keeps its operators.
-Tensors on other devices (CUDA) use torch's own mish, which is a single fused kernel there.
+Small tensors (acting on a few observations: the cost is then in the calls, not in the
+elements) and tensors on other devices (CUDA: one fused kernel there) use torch's own mish.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional
+
+TORCH_MISH_MAX_ELEMENTS = 4096
+"""Up to this many elements torch's single call is faster than six (one thread, no gradient:
+1 x 128 took 1.3 us with torch's, 9.1 with this formula; 32 x 128 took 13.0 and 11.3 us)."""
 
 
 def _tanh_softplus(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +86,8 @@ class _MishFunction(torch.autograd.Function):
 
 def mish(x: torch.Tensor) -> torch.Tensor:
     """torch.nn.functional.mish(x), faster on CPU (module docstring)."""
-    if torch.onnx.is_in_onnx_export() or x.device.type != "cpu":
+    if (x.numel() <= TORCH_MISH_MAX_ELEMENTS or x.device.type != "cpu"
+            or torch.onnx.is_in_onnx_export()):
         # CUDA's mish is one fused kernel: six kernels and a Python Function would be slower.
         return functional.mish(x)
     if not torch.is_grad_enabled():

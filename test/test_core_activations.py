@@ -15,11 +15,12 @@ from torch.autograd import forward_ad
 from torch.func import jvp
 from torch.nn import functional
 
-from fpmd_core.activations import Mish, mish
+from fpmd_core.activations import TORCH_MISH_MAX_ELEMENTS, Mish, mish
 from fpmd_core.config import make_config
 from fpmd_core.policies import MeanFlowPolicy
 
 EPS32 = torch.finfo(torch.float32).eps
+LARGE = 2 * TORCH_MISH_MAX_ELEMENTS  # above it, the one-sigmoid formula runs
 EXTREMES = [0.0, -0.0, 1e-30, -1e-30, 88.7, -88.7, 104.0, -104.0, 1e4, -1e4, 3e38, -3e38]
 
 
@@ -62,15 +63,15 @@ def test_gradient_matches_the_exact_derivative():
 
 
 def test_gradcheck_backward_and_forward_mode_in_float64():
-    x = (torch.randn(64, dtype=torch.float64) * 4).requires_grad_(True)
-    assert torch.autograd.gradcheck(mish, (x,), check_forward_ad=True)
+    x = (torch.randn(LARGE, dtype=torch.float64) * 4).requires_grad_(True)
+    assert torch.autograd.gradcheck(mish, (x,), check_forward_ad=True, fast_mode=True)
 
 
 @pytest.mark.parametrize('grad_enabled', [False, True])
 def test_jvp_matches_torch(grad_enabled):
     """torch.func.jvp and torch.autograd.forward_ad, with and without gradients recorded."""
     torch.manual_seed(0)
-    x, tangent = torch.randn(512) * 6, torch.randn(512)
+    x, tangent = torch.randn(LARGE) * 6, torch.randn(LARGE)
     _, exact = exact_mish_and_derivative(x)
     expected = (exact * tangent.double()).float()
     with torch.set_grad_enabled(grad_enabled):
@@ -84,7 +85,7 @@ def test_jvp_matches_torch(grad_enabled):
 
 def test_backward_through_the_primal_of_a_jvp():
     """MeanFlow's pattern: (u, du) = jvp(...), the loss backpropagates through u only."""
-    x = (torch.randn(256) * 3).requires_grad_(True)
+    x = (torch.randn(LARGE) * 3).requires_grad_(True)
     primal, _ = jvp(mish, (x,), (torch.ones_like(x),))
     (grad,) = torch.autograd.grad(primal.sum(), x)
     _, exact = exact_mish_and_derivative(x.detach())
@@ -131,7 +132,9 @@ def test_onnx_export_keeps_torch_mish_and_matches(tmp_path):
         net[0].weight.mul_(20)  # pre-activations far into both tails
     path = tmp_path / 'mish.onnx'
     with torch.no_grad():
-        torch.onnx.export(net, (torch.zeros(1, 8),), str(path), dynamo=False, opset_version=17,
+        # A traced batch above TORCH_MISH_MAX_ELEMENTS, or the size rule alone would pick
+        # torch's mish and the export rule would go untested.
+        torch.onnx.export(net, (torch.zeros(256, 8),), str(path), dynamo=False, opset_version=17,
                           input_names=['x'], output_names=['y'], dynamic_axes={'x': {0: 'n'}})
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {'Softplus', 'Tanh'} <= ops and 'Sigmoid' not in ops  # torch's own mish graph
@@ -146,7 +149,16 @@ def test_onnx_export_keeps_torch_mish_and_matches(tmp_path):
 
 def test_second_derivative_is_refused_not_wrong():
     """d/dx of mish(x)^2's gradient would silently miss mish'' without the refusal."""
-    x = torch.randn(16, requires_grad=True)
+    x = torch.randn(LARGE, requires_grad=True)
     (grad,) = torch.autograd.grad(mish(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):  # without once_differentiable: a wrong number
         torch.autograd.grad(grad.sum(), x)
+
+
+@pytest.mark.parametrize('grad_enabled', [False, True])
+def test_small_tensors_use_torchs_own_kernel(grad_enabled):
+    """Acting on a few observations: torch's single call, so results equal it bit for bit."""
+    x = (torch.randn(4, 128) * 3).requires_grad_(grad_enabled)
+    assert x.numel() <= TORCH_MISH_MAX_ELEMENTS
+    with torch.set_grad_enabled(grad_enabled):
+        assert torch.equal(mish(x), functional.mish(x))
