@@ -8,12 +8,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .activations import Mish
+
 
 def mlp(in_dim: int, out_dim: int, hidden: int, layers: int,
         activation: Callable[[], nn.Module] | None = None) -> nn.Sequential:
     """`layers` hidden layers of width `hidden`, linear output. `activation` builds each hidden
-    activation; None is mish, the FPMD networks' (the SAC baseline passes nn.ReLU)."""
-    activation = activation or nn.Mish
+    activation; None is mish (`fpmd_core.activations.Mish`: exact, faster on CPU), the FPMD
+    networks'; the SAC baseline passes nn.ReLU."""
+    activation = activation or Mish
     dims = [in_dim] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
@@ -37,7 +40,7 @@ class TimeEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half) / half),
                              persistent=False)
         self.amplitude = 1.0 / math.sqrt(dim)
-        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Mish(), nn.Linear(2 * dim, dim))
+        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), Mish(), nn.Linear(2 * dim, dim))
         self.out_dim = dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import jvp
+from torch.autograd import forward_ad
 
 from ..nets import OneStepFromZero, TimeEmbedding, bound, mlp
 
@@ -59,10 +59,13 @@ class MeanFlowPolicy(nn.Module):
 
     def jvp_target(self, obs, z, r, t, v) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, stopgrad(v - (t - r) du/dt)) with du/dt along (dz, dr, dt) = (v, 0, 1)."""
-        def u_of(z_, r_, t_):
-            return self.average_velocity(obs, z_, r_, t_)
-
-        u, du_dt = jvp(u_of, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+        # torch.autograd.forward_ad, not torch.func.jvp: the same derivative, but torch.func
+        # wraps every operation and runs custom autograd Functions (the fast Mish) through
+        # Python, which made this JVP 1.6x as costly on one CPU thread.
+        with forward_ad.dual_level():
+            u_dual = self.average_velocity(obs, forward_ad.make_dual(z, v), r,
+                                           forward_ad.make_dual(t, torch.ones_like(t)))
+            u, du_dt = forward_ad.unpack_dual(u_dual)
         target = v - (t - r)[:, None] * du_dt
         return u, target.detach()
 
