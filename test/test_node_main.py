@@ -86,7 +86,7 @@ def test_a_running_node_stops_with_exit_0(module, node_name, ros_context, ros_ex
 
 
 # A node with work of its own in the main thread (like the trainer): the first signal asks it to
-# finish, the second interrupts it.
+# finish (and is announced at once by on_first_signal), the second interrupts it.
 BODY = """
 import sys, time
 from fpmd_ros.node_main import run_node
@@ -105,8 +105,11 @@ def body(node, stop):
     time.sleep(60)  # e.g. a long checkpoint write: only a second signal cuts it short
     return 8
 
+def announce(signum):
+    print(f'first signal {signum}', flush=True)
+
 sys.exit(run_node('with_body', make_node, args=[], body=body, second_signal_interrupts=True,
-                  interrupted_exit=130))
+                  interrupted_exit=130, on_first_signal=announce))
 """
 
 
@@ -118,6 +121,7 @@ def test_a_body_finishes_on_the_first_signal_and_is_interrupted_by_the_second(ho
     try:
         _wait_for_line(proc, 'working')
         proc.send_signal(signal.SIGINT)
+        _wait_for_line(proc, f'first signal {int(signal.SIGINT)}')
         _wait_for_line(proc, 'finishing')
         if signals == 2:
             proc.send_signal(signal.SIGTERM)
@@ -127,3 +131,4 @@ def test_a_body_finishes_on_the_first_signal_and_is_interrupted_by_the_second(ho
             proc.kill()
     assert proc.returncode == code, out
     assert 'Traceback' not in out
+    assert 'first signal' not in out  # only the first signal is announced

@@ -258,3 +258,26 @@ def test_trainer_without_its_sims_names_them(tmp_path):
     assert result.returncode == 3, result.stderr
     assert f'sim {ghost}: not found after 2 s (missing sims: {ghost})' in result.stderr
     assert time.monotonic() - start < 90
+
+
+def test_ctrl_c_while_waiting_for_the_sims_stops_with_exit_0():
+    """A stop asked for before training began is still a stop on request: announced at once,
+    exit 0 (nothing to save) at the latest when the wait for the sims ends."""
+    ghost = f'ghost_c{os.getpid()}'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'fpmd_ros.trainer_node', '--ros-args', '-p',
+         f"env_namespaces:=['{ghost}']", '-p', 'connect_timeout_s:=15.0'],
+        cwd=REPO_ROOT, env=runner_environment(), text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        for line in proc.stdout:
+            if f'over 1 sims ({ghost})' in line:  # logged as it starts waiting for them
+                break
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert 'SIGINT: stopping at the next step' in out
+    assert 'stopped on request before training began; nothing to save' in out
