@@ -412,12 +412,4 @@ def autostart(node: PolicyController) -> int | None:
     return None
 
 
-def main(args=None) -> int:
-    """Run the node until SIGINT/SIGTERM (fpmd_ros.node_main); on the way out an active node
-    publishes the safe action."""
-    from fpmd_ros.node_main import run_node
-
-    return run_node(CONTROLLER_NODE_NAME, PolicyController, args=args, start=autostart)
-
-
-__all__ = ['PolicyController', 'ControllerParameterError', 'autostart', 'main']
+__all__ = ['PolicyController', 'ControllerParameterError', 'autostart']

@@ -437,9 +437,3 @@ def make_node() -> MujocoSimNode:
         return MujocoSimNode()
     except RenderError as error:
         raise SimParameterError(str(error)) from error
-
-
-def main(args=None) -> int:
-    from fpmd_ros.node_main import run_node
-
-    return run_node(SIM_NODE_NAME, make_node, args=args)
