@@ -136,7 +136,7 @@ class TrainerNode(Node):
     def __init__(self, node_name: str = NODE_NAME, *, previous: TrainerNode | None = None,
                  **kwargs):
         self._destroyed = False
-        super().__init__(node_name, **kwargs)
+        super().__init__(node_name, **params.NODE_OPTIONS, **kwargs)
         try:
             self._setup(previous)
         except BaseException:
@@ -144,7 +144,9 @@ class TrainerNode(Node):
             raise
 
     def _setup(self, previous: TrainerNode | None) -> None:
-        self.values = values = params.declare_all(self, PARAMETERS, TrainerParameterError)
+        self.values = values = params.declare_all(
+            self, PARAMETERS, TrainerParameterError, TRAINER_NODE_NAME,
+            unknown_hint="the run's settings come from the config file (config:=...)")
         self._lock = threading.Lock()
         self._hostname = socket.gethostname()
         self._last_publish = 0.0

@@ -132,3 +132,34 @@ def test_a_body_finishes_on_the_first_signal_and_is_interrupted_by_the_second(ho
     assert proc.returncode == code, out
     assert 'Traceback' not in out
     assert 'first signal' not in out  # only the first signal is announced
+
+
+PARAMS_FILE = """
+/**:
+  ros__parameters:
+    use_sim_time: false
+/mujoco_sim:
+  ros__parameters:
+    seed: 3
+    sead: 4
+"""
+
+
+@pytest.mark.parametrize('module, args, expected', [
+    ('fpmd_ros.sim_node', ['--params-file', '{params_file}'],
+     "[mujoco_sim]: parameter 'sead' is not a mujoco_sim parameter (did you mean 'seed'?)"),
+    ('fpmd_ros.controller_node', ['-p', 'safe_actions:=hold'],
+     "[policy_controller]: parameter 'safe_actions' is not a policy_controller parameter (did "
+     "you mean 'safe_action'?)"),
+])
+def test_an_unknown_parameter_stops_the_node_with_exit_2(module, args, expected, tmp_path):
+    """rclpy ignores overrides of undeclared parameters; the nodes refuse them, from the
+    command line and from a params file alike (rclpy's own use_sim_time is fine)."""
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text(PARAMS_FILE)
+    args = [arg.format(params_file=params_file) for arg in args]
+    done = subprocess.run([sys.executable, '-m', module, '--ros-args', *args], env=ENV,
+                          text=True, capture_output=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(expected) == 1, done.stderr
+    assert 'Traceback' not in done.stderr

@@ -238,6 +238,11 @@ def _trainer_process(*params: str, timeout_s: float = 120.0) -> subprocess.Compl
     (["env_namespaces:=['a','b']"], "parameter 'env_namespaces' lists 2 sims (a, b) but the "
      'config'),
     (['max_recoveries:=-1'], "parameter 'max_recoveries'"),
+    # rclpy would ignore these: the trainer has no such parameters.
+    (['task:=Hopper-v5'], "[trainer]: parameter 'task' is not a trainer parameter; the run's "
+     'settings come from the config file (config:=...)'),
+    (['step_timeout:=5.0'], "parameter 'step_timeout' is not a trainer parameter (did you mean "
+     "'step_timeout_s'?)"),
 ])
 def test_trainer_node_refuses_bad_parameters(params, expected, tmp_path):
     # The trainer reads its config file as it is: the graph resolved it (no overrides here).
@@ -250,11 +255,10 @@ def test_trainer_node_refuses_bad_parameters(params, expected, tmp_path):
     assert expected in result.stderr
 
 
-def test_trainer_without_its_sims_names_them(tmp_path):
+def test_trainer_without_its_sims_names_them():
     ghost = f'ghost_p{os.getpid()}'
     start = time.monotonic()
-    result = _trainer_process(f"env_namespaces:=['{ghost}']", 'connect_timeout_s:=2.0',
-                              f'output_dir:={tmp_path}')
+    result = _trainer_process(f"env_namespaces:=['{ghost}']", 'connect_timeout_s:=2.0')
     assert result.returncode == 3, result.stderr
     assert f'sim {ghost}: not found after 2 s (missing sims: {ghost})' in result.stderr
     assert time.monotonic() - start < 90
