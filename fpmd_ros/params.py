@@ -7,12 +7,6 @@ import difflib
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-# rclpy ignores an override (``-p name:=value``, a params-file entry) of a parameter the node
-# never declares, so a misspelt or retired name would silently change nothing. A node built with
-# this option declares every override at construction; declare_all can then list them (public
-# rclpy API) and refuse the unknown ones. Every node of the package passes it to its base class.
-NODE_OPTIONS = {'automatically_declare_parameters_from_overrides': True}
-
 # Declared or read by rclpy itself on every node, so always allowed as overrides.
 RCLPY_PARAMETERS = frozenset({'use_sim_time', 'start_type_description_service'})
 RCLPY_PARAMETER_PREFIXES = ('qos_overrides.',)
@@ -53,13 +47,19 @@ def declare_all(node, table: dict, error: type[Exception], node_kind: str,
                 unknown_hint: str = '') -> dict:
     """Declare every `name: (default, descriptor)` of `table` on `node`; return the values.
 
-    `node` must have been built with NODE_OPTIONS. An override of a name that is neither in
-    `table` nor rclpy's own raises `error` naming it and the closest parameter of `node_kind`
-    (`unknown_hint`, if given, is appended: where those settings belong instead). rclpy's own
-    refusals (type, range) are re-raised as `error`, naming the parameter."""
+    An override (``-p name:=value``, a params-file entry, ``parameter_overrides``) of a name
+    that is neither in `table` nor rclpy's own raises `error` naming it and the closest
+    parameter of `node_kind` (`unknown_hint`, if given, is appended: where those settings belong
+    instead); rclpy alone would silently ignore it. rclpy's own refusals (type, range) are
+    re-raised as `error`, naming the parameter."""
     from rclpy.exceptions import ParameterException
 
-    overridden = node.list_parameters([], 0).names  # depth 0: every name, dotted ones too
+    # rclpy 9 has no public call that lists a node's overrides. The public route (build the node
+    # with automatically_declare_parameters_from_overrides, then list_parameters) dies inside
+    # Node.__init__, with a ValueError naming no parameter, on any empty-list override
+    # (`-p joint_names:=[]`, which rcl types NOT_SET). So the node's own table of overrides is
+    # read (the tests of unknown parameters fail loudly should rclpy ever rename it).
+    overridden = node._parameter_overrides
     unknown = sorted(name for name in overridden
                      if name not in table and name not in RCLPY_PARAMETERS
                      and not name.startswith(RCLPY_PARAMETER_PREFIXES))
@@ -67,10 +67,6 @@ def declare_all(node, table: dict, error: type[Exception], node_kind: str,
         raise error(unknown_parameters_message(unknown, list(table), node_kind, unknown_hint))
     values = {}
     for name, (default, desc) in table.items():
-        if node.has_parameter(name):
-            # Declared from its override without a descriptor: declared again with ours, which
-            # takes the same override value and checks it against the type and range.
-            node.undeclare_parameter(name)
         try:
             values[name] = node.declare_parameter(name, default, desc).value
         except ParameterException as exc:

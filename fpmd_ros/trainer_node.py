@@ -136,7 +136,7 @@ class TrainerNode(Node):
     def __init__(self, node_name: str = NODE_NAME, *, previous: TrainerNode | None = None,
                  **kwargs):
         self._destroyed = False
-        super().__init__(node_name, **params.NODE_OPTIONS, **kwargs)
+        super().__init__(node_name, **kwargs)
         try:
             self._setup(previous)
         except BaseException:

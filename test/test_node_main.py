@@ -148,7 +148,8 @@ PARAMS_FILE = """
 @pytest.mark.parametrize('module, args, expected', [
     ('fpmd_ros.sim_node', ['--params-file', '{params_file}'],
      "[mujoco_sim]: parameter 'sead' is not a mujoco_sim parameter (did you mean 'seed'?)"),
-    ('fpmd_ros.controller_node', ['-p', 'safe_actions:=hold'],
+    # joint_names:=[] (typed NOT_SET by rcl) is a valid override and must not get in the way.
+    ('fpmd_ros.controller_node', ['-p', 'joint_names:=[]', '-p', 'safe_actions:=hold'],
      "[policy_controller]: parameter 'safe_actions' is not a policy_controller parameter (did "
      "you mean 'safe_action'?)"),
 ])

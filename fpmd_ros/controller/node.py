@@ -32,7 +32,7 @@ from fpmd_ros.controller.rules import (
 )
 from fpmd_ros.controller.safety import OK, SafetyMonitor
 from fpmd_ros.interface import CONTROLLER_NODE_NAME, model_rate_hz
-from fpmd_ros.params import NODE_OPTIONS, declare_all
+from fpmd_ros.params import declare_all
 from fpmd_ros.qos import ACTION_QOS, COMMAND_QOS, DIAGNOSTICS_QOS, EPISODE_START_QOS, INPUT_QOS
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -49,7 +49,7 @@ class PolicyController(LifecycleNode):
     parameter overrides that are invalid on their own."""
 
     def __init__(self, node_name: str = CONTROLLER_NODE_NAME, **kwargs):
-        super().__init__(node_name, **NODE_OPTIONS, **kwargs)
+        super().__init__(node_name, **kwargs)
         self.failure_reason = ''  # why the last configure failed ('' after a success)
         self._release()
         try:

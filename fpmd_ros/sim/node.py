@@ -25,7 +25,7 @@ from fpmd_core.tasks import TaskError, default_camera, make_env, mujoco_handles,
 from fpmd_ros import messages
 from fpmd_ros.interface import SIM_NODE_NAME
 from fpmd_ros.node_main import InvalidParameterError
-from fpmd_ros.params import NODE_OPTIONS, declare_all
+from fpmd_ros.params import declare_all
 from fpmd_ros.params import descriptor as _descriptor
 from fpmd_ros.qos import (
     CAMERA_REALTIME_QOS,
@@ -132,7 +132,7 @@ class MujocoSimNode(Node):
     """The ``mujoco_sim`` node; raises :class:`SimParameterError` for invalid parameters."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
-        super().__init__(node_name, **NODE_OPTIONS, **kwargs)
+        super().__init__(node_name, **kwargs)
         try:
             self._setup()
         except BaseException:
