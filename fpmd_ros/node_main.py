@@ -26,6 +26,8 @@ executor spinning in another) passes ``body(node, stop) -> exit code`` instead o
 ``body`` checks ``stop.is_set()`` (e.g. to write a checkpoint and stop at the next step), and
 with ``second_signal_interrupts=True`` a second signal raises KeyboardInterrupt in the main
 thread (stop at once), which run_node turns into ``interrupted_exit`` (e.g. the trainer's 130).
+``on_first_signal(signum)`` runs when the first signal arrives, e.g. to tell the user at once
+what the stop will do while ``body`` is still busy with a long step.
 
 Exit codes (fpmd_ros.interface): 0 a requested stop; 2 (EXIT_INVALID_PARAMETERS) when
 ``make_node``, ``start`` or ``body`` raises :class:`InvalidParameterError` (a respawn cannot fix
@@ -55,10 +57,12 @@ class StopFlag:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, second_signal_interrupts: bool = False) -> None:
+    def __init__(self, second_signal_interrupts: bool = False,
+                 on_first_signal: Callable[[int], None] | None = None) -> None:
         self.event = threading.Event()
         self.count = 0  # signals received
         self.second_signal_interrupts = second_signal_interrupts
+        self.on_first_signal = on_first_signal
         self._previous: dict = {}
 
     def __enter__(self) -> StopFlag:
@@ -72,6 +76,8 @@ class StopFlag:
     def _on_signal(self, signum, frame) -> None:
         self.count += 1
         self.event.set()
+        if self.count == 1 and self.on_first_signal is not None:
+            self.on_first_signal(signum)
         if self.second_signal_interrupts and self.count > 1:
             raise KeyboardInterrupt
 
@@ -82,15 +88,16 @@ class StopFlag:
 def run_node(name: str, make_node: Callable[[], object], args=None,
              start: Callable[[object], int | None] | None = None,
              body: Callable[[object, StopFlag], int] | None = None,
-             second_signal_interrupts: bool = False, interrupted_exit: int = EXIT_OK) -> int:
+             second_signal_interrupts: bool = False, interrupted_exit: int = EXIT_OK,
+             on_first_signal: Callable[[int], None] | None = None) -> int:
     """Run the node ``make_node()`` builds until SIGINT/SIGTERM; return the exit code.
 
     ``name`` is the logger used for fatal errors before the node exists. ``start(node)`` runs
     after construction, before spinning (e.g. the controller's autostart); it may return an exit
     code to stop at once. ``node.destroy_node()`` always runs on the way out, while the context is
-    still valid, so a node can still publish there. ``body``, ``second_signal_interrupts`` and
-    ``interrupted_exit``: see the module docstring."""
-    with StopFlag(second_signal_interrupts) as stop:
+    still valid, so a node can still publish there. ``body``, ``second_signal_interrupts``,
+    ``interrupted_exit`` and ``on_first_signal``: see the module docstring."""
+    with StopFlag(second_signal_interrupts, on_first_signal) as stop:
         # rclpy is imported here, under the flag: its import alone takes a noticeable time.
         import rclpy
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor

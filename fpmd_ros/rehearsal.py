@@ -365,9 +365,7 @@ class _Watcher(PrivateParticipant):
         from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import SetBool, Trigger
 
-        from fpmd_ros.controller_node import DIAGNOSTICS_QOS
-        from fpmd_ros.qos import APPLIED_COMMAND_QOS
-        from fpmd_ros.sim_node import EPISODE_QOS
+        from fpmd_ros.qos import APPLIED_COMMAND_QOS, DIAGNOSTICS_QOS, EPISODE_QOS
 
         super().__init__(f'fpmd_rehearsal_{os.getpid()}')
         self.status_name = f'{plan.controller.fully_qualified_name}: control loop'
@@ -496,7 +494,7 @@ def _float_value(values: dict[str, str], key: str) -> float:
 
 def run_closed_loop(plan: Plan, log=print) -> ClosedLoop:
     """Runs the deploy graph until ``plan.episodes`` episodes are scored; always stops it."""
-    from fpmd_ros.controller_node import DIAGNOSTICS_PERIOD_S
+    from fpmd_ros.controller.node import DIAGNOSTICS_PERIOD_S
     from fpmd_ros.runner import Runner
 
     runner = Runner(plan.specs)

@@ -63,7 +63,7 @@ from fpmd_core.tasks import (
 )
 from fpmd_ros import messages
 from fpmd_ros.interface import SIM_NODE_NAME
-from fpmd_ros.sim_node import LOCKSTEP_QOS
+from fpmd_ros.qos import LOCKSTEP_QOS
 
 _RESET_REPLY = re.compile(r'^episode (\d+) seed (-?\d+)$')
 _INBOX_LIMIT = 1024  # transitions (and frames) kept per sim that nobody asked for yet

@@ -34,7 +34,9 @@ Failures
     wait is bounded by ``step_timeout_s`` / ``connect_timeout_s``: it never hangs.
     SIGINT/SIGTERM: a stop on request, not a failure: stop at the next vector step, write
     interrupted.pt, log (INFO) what was written and how to resume, exit 0; a second signal
-    stops at once (still writing the checkpoint).
+    stops at once (still writing the checkpoint). A stop asked for before training began
+    (while the sims are awaited) exits 0 too, with nothing to save. Signals are handled by
+    fpmd_ros.node_main.run_node, like the other nodes'.
 
 Exit codes: 0 trained, or stopped on request with its checkpoint written; 1 unexpected error;
 2 invalid parameters or config; 3 sims failed; 4 training diverged (NaN/Inf loss); 130 stopped
@@ -69,6 +71,7 @@ from fpmd_ros.interface import (
     SIM_NODE_NAME,
     TRAINER_NODE_NAME,
 )
+from fpmd_ros.node_main import InvalidParameterError, StopFlag, run_node
 from fpmd_ros.qos import DIAGNOSTICS_QOS
 
 NODE_NAME = TRAINER_NODE_NAME
@@ -78,8 +81,9 @@ OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 INTERRUPTED_CHECKPOINT = Path('checkpoints') / 'interrupted.pt'
 
 
-class TrainerParameterError(ValueError):
-    """A trainer parameter (or the config it selects) is invalid; the message names it."""
+class TrainerParameterError(InvalidParameterError):
+    """A trainer parameter (or the config it selects) is invalid; the message names it. Exit
+    code 2 (run_node)."""
 
 
 class StopRequested(Exception):
@@ -131,6 +135,7 @@ class TrainerNode(Node):
 
     def __init__(self, node_name: str = NODE_NAME, *, previous: TrainerNode | None = None,
                  **kwargs):
+        self._destroyed = False
         super().__init__(node_name, **kwargs)
         try:
             self._setup(previous)
@@ -139,7 +144,9 @@ class TrainerNode(Node):
             raise
 
     def _setup(self, previous: TrainerNode | None) -> None:
-        self.values = values = params.declare_all(self, PARAMETERS, TrainerParameterError)
+        self.values = values = params.declare_all(
+            self, PARAMETERS, TrainerParameterError, TRAINER_NODE_NAME,
+            unknown_hint="the run's settings come from the config file (config:=...)")
         self._lock = threading.Lock()
         self._hostname = socket.gethostname()
         self._last_publish = 0.0
@@ -163,6 +170,13 @@ class TrainerNode(Node):
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                   DIAGNOSTICS_QOS)
         self.create_timer(DIAGNOSTICS_PERIOD_S / 2, self._on_timer)
+
+    def destroy_node(self) -> None:
+        # Twice for main's node: the session destroys it when a reconnect replaces it (or when
+        # it closes), and run_node destroys the node it made on its way out.
+        if not self._destroyed:
+            self._destroyed = True
+            super().destroy_node()
 
     # --- /diagnostics --------------------------------------------------------------------------
 
@@ -247,25 +261,6 @@ def resolve_config(values: dict):
     return cfg, namespaces
 
 
-class _Signals:
-    """SIGINT/SIGTERM: the first asks for a stop at the next vector step, the second stops now."""
-
-    def __init__(self, log):
-        self.requested = False
-        self._log = log
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self._log.info(f'{signal.Signals(signum).name}: stopping at the next step (writes '
-                       f'{INTERRUPTED_CHECKPOINT}); send it again to stop at once')
-
-
 class _Spinner:
     """Spins one node on a background thread: its parameter services, /diagnostics timer and,
     while connected, the sims' topics and service replies (RosVectorEnv waits for them)."""
@@ -290,9 +285,9 @@ class TrainingSession:
     parameters on a fresh context: a fresh DDS participant knows only the sims alive now, where
     the old one could still match a dead sim's endpoints and send it the first requests."""
 
-    def __init__(self, node: TrainerNode, signals: _Signals, ros_args: list[str] | None = None):
+    def __init__(self, node: TrainerNode, stop: StopFlag, ros_args: list[str] | None = None):
         self.node = node
-        self.signals = signals
+        self.stop = stop  # set by the first SIGINT/SIGTERM: stop at the next vector step
         self.log = node.get_logger()
         self.trainer = None
         self.interrupted_checkpoint: Path | None = None
@@ -353,7 +348,7 @@ class TrainingSession:
 
     def _on_progress(self, trainer) -> None:
         self.node.maybe_publish()
-        if self.signals.requested:
+        if self.stop.is_set():
             raise StopRequested
 
     def _save_interrupted(self, log=None) -> bool:
@@ -415,9 +410,13 @@ class TrainingSession:
             f'over {len(self.node.namespaces)} sims ({", ".join(self.node.namespaces)}); output: '
             f'{Path(cfg.trainer.output_dir).resolve()}')
         try:
+            if self.stop.is_set():  # a signal while the node was being built: nothing to save
+                return self._stopped()
             try:
                 envs = self._connect()
             except SimError as error:
+                if self.stop.is_set():  # asked to stop while waiting for the sims
+                    return self._stopped()
                 self.node.set_state('failed', str(error), ERROR)
                 self.log.fatal(f'{error}')
                 return EXIT_SIMS
@@ -452,7 +451,7 @@ class TrainingSession:
                 # New episodes start everywhere: drop the partial returns of the aborted ones.
                 trainer.obs = None
                 trainer.episode_returns[:] = 0.0
-                if self.signals.requested:
+                if self.stop.is_set():
                     return self._stopped()
                 if self.node.recoveries >= self.node.max_recoveries:
                     kept = self.interrupted_checkpoint or trainer.last_checkpoint or 'none'
@@ -488,37 +487,35 @@ class TrainingSession:
 
 
 def main(args=None) -> int:
-    # Our own SIGINT/SIGTERM handling (_Signals): the first signal must not shut the contexts
-    # down under the trainer, which still has a checkpoint to write.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    signals = _Signals(logger)
-    signals.install()
-    session = None
-    try:
-        try:
-            node = TrainerNode()
-        except TrainerParameterError as error:
-            logger.fatal(str(error))
-            return EXIT_INVALID_PARAMETERS
-        # A reconnect's new trainer node is given the same --ros-args (name, parameters).
-        session = TrainingSession(node, signals, sys.argv if args is None else list(args))
-        session.start()
-        return session.run()
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Exception:
-        logger.fatal('unexpected error')
-        import traceback
+    """Run the trainer (fpmd_ros.node_main.run_node: its SIGINT/SIGTERM handling keeps the
+    contexts up under the trainer, which still has a checkpoint to write after the first
+    signal; a second signal interrupts, exit 130 if the checkpoint could not be written)."""
+    # A reconnect's new trainer node is given the same --ros-args (name, parameters).
+    ros_args = sys.argv if args is None else list(args)
 
-        traceback.print_exc()
-        if session is not None and session.node is not None:
-            session.node.set_state('failed', 'unexpected error (see the log)', ERROR)
-        return EXIT_ERROR
-    finally:
-        if session is not None:
+    def body(node: TrainerNode, stop: StopFlag) -> int:
+        session = TrainingSession(node, stop, ros_args)
+        try:
+            session.start()
+            return session.run()
+        except Exception:
+            session.log.fatal('unexpected error')
+            import traceback
+
+            traceback.print_exc()
+            if session.node is not None:
+                session.node.set_state('failed', 'unexpected error (see the log)', ERROR)
+            return EXIT_ERROR
+        finally:
             session.close()
-        rclpy.try_shutdown()
+
+    def on_first_signal(signum: int) -> None:
+        rclpy.logging.get_logger(NODE_NAME).info(
+            f'{signal.Signals(signum).name}: stopping at the next step (writes '
+            f'{INTERRUPTED_CHECKPOINT}); send it again to stop at once')
+
+    return run_node(NODE_NAME, TrainerNode, args, body=body, second_signal_interrupts=True,
+                    interrupted_exit=EXIT_INTERRUPTED, on_first_signal=on_first_signal)
 
 
 def _spin(executor) -> None:

@@ -63,7 +63,7 @@ def controller_factory(ros_context, ros_executor, make_probe):
     every controller of the test shares."""
     from rclpy.parameter import Parameter
 
-    from fpmd_ros.controller_node import PolicyController
+    from fpmd_ros.controller.node import PolicyController
 
     probes = []
 

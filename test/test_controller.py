@@ -346,6 +346,10 @@ def test_out_of_range_and_invalid_parameters_are_refused(make_controller, policy
         make_controller(safe_action='brake')
     with pytest.raises(ControllerParameterError, match='control_rate_hz'):
         make_controller(control_rate_hz=1.0e5)
+    # A name the node does not have: rclpy alone would ignore it.
+    with pytest.raises(ControllerParameterError, match=r"^parameter 'state_timeout' is not a "
+                       r"policy_controller parameter \(did you mean 'state_timeout_s'\?\)$"):
+        make_controller(state_timeout=0.5, use_sim_time=True)
     node, probe = active(make_controller, policy_path)
 
     def refused(name, value):

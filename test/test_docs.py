@@ -23,8 +23,9 @@ def _interface_rows() -> set[str]:
 
 
 def _node_parameters() -> dict[str, list[str]]:
-    from fpmd_ros import sim_node, trainer_node
+    from fpmd_ros import trainer_node
     from fpmd_ros.controller import parameters as controller_parameters
+    from fpmd_ros.sim import node as sim_node
 
     return {'mujoco_sim': list(sim_node.PARAMETERS),
             'trainer': list(trainer_node.PARAMETERS),

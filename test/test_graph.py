@@ -424,11 +424,13 @@ def _declared_types(module) -> dict[str, type]:
 
 
 def test_spec_parameters_are_declared_by_the_nodes(policy_file):
-    from fpmd_ros import controller_node, sim_node, trainer_node
+    from fpmd_ros import trainer_node
+    from fpmd_ros.controller import parameters as controller_parameters
+    from fpmd_ros.sim import node as sim_node
 
     declared = {'mujoco_sim': _declared_types(sim_node),
                 'trainer': _declared_types(trainer_node),
-                'policy_controller': _declared_types(controller_node)}
+                'policy_controller': _declared_types(controller_parameters)}
     specs = [*train_sim_graph({'num_envs': '2', 'remote_envs': 'x'}),
              *deploy_graph({'policy': str(policy_file), 'sim': 'true'}),
              *deploy_graph({'policy': str(policy_file), 'sim': 'true', 'trigger': 'timer'},

@@ -86,7 +86,7 @@ def test_a_running_node_stops_with_exit_0(module, node_name, ros_context, ros_ex
 
 
 # A node with work of its own in the main thread (like the trainer): the first signal asks it to
-# finish, the second interrupts it.
+# finish (and is announced at once by on_first_signal), the second interrupts it.
 BODY = """
 import sys, time
 from fpmd_ros.node_main import run_node
@@ -105,8 +105,11 @@ def body(node, stop):
     time.sleep(60)  # e.g. a long checkpoint write: only a second signal cuts it short
     return 8
 
+def announce(signum):
+    print(f'first signal {signum}', flush=True)
+
 sys.exit(run_node('with_body', make_node, args=[], body=body, second_signal_interrupts=True,
-                  interrupted_exit=130))
+                  interrupted_exit=130, on_first_signal=announce))
 """
 
 
@@ -118,6 +121,7 @@ def test_a_body_finishes_on_the_first_signal_and_is_interrupted_by_the_second(ho
     try:
         _wait_for_line(proc, 'working')
         proc.send_signal(signal.SIGINT)
+        _wait_for_line(proc, f'first signal {int(signal.SIGINT)}')
         _wait_for_line(proc, 'finishing')
         if signals == 2:
             proc.send_signal(signal.SIGTERM)
@@ -127,3 +131,36 @@ def test_a_body_finishes_on_the_first_signal_and_is_interrupted_by_the_second(ho
             proc.kill()
     assert proc.returncode == code, out
     assert 'Traceback' not in out
+    assert 'first signal' not in out  # only the first signal is announced
+
+
+PARAMS_FILE = """
+/**:
+  ros__parameters:
+    use_sim_time: false
+/mujoco_sim:
+  ros__parameters:
+    seed: 3
+    sead: 4
+"""
+
+
+@pytest.mark.parametrize('module, args, expected', [
+    ('fpmd_ros.sim_node', ['--params-file', '{params_file}'],
+     "[mujoco_sim]: parameter 'sead' is not a mujoco_sim parameter (did you mean 'seed'?)"),
+    # joint_names:=[] (typed NOT_SET by rcl) is a valid override and must not get in the way.
+    ('fpmd_ros.controller_node', ['-p', 'joint_names:=[]', '-p', 'safe_actions:=hold'],
+     "[policy_controller]: parameter 'safe_actions' is not a policy_controller parameter (did "
+     "you mean 'safe_action'?)"),
+])
+def test_an_unknown_parameter_stops_the_node_with_exit_2(module, args, expected, tmp_path):
+    """rclpy ignores overrides of undeclared parameters; the nodes refuse them, from the
+    command line and from a params file alike (rclpy's own use_sim_time is fine)."""
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text(PARAMS_FILE)
+    args = [arg.format(params_file=params_file) for arg in args]
+    done = subprocess.run([sys.executable, '-m', module, '--ros-args', *args], env=ENV,
+                          text=True, capture_output=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(expected) == 1, done.stderr
+    assert 'Traceback' not in done.stderr

@@ -10,7 +10,7 @@ import signal
 from runner_helpers import POLICY_TASK, Listener, RunnerProcess, export_untrained_policy
 from std_msgs.msg import Float64MultiArray
 
-from fpmd_ros.sim_node import REALTIME_COMMAND_QOS
+from fpmd_ros.qos import REALTIME_COMMAND_QOS
 
 START_TIMEOUT_S = 180.0  # process start-up, imports and policy loading on a loaded host
 

@@ -241,6 +241,10 @@ def test_invalid_parameters_are_refused_with_reason(ros_context, ros_executor):
         ({'seed': -3}, 'seed'),
         ({'publish_clock': True}, 'publish_clock'),
         ({'max_episode_steps': 'ten'}, 'max_episode_steps'),
+        # Names the node does not have (rclpy alone would ignore them).
+        ({'sed': 3}, r"^parameter 'sed' is not a mujoco_sim parameter \(did you mean 'seed'\?\)$"),
+        ({'task': TASK, 'policy': 'x.onnx'}, r"parameter 'policy' is not a mujoco_sim parameter "
+         r"\(its parameters: task, mode, seed, "),
     ]
     for overrides, reason in cases:
         with pytest.raises(SimParameterError, match=reason):
@@ -268,6 +272,22 @@ def test_invalid_parameters_are_refused_with_reason(ros_context, ros_executor):
         assert sim.node._timer.timer_period_ns == 10_000_000  # 0.04 s / 4
     finally:
         sim.stop()
+
+
+def test_rclpy_own_parameters_are_accepted_as_overrides(ros_context):
+    """use_sim_time and qos_overrides.* are rclpy's, not the node's: allowed; the node's own
+    overrides still apply with their declared types."""
+    node = MujocoSimNode(context=ros_context, parameter_overrides=[
+        Parameter('task', value=TASK), Parameter('seed', value=7),
+        Parameter('use_sim_time', value=True),
+        Parameter('qos_overrides./clock.publisher.depth', value=3)])
+    try:
+        assert node.get_parameter('seed').value == 7
+        assert node.describe_parameter('seed').type == ParameterType.PARAMETER_INTEGER
+        assert node.describe_parameter('task').read_only
+        assert node.get_parameter('use_sim_time').value is True
+    finally:
+        node.destroy_node()
 
 
 def test_seed_parameter_restarts_the_seed_sequence(ros_context, ros_executor, lockstep_sim):

@@ -238,6 +238,11 @@ def _trainer_process(*params: str, timeout_s: float = 120.0) -> subprocess.Compl
     (["env_namespaces:=['a','b']"], "parameter 'env_namespaces' lists 2 sims (a, b) but the "
      'config'),
     (['max_recoveries:=-1'], "parameter 'max_recoveries'"),
+    # rclpy would ignore these: the trainer has no such parameters.
+    (['task:=Hopper-v5'], "[trainer]: parameter 'task' is not a trainer parameter; the run's "
+     'settings come from the config file (config:=...)'),
+    (['step_timeout:=5.0'], "parameter 'step_timeout' is not a trainer parameter (did you mean "
+     "'step_timeout_s'?)"),
 ])
 def test_trainer_node_refuses_bad_parameters(params, expected, tmp_path):
     # The trainer reads its config file as it is: the graph resolved it (no overrides here).
@@ -250,11 +255,33 @@ def test_trainer_node_refuses_bad_parameters(params, expected, tmp_path):
     assert expected in result.stderr
 
 
-def test_trainer_without_its_sims_names_them(tmp_path):
+def test_trainer_without_its_sims_names_them():
     ghost = f'ghost_p{os.getpid()}'
     start = time.monotonic()
-    result = _trainer_process(f"env_namespaces:=['{ghost}']", 'connect_timeout_s:=2.0',
-                              f'output_dir:={tmp_path}')
+    result = _trainer_process(f"env_namespaces:=['{ghost}']", 'connect_timeout_s:=2.0')
     assert result.returncode == 3, result.stderr
     assert f'sim {ghost}: not found after 2 s (missing sims: {ghost})' in result.stderr
     assert time.monotonic() - start < 90
+
+
+def test_ctrl_c_while_waiting_for_the_sims_stops_with_exit_0():
+    """A stop asked for before training began is still a stop on request: announced at once,
+    exit 0 (nothing to save) at the latest when the wait for the sims ends."""
+    ghost = f'ghost_c{os.getpid()}'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'fpmd_ros.trainer_node', '--ros-args', '-p',
+         f"env_namespaces:=['{ghost}']", '-p', 'connect_timeout_s:=15.0'],
+        cwd=REPO_ROOT, env=runner_environment(), text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        for line in proc.stdout:
+            if f'over 1 sims ({ghost})' in line:  # logged as it starts waiting for them
+                break
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert 'SIGINT: stopping at the next step' in out
+    assert 'stopped on request before training began; nothing to save' in out

@@ -165,6 +165,7 @@ Modules (pure ones are tested without DDS)
     and its log/diagnostic levels; ``inputs`` observation sources per mode; ``policy`` loading,
     checks and warm-up; ``loop`` :class:`~fpmd_ros.controller.loop.ControlLoop`, the control
     loop without ROS; ``parameters`` the parameter table; ``node`` the lifecycle node, which only
-    wires topics, timers, parameters and the lifecycle. Run it with ``python -m
-    fpmd_ros.controller`` (or the ``policy_controller`` console script).
+    wires topics, timers, parameters and the lifecycle. Run it with the ``policy_controller``
+    console script (``ros2 run fpmd_ros policy_controller``) or ``python -m
+    fpmd_ros.controller_node`` (its entry module, kept light so a Ctrl-C during the start exits 0).
 """

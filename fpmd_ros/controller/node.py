@@ -59,7 +59,7 @@ class PolicyController(LifecycleNode):
             raise
 
     def _declare(self) -> None:
-        values = declare_all(self, PARAMETERS, ControllerParameterError)
+        values = declare_all(self, PARAMETERS, ControllerParameterError, CONTROLLER_NODE_NAME)
         for name, value in values.items():
             reason = check_parameter(name, value)
             if reason:
@@ -412,12 +412,4 @@ def autostart(node: PolicyController) -> int | None:
     return None
 
 
-def main(args=None) -> int:
-    """Run the node until SIGINT/SIGTERM (fpmd_ros.node_main); on the way out an active node
-    publishes the safe action."""
-    from fpmd_ros.node_main import run_node
-
-    return run_node(CONTROLLER_NODE_NAME, PolicyController, args=args, start=autostart)
-
-
-__all__ = ['PolicyController', 'ControllerParameterError', 'autostart', 'main']
+__all__ = ['PolicyController', 'ControllerParameterError', 'autostart']

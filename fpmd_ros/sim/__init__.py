@@ -126,6 +126,6 @@ Realtime (deploy rehearsal)
 Modules
     ``episodes`` the episode logic without ROS (:class:`~fpmd_ros.sim.episodes.Episodes`);
     ``node`` the node, which wires it to topics, services, parameters and the camera. Run it with
-    ``python -m fpmd_ros.sim`` or ``python -m fpmd_ros.sim_node`` (the ``mujoco_sim`` console
-    script).
+    the ``mujoco_sim`` console script (``ros2 run fpmd_ros mujoco_sim``) or ``python -m
+    fpmd_ros.sim_node`` (its entry module, kept light so a Ctrl-C during the start exits 0).
 """

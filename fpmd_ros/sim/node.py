@@ -143,7 +143,7 @@ class MujocoSimNode(Node):
     # --- construction ------------------------------------------------------------------------
 
     def _setup(self) -> None:
-        values = declare_all(self, PARAMETERS, SimParameterError)
+        values = declare_all(self, PARAMETERS, SimParameterError, SIM_NODE_NAME)
         for name, value in values.items():
             reason = check_parameter(name, value, values['mode'])
             if reason:
@@ -450,9 +450,3 @@ def make_node() -> MujocoSimNode:
         return MujocoSimNode()
     except RenderError as error:
         raise SimParameterError(str(error)) from error
-
-
-def main(args=None) -> int:
-    from fpmd_ros.node_main import run_node
-
-    return run_node(SIM_NODE_NAME, make_node, args=args)
