@@ -86,8 +86,10 @@ class _MishFunction(torch.autograd.Function):
 
 def mish(x: torch.Tensor) -> torch.Tensor:
     """torch.nn.functional.mish(x), faster on CPU (module docstring)."""
-    if (x.numel() <= TORCH_MISH_MAX_ELEMENTS or x.device.type != "cpu"
-            or torch.onnx.is_in_onnx_export()):
+    # The export check comes first: under the ONNX tracer, numel() is a traced value and a
+    # comparison with it would warn (and be baked into the graph as a constant).
+    if (torch.onnx.is_in_onnx_export() or x.device.type != "cpu"
+            or x.numel() <= TORCH_MISH_MAX_ELEMENTS):
         # CUDA's mish is one fused kernel: six kernels and a Python Function would be slower.
         return functional.mish(x)
     if not torch.is_grad_enabled():
