@@ -4,7 +4,8 @@
 
 Needs root and ``ip`` (iproute2). The other host is a network namespace this script makes, joined
 by a veth pair with the two addresses of a private /30 that no route or address of this machine
-uses (picked at start). The two discovery setups of the README's "More than one machine":
+uses (picked at start). The two discovery setups of docs/training.md, "Sims on more than one
+machine":
 
 - ``--discovery static`` (default; ``bench/results/multi_host.json``): for hosts that multicast
   cannot join. The trainer runs in the root namespace, the sim in the namespace;
@@ -19,7 +20,7 @@ loopback interfaces carries its traffic.
 0. Control (``--no-control`` skips it): the same sim and trainer with
    ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and no static peers must not find each other (the
    trainer exits 3 naming env_3 after ``connect_timeout_s``): the namespaces really separate them.
-1. In the sims' namespace, a lockstep sim is started as the README starts a remote one
+1. In the sims' namespace, a lockstep sim is started as docs/training.md starts a remote one
    (``python -m fpmd_ros.sim_node --ros-args -r __ns:=/env_3 -p task:=... -p mode:=lockstep``).
 2. On the trainer's side, the project runner trains on it alone
    (``python -m fpmd_ros.runner train_sim num_envs:=0 remote_envs:=env_3 config:=...``): the
@@ -333,7 +334,8 @@ def readable(command: list[str]) -> str:
 
 
 def dds_environments(args, link: Link, domain: str) -> tuple[dict, dict]:
-    """The DDS settings of the trainer's side and of the sims' side, as the README gives them."""
+    """The DDS settings of the trainer's side and of the sims' side, as docs/training.md gives
+    them."""
     if args.discovery == 'subnet':
         both = {'ROS_DOMAIN_ID': domain, 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
         return dict(both), dict(both)

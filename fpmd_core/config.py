@@ -192,8 +192,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # measured CPU runs and config/train_sim.yaml's critic_lr 1e-3 were tuned with one, and two
     # steps with one gradient roughly double the critic's step size. Temperature annealing
     # keeps the paper's pace (alpha_interval 250): 20 annealed alpha to its floor by 15k steps and
-    # FPMD-R's samples then shrank to one action per state and it collapsed (README, "Why FPMD-R
-    # collapses"); with 250 FPMD-R and FPMD-M both solve InvertedPendulum in 25k steps.
+    # FPMD-R's samples then shrank to one action per state and it collapsed (docs/benchmarks.md,
+    # "Why FPMD-R collapsed with the old alpha pace"); with 250 FPMD-R and FPMD-M both solve
+    # InvertedPendulum in 25k steps.
     "cpu": {
         "task.num_envs": 1,
         "agent.hidden": 128,

@@ -138,7 +138,7 @@ When a control step runs (``trigger``)
         it never fires; with no input yet, or once the newest input is stale, it ticks at
         ``control_rate_hz`` and each tick publishes the safe action, until a message arrives.
         The achieved rate is then the input rate. Use it when the sensor stream runs at (or
-        near) the model's control rate; ``deploy`` runs it this way (see the README).
+        near) the model's control rate; ``deploy`` runs it this way (docs/deployment.md).
     No input yet, stale input, a malformed message, an inference exception or a non-finite result
     publishes the safe action instead: ``zero`` (zeros, clipped into the bounds), ``hold`` (the
     last published command; zero if none yet) or ``default`` (``default_action``), at once.
