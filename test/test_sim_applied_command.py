@@ -76,8 +76,12 @@ def test_realtime_sim_publishes_each_applied_command(ros_context, ros_executor):
                                          reliable_qos(1))
 
         # No command yet: every step applies zero controls, flagged as timed out.
-        def complete():  # episodes whose every step was published after we subscribed
-            return [s for s in summaries if applied and s.episode > applied[0].episode]
+        def complete():
+            # Episodes whose every step was published after we subscribed, and whose applied
+            # commands have all arrived: one topic is delivered in order, so a command of a later
+            # episode follows them; the summary comes on another topic and may overtake them.
+            return [s for s in summaries if applied and applied[0].episode < s.episode
+                    < applied[-1].episode]
 
         assert spin_until(ros_executor, lambda: len(complete()) >= 2, 20.0)
         for summary in complete():
