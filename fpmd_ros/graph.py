@@ -137,8 +137,10 @@ class NodeSpec:
 
 TRAIN_SIM_ARGUMENTS = (
     LaunchArgument('task', '', (
-        'Task id: a Gymnasium MuJoCo id (InvertedPendulum-v5, Hopper-v5, ...) or a dm_control '
-        'domain-task (cheetah-run); empty: the config file\'s task.id '
+        'Task id: a Gymnasium MuJoCo id (InvertedPendulum-v5, Hopper-v5, ...), a dm_control '
+        'domain-task (cheetah-run) or a robot task file (sim/arm_reach.yaml: relative to the '
+        'working directory, else the package\'s share/fpmd_ros/; the nodes get its absolute '
+        'path); empty: the config file\'s task.id '
         '(config/train_sim.yaml: InvertedPendulum-v5).')),
     LaunchArgument('algo', '', (
         f'Algorithm, one of {", ".join(ALGORITHMS)}; empty: the config file\'s agent.algo '
@@ -330,22 +332,39 @@ def _namespace_list(values: dict[str, Any], name: str) -> list[str]:
     return namespaces
 
 
-def check_task(task_id: str, argument: str = 'task') -> None:
-    """Refuse task ids that no sim can run, without building the task (cheap: no MuJoCo)."""
+def check_task(task_id: str, argument: str = 'task') -> str:
+    """The task id the sims and the trainer get, or GraphArgumentError naming ``argument`` for
+    ids that no sim can run. Benchmark ids are checked without building the task (cheap: no
+    MuJoCo); a robot task file (``.yaml``) is loaded and validated, and returned as an absolute
+    path, so that every node (whatever its working directory) reads the same file. A relative
+    path is looked up as fpmd_core does (fpmd_core.robots.schema.resolve_task_path): the working
+    directory, the source checkout, the installed package's share/fpmd_ros/."""
     if not task_id:
         raise GraphArgumentError(argument, "empty; expected a task id such as "
-                                 "InvertedPendulum-v5, Hopper-v5 or cheetah-run")
+                                 "InvertedPendulum-v5, Hopper-v5, cheetah-run or a task file "
+                                 "such as sim/arm_reach.yaml")
+    from fpmd_core.tasks import is_task_file
+
+    if is_task_file(task_id):
+        from fpmd_core.robots import TaskFileError, load_task
+
+        try:
+            return load_task(task_id).path
+        except TaskFileError as error:
+            raise GraphArgumentError(argument, str(error)) from None
     if _DM_CONTROL.match(task_id):
-        return  # a dm_control domain-task; the sims check it against the suite
+        return task_id  # a dm_control domain-task; the sims check it against the suite
     try:
         from gymnasium.envs.registration import registry
     except ImportError:  # pragma: no cover - gymnasium is a dependency
-        return
+        return task_id
     entry = registry.get(task_id)
     if entry is None or 'mujoco' not in str(entry.entry_point):
         raise GraphArgumentError(argument, (
-            f'{task_id!r} is neither a Gymnasium MuJoCo id nor a dm_control domain-task; '
-            'expected e.g. InvertedPendulum-v5, Hopper-v5, HalfCheetah-v5 or cheetah-run'))
+            f'{task_id!r} is neither a Gymnasium MuJoCo id, a dm_control domain-task nor a task '
+            'file (.yaml); expected e.g. InvertedPendulum-v5, Hopper-v5, HalfCheetah-v5, '
+            'cheetah-run or sim/arm_reach.yaml'))
+    return task_id
 
 
 def default_config_path() -> str:
@@ -461,7 +480,11 @@ def train_sim_graph(args: dict[str, Any]) -> list[NodeSpec]:
         raise GraphArgumentError('remote_envs', f'{", ".join(duplicates)} listed twice or also '
                                  f'started here (local sims: {", ".join(namespaces[:local])}); '
                                  'expected distinct namespaces')
-    check_task(cfg.task.id, 'task' if 'task.id' in overrides else 'config')
+    task_id = check_task(cfg.task.id, 'task' if 'task.id' in overrides else 'config')
+    if task_id != cfg.task.id:  # a task file, now an absolute path for every node
+        from fpmd_core.config import set_field
+
+        set_field(cfg, 'task.id', task_id)
     seed = cfg.trainer.seed
     if seed < 0 or seed + (len(namespaces) - 1) * SEED_STRIDE > MAX_SEED:
         raise GraphArgumentError(

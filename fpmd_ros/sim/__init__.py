@@ -5,7 +5,8 @@ A thin adapter: the task, its physics, rewards, terminations and time limits all
 this node only moves numbers between that env and messages (:mod:`fpmd_ros.messages`).
 
 Parameters (declared with descriptors; bad values are refused with the reason)
-    ``task`` (str, read-only)            Gymnasium MuJoCo id or dm_control ``domain-task``.
+    ``task`` (str, read-only)            Gymnasium MuJoCo id, dm_control ``domain-task`` or robot
+                                         task file (``sim/<name>.yaml``, fpmd_core.robots).
     ``mode`` (str, read-only)            ``lockstep`` | ``realtime``.
     ``seed`` (int >= 0)                  seed of the episodes (rule below).
     ``realtime_factor`` (0.01..100)      realtime: sim seconds per wall second.
@@ -27,7 +28,8 @@ Parameters (declared with descriptors; bad values are refused with the reason)
                                          Unknown cameras are refused with the model's list.
 
 Topics and services (relative names, so the node lives in a namespace such as ``env_0``)
-    pub ``joint_states`` (sensor_msgs/JointState): hinge/slide joints, position = qpos,
+    pub ``joint_states`` (sensor_msgs/JointState): the task's joints (a task file's actuated
+        joints in action order, else every hinge/slide joint), position = qpos,
         velocity = qvel, effort = ``data.qfrc_actuator`` (the generalised force the actuators
         applied during the step, so a zeroed command is visible from outside), stamped as the
         Clock section says. Sim time keeps increasing across episodes (``/clock`` must never go

@@ -39,16 +39,10 @@ from fpmd_ros.qos import (
 )
 from fpmd_ros.sim.episodes import Episodes
 
-# isort: split
-# mujoco after fpmd_core: importing fpmd_core settles MUJOCO_GL (egl on a machine without a
-# display), and mujoco reads MUJOCO_GL once, when it is imported.
-import mujoco
-
 NODE_NAME = SIM_NODE_NAME
 MODES = ('lockstep', 'realtime')
 
 _LOG_THROTTLE_S = 2.0
-_JOINT_TYPES = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
 
 
 class SimParameterError(InvalidParameterError):
@@ -69,7 +63,8 @@ def resolve_camera(model, camera: str) -> int:
 # name -> (default, descriptor)
 PARAMETERS = {
     'task': ('InvertedPendulum-v5', _descriptor(
-        'Task id: a Gymnasium MuJoCo id (e.g. Hopper-v5) or a dm_control domain-task.',
+        'Task id: a Gymnasium MuJoCo id (e.g. Hopper-v5), a dm_control domain-task or a '
+        'robot task file (e.g. sim/arm_reach.yaml; an absolute path is safest).',
         ParameterType.PARAMETER_STRING, read_only=True,
         constraints='a task fpmd_core.tasks.make_env knows')),
     'mode': ('lockstep', _descriptor(
@@ -162,7 +157,9 @@ class MujocoSimNode(Node):
         self.spec = task_spec(self._env, values['task'])
         self._dt_ns = int(round(self.spec.control_dt * 1e9))
         model, _ = mujoco_handles(self._env)
-        joints = [j for j in range(model.njnt) if int(model.jnt_type[j]) in _JOINT_TYPES]
+        # The task's joints (a robot task file's actuated joints, in action order; every
+        # hinge and slide joint of a benchmark task), so joint_states names what the spec does.
+        joints = [model.joint(name).id for name in self.spec.joint_names]
         self._qpos_index = np.asarray(model.jnt_qposadr[joints], dtype=np.intp)
         self._dof_index = np.asarray(model.jnt_dofadr[joints], dtype=np.intp)
         self._zero_action = np.zeros(self.spec.act_dim)

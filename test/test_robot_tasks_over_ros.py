@@ -1,0 +1,159 @@
+"""Robot task files (sim/<name>.yaml) over ROS 2: the graph resolves them, mujoco_sim runs them
+(lockstep and realtime, joint_states of the robot's joints), the trainer trains on them through
+the runner and exports a policy that carries the robot's deploy metadata."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from runner_helpers import REPO_ROOT, RunnerProcess
+from sim_helpers import RunningSim
+from test_sim_node import SimClient
+
+from fpmd_core.robots import robot_metadata
+from fpmd_core.tasks import make_env
+from fpmd_ros.graph import GraphArgumentError, train_sim_graph
+from fpmd_ros.sim.node import MujocoSimNode
+
+PID = os.getpid()
+ARM = 'sim/arm_reach.yaml'
+ARM_PATH = os.path.join(REPO_ROOT, ARM)
+ARM_JOINTS = ['yaw', 'shoulder', 'elbow']
+RUN_TIMEOUT_S = 420.0  # a whole run, including process start-up under load
+
+
+# --- the graph ---------------------------------------------------------------------------------
+
+def test_graph_gives_every_node_the_task_file_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the checkout: found by fpmd_core's lookup
+    nodes = train_sim_graph({'task': ARM, 'num_envs': '2', 'output_dir': str(tmp_path / 'o')})
+    sims = [n for n in nodes if n.executable == 'mujoco_sim']
+    assert [s.parameters['task'] for s in sims] == [ARM_PATH, ARM_PATH]
+    from fpmd_core.config import make_config
+
+    assert make_config(file=tmp_path / 'o' / 'config.yaml').task.id == ARM_PATH
+
+
+def test_graph_prefers_a_task_file_in_the_working_directory(tmp_path, monkeypatch):
+    own = tmp_path / 'sim'
+    own.mkdir()
+    shutil.copy(ARM_PATH, own / 'arm_reach.yaml')
+    shutil.copy(os.path.join(REPO_ROOT, 'sim', 'arm3.xml'), own / 'arm3.xml')
+    monkeypatch.chdir(tmp_path)
+    nodes = train_sim_graph({'task': ARM, 'output_dir': str(tmp_path / 'o')})
+    assert nodes[0].parameters['task'] == str(own / 'arm_reach.yaml')
+
+
+@pytest.mark.parametrize('text, expected', [
+    (None, "argument 'task': task file 'sim/no_such_task.yaml': cannot read it"),
+    ('model: arm3.xml\nepisode_secnds: 3\n', "did you mean 'episode_seconds'"),
+])
+def test_graph_refuses_a_bad_task_file_naming_the_argument(tmp_path, monkeypatch, text,
+                                                           expected):
+    monkeypatch.chdir(tmp_path)
+    task = 'sim/no_such_task.yaml'
+    if text is not None:
+        (tmp_path / 'sim').mkdir()
+        (tmp_path / task).write_text(text)
+    with pytest.raises(GraphArgumentError, match=expected) as caught:
+        train_sim_graph({'task': task, 'output_dir': str(tmp_path / 'o')})
+    assert caught.value.argument == 'task'
+    assert not (tmp_path / 'o').exists()  # nothing written for a refused run
+
+
+# --- mujoco_sim --------------------------------------------------------------------------------
+
+def test_lockstep_sim_runs_a_task_file_like_in_process(ros_context, ros_executor):
+    namespace = f'arm_lockstep_p{PID}'
+    sim = RunningSim(namespace, task=ARM_PATH, seed=5, max_episode_steps=6)
+    try:
+        client = SimClient(ros_context, ros_executor, namespace)
+        first = client.reset()  # episode 1, seed 6
+        env = make_env(ARM_PATH, max_episode_steps=6, normalized_actions=False)
+        expected, _ = env.reset(seed=5 + first.episode)
+        np.testing.assert_array_equal(first.observation, expected)
+        rng = np.random.default_rng(1)
+        low, high = env.action_space.low, env.action_space.high
+        for step in range(1, 7):
+            action = rng.uniform(low, high)
+            client.send(action)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            assert client.wait_for(lambda t, s=step: t.step == s or t.episode > first.episode)
+            got = [t for t in client.transitions
+                   if (t.episode, t.step) == (first.episode, step)][-1]
+            np.testing.assert_array_equal(got.observation, obs)
+            assert got.reward == reward
+            assert (got.terminated, got.truncated) == (terminated, truncated)
+        assert truncated  # the 6-step limit
+        # joint_states: the robot's joints in action order (not every joint of the model).
+        joint_msg = client.joint_states[-1][1]
+        assert list(joint_msg.name) == ARM_JOINTS
+        assert len(joint_msg.position) == len(joint_msg.velocity) == 3
+        labels = [d.label for d in client.observations[-1].layout.dim]
+        assert labels == ['joint_pos', 'joint_vel', 'command', 'goal_offset', 'last_action']
+    finally:
+        sim.stop()
+
+
+def test_realtime_sim_runs_a_task_file(ros_context, ros_executor):
+    namespace = f'arm_realtime_p{PID}'
+    sim = RunningSim(namespace, task=ARM_PATH, mode='realtime', seed=2, max_episode_steps=4,
+                     realtime_factor=4.0)
+    try:
+        client = SimClient(ros_context, ros_executor, namespace, lockstep=False)
+        from ros_helpers import spin_until
+
+        assert spin_until(ros_executor, lambda: len(client.episodes) >= 2, 15.0)
+        assert all(s.length == 4 and s.seed == 2 + s.episode for s in client.episodes)
+        assert list(client.joint_states[-1][1].name) == ARM_JOINTS
+    finally:
+        sim.stop()
+
+
+def test_sim_refuses_a_bad_task_file(ros_context, tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('model: arm3.xml\n')
+    from rclpy.parameter import Parameter
+
+    from fpmd_ros.sim.node import SimParameterError
+
+    with pytest.raises(SimParameterError, match=rf"parameter 'task': task file {bad}: "):
+        MujocoSimNode(context=ros_context,
+                      parameter_overrides=[Parameter('task', value=str(bad))])
+
+
+# --- training over ROS -------------------------------------------------------------------------
+
+def test_short_training_run_of_a_task_file_over_ros(tmp_path):
+    config = tmp_path / 'arm.yaml'
+    config.write_text(
+        'profile: cpu\n'
+        'task: {num_envs: 1}\n'
+        'agent: {algo: fpmd_r, hidden: 32, batch_size: 32}\n'
+        'trainer: {torch_threads: 1, eval_interval: 0, eval_episodes: 1, '
+        'checkpoint_interval: 0, log_interval: 100, replay_size: 5000}\n')
+    out = tmp_path / 'out'
+    run = RunnerProcess('train_sim', f'task:={ARM}', f'config:={config}', 'total_steps:=300',
+                        'warmup_steps:=200', f'output_dir:={out}')
+    try:
+        code = run.wait(timeout_s=RUN_TIMEOUT_S)
+    finally:
+        run.stop()
+    assert code == 0, run.output[-5000:]
+    assert 'training finished: 300 env steps, 101 updates' in run.output
+    for name in ('policy.onnx', 'checkpoints/final.pt', 'eval.csv'):
+        assert (out / name).is_file(), f'{name} missing:\n{run.output[-3000:]}'
+    from fpmd_core.runtime import OnnxPolicy
+
+    policy = OnnxPolicy(out / 'policy.onnx')
+    meta = policy.metadata
+    assert (meta['task'], meta['obs_dim'], meta['act_dim'], meta['joint_names']) == (
+        ARM_PATH, 15, 3, ARM_JOINTS)
+    assert meta['control_period_s'] == pytest.approx(0.04)
+    if 'robot' in meta:  # the deploy metadata (item 2 of issue 15)
+        assert meta['robot'] == robot_metadata(ARM_PATH)
+    action = policy(np.zeros(15, np.float32))
+    assert action.shape == (3,) and np.isfinite(action).all()
