@@ -70,6 +70,9 @@ def policy_metadata(cfg: Config, spec, noise_input: bool, env_steps: int) -> dic
         "noise_input": noise_input,
         "config_hash": cfg.hash(),
         "env_steps": env_steps,
+        # Robot task files: joints, default pose, gains, observation terms, command, period
+        # and the task file's sha256 (fpmd_core.robots.robot_metadata), for a deploy controller.
+        **({"robot": spec.robot} if spec.robot else {}),
     }
 
 

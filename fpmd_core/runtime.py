@@ -7,6 +7,7 @@ and expose the same interface: `metadata`, `model_hash`, `__call__(observation)`
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,79 @@ def validate_metadata(meta: object, source: str) -> dict:
                               "frames (H, W, 3k) with k = frame_stack >= 1")
     if sum(size for _, size in meta["obs_terms"]) != meta["obs_dim"]:
         raise PolicyError(f"{source}: obs_terms sizes do not sum to obs_dim={meta['obs_dim']}")
+    if "robot" in meta:
+        validate_robot_metadata(meta, source)
     return meta
+
+
+# The fields of fpmd_core.robots.robot_metadata that a consumer relies on, and their types.
+REQUIRED_ROBOT_METADATA = {
+    "version": int, "task_file": str, "task_file_sha256": str, "control_mode": str,
+    "control_period": float, "joint_names": list, "default_joint_pos": list, "kp": list,
+    "kd": list, "action_scale": list, "effort_limit": list, "action_low": list,
+    "action_high": list, "observations": list, "obs_dim": int, "command": dict,
+}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate_robot_metadata(meta: dict, source: str) -> None:
+    """A robot policy's `robot` metadata (fpmd_core.robots.robot_metadata): its fields, and
+    that it describes the same robot as the rest of the metadata (joints, action bounds,
+    observation size, control period)."""
+    from .robots.metadata import METADATA_VERSION  # here: only robot policies need MuJoCo
+
+    robot = meta["robot"]
+    if not isinstance(robot, dict):
+        raise PolicyError(f"{source}: metadata field 'robot' is not a JSON object")
+    for key, kind in REQUIRED_ROBOT_METADATA.items():
+        value = robot.get(key)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise PolicyError(f"{source}: metadata field 'robot.{key}' is {value!r}, "
+                              f"expected {kind.__name__}")
+    if robot["version"] != METADATA_VERSION:
+        raise PolicyError(f"{source}: metadata robot.version {robot['version']}, expected "
+                          f"{METADATA_VERSION}")
+    if not _SHA256.match(robot["task_file_sha256"]):
+        raise PolicyError(f"{source}: metadata robot.task_file_sha256 is "
+                          f"{robot['task_file_sha256']!r}, expected 64 hex digits")
+    if robot["control_mode"] not in ("position", "effort"):
+        raise PolicyError(f"{source}: metadata robot.control_mode is "
+                          f"{robot['control_mode']!r}, expected position or effort")
+    act_dim = meta["act_dim"]
+    per_joint = ["joint_names", "default_joint_pos", "effort_limit", "action_low",
+                 "action_high"]
+    if robot["control_mode"] == "position":
+        per_joint += ["kp", "kd", "action_scale"]
+    for key in per_joint:
+        values = robot[key]
+        kind = str if key == "joint_names" else (int, float)
+        if len(values) != act_dim or not all(
+                isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            raise PolicyError(f"{source}: metadata robot.{key} is {values!r}, expected "
+                              f"act_dim={act_dim} {'names' if kind is str else 'numbers'}")
+    if robot["joint_names"] != meta["joint_names"]:
+        raise PolicyError(f"{source}: metadata robot.joint_names {robot['joint_names']} "
+                          f"differ from joint_names {meta['joint_names']}")
+    for key in ("action_low", "action_high"):
+        if not np.allclose(robot[key], meta[key], rtol=1e-6, atol=1e-6):
+            raise PolicyError(f"{source}: metadata robot.{key} {robot[key]} differs from "
+                              f"{key} {meta[key]}")
+    period = robot["control_period"] * int(meta.get("action_repeat", 1))
+    if abs(period - meta["control_period_s"]) > 1e-9 * max(1.0, period):
+        raise PolicyError(f"{source}: metadata robot.control_period {robot['control_period']} "
+                          f"(x action_repeat) differs from control_period_s "
+                          f"{meta['control_period_s']}")
+    sizes = [term.get("size") if isinstance(term, dict) else None
+             for term in robot["observations"]]
+    if not all(isinstance(n, int) and n > 0 for n in sizes) or sum(sizes) != robot["obs_dim"]:
+        raise PolicyError(f"{source}: metadata robot.observations sizes {sizes} do not sum "
+                          f"to robot.obs_dim={robot['obs_dim']}")
+    if len(observation_shape(meta)) == 1 and robot["obs_dim"] != meta["obs_dim"]:
+        raise PolicyError(f"{source}: metadata robot.obs_dim {robot['obs_dim']} differs from "
+                          f"obs_dim {meta['obs_dim']}")
 
 
 def check_expected(meta: dict, source: str, expected: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import mujoco
@@ -45,6 +46,9 @@ class TaskSpec:
     """Pixel tasks: the camera the frames come from."""
     action_repeat: int = 1
     """Simulator control steps per env step (the same action held)."""
+    robot: dict | None = None
+    """Robot task files: their deploy metadata (fpmd_core.robots.robot_metadata), taken when
+    the env was made, so the exported policy records the task file it was trained on."""
 
 
 class NormalizedActions(gym.ActionWrapper):
@@ -266,13 +270,42 @@ def env_from_metadata(meta: dict, max_episode_steps: int = 0,
     """The env an exported policy was trained on, from its metadata (task, action repeat and,
     for pixel policies, image size, camera and frame stack); env units by default, as a
     deployed policy acts."""
+    task_id = str(meta["task"])
+    if meta.get("robot"):
+        task_id = robot_task_file(meta)
     shape = meta.get("obs_shape") or [meta["obs_dim"]]
     pixels = None
     if len(shape) == 3:
         pixels = PixelOptions(int(shape[1]), int(shape[0]), str(meta.get("camera", "")),
                               int(shape[2]) // 3)
-    return make_env(str(meta["task"]), max_episode_steps, normalized_actions,
+    return make_env(task_id, max_episode_steps, normalized_actions,
                     action_repeat=int(meta.get("action_repeat", 1)), pixels=pixels)
+
+
+def robot_task_file(meta: dict) -> str:
+    """The task file a robot policy was trained on (its metadata's `robot.task_file`, else its
+    `task` looked up as make_env does), checked against the sha256 recorded at training: a
+    file that changed since would build another task than the policy knows (TaskFileError)."""
+    import hashlib
+
+    from .robots import TaskFileError
+    from .robots.schema import resolve_task_path
+
+    robot = meta["robot"]
+    recorded = Path(robot["task_file"])
+    path = recorded if recorded.is_file() else resolve_task_path(str(meta["task"]))
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise TaskFileError(f"task file {meta['task']!r}: cannot read it ({err.strerror}); "
+                            f"the policy was trained on {recorded}") from None
+    if digest != robot["task_file_sha256"]:
+        raise TaskFileError(
+            f"task file {path}: changed since the policy was trained on it (sha256 "
+            f"{digest[:12]}..., the policy's metadata robot.task_file_sha256 says "
+            f"{robot['task_file_sha256'][:12]}...); expected the same file: restore it, or "
+            "retrain on the new one")
+    return str(path)
 
 
 def pixel_options(task) -> PixelOptions | None:
@@ -331,7 +364,14 @@ def task_spec(env: gym.Env, task_id: str) -> TaskSpec:
         obs_shape=obs_shape,
         camera=str(pixels.camera.camera) if pixels is not None else "",
         action_repeat=repeat_count,
+        robot=_robot_metadata(robot) if robot is not None else None,
     )
+
+
+def _robot_metadata(robot) -> dict:
+    from .robots import robot_metadata
+
+    return robot_metadata(robot)
 
 
 def _robot_env(inner: gym.Env):

@@ -153,7 +153,12 @@ def test_short_training_run_of_a_task_file_over_ros(tmp_path):
     assert (meta['task'], meta['obs_dim'], meta['act_dim'], meta['joint_names']) == (
         ARM_PATH, 15, 3, ARM_JOINTS)
     assert meta['control_period_s'] == pytest.approx(0.04)
-    if 'robot' in meta:  # the deploy metadata (item 2 of issue 15)
-        assert meta['robot'] == robot_metadata(ARM_PATH)
+    assert meta['robot'] == robot_metadata(ARM_PATH)  # the robot's deploy metadata
     action = policy(np.zeros(15, np.float32))
     assert action.shape == (3,) and np.isfinite(action).all()
+    # The checkpoint holds the same metadata (taken when the trainer made its env).
+    from fpmd_core.runtime import CheckpointPolicy
+
+    checkpoint = CheckpointPolicy(out / 'checkpoints' / 'final.pt')
+    assert checkpoint.metadata['robot'] == meta['robot']
+    np.testing.assert_allclose(checkpoint(np.zeros(15, np.float32)), action, atol=1e-5)
