@@ -560,8 +560,18 @@ def policy_metadata(path: str) -> dict[str, Any]:
 
 def rehearsal_sim_parameters(meta: dict[str, Any]) -> dict[str, Any]:
     """The sim that shows a policy what it was trained on: its task and action repeat, and for
-    a pixel policy the camera, image size and rendering it was trained with."""
-    params: dict[str, Any] = {'task': str(meta['task']),
+    a pixel policy the camera, image size and rendering it was trained with. A robot policy's
+    task file is the one it was trained on (its metadata's path and sha256), else refused."""
+    task = str(meta['task'])
+    if meta.get('robot'):
+        from fpmd_core.robots import TaskFileError
+        from fpmd_core.tasks import robot_task_file
+
+        try:
+            task = robot_task_file(meta)
+        except TaskFileError as error:
+            raise GraphArgumentError('policy', str(error)) from None
+    params: dict[str, Any] = {'task': task,
                               'action_repeat': int(meta.get('action_repeat', 1))}
     shape = meta.get('obs_shape') or [meta['obs_dim']]
     if len(shape) == 3:

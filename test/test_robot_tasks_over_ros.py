@@ -162,3 +162,48 @@ def test_short_training_run_of_a_task_file_over_ros(tmp_path):
     checkpoint = CheckpointPolicy(out / 'checkpoints' / 'final.pt')
     assert checkpoint.metadata['robot'] == meta['robot']
     np.testing.assert_allclose(checkpoint(np.zeros(15, np.float32)), action, atol=1e-5)
+
+
+# --- the deploy rehearsal ----------------------------------------------------------------------
+
+def test_rehearsal_of_a_task_file_policy(tmp_path):
+    """Observation mode: the realtime sim runs the very task file the policy was trained on,
+    and the closed loop is scored against in-process (the machinery, not the policy)."""
+    import re
+
+    from runner_helpers import export_untrained_policy
+
+    from fpmd_ros import rehearsal
+
+    policy = export_untrained_policy(tmp_path / 'arm.onnx', ARM)
+    plan = rehearsal.make_plan({'policy': str(policy), 'max_episode_steps': '20'})
+    assert plan.sim.parameters['task'] == ARM_PATH
+    assert plan.controller.parameters['observation_mode'] == 'observation'
+    namespace = f'rehearsal_arm_p{PID}'
+    run = RunnerProcess(None, f'policy:={policy}', 'episodes:=2', 'max_episode_steps:=20',
+                        f'namespace:={namespace}', module='fpmd_ros.rehearsal')
+    code = run.wait(timeout_s=RUN_TIMEOUT_S)
+    out = run.output
+    assert code in (0, 1), out[-5000:]
+    assert f'deploy rehearsal: {ARM}, policy {policy}' in out
+    assert '2 episodes (40 steps in' in out, out[-3000:]
+    for label in ('closed-loop return', 'in-process return'):
+        line = next(line for line in out.splitlines() if label in line)
+        assert len(re.search(r'\[([^\]]*)\]', line).group(1).split(',')) == 2, line
+    assert re.search(r'per episode: [0-2] of 2 returns equal', out), out[-3000:]
+
+
+def test_rehearsal_refuses_a_task_file_changed_since_training(tmp_path):
+    for name in ('arm_reach.yaml', 'arm3.xml'):
+        shutil.copy(os.path.join(REPO_ROOT, 'sim', name), tmp_path / name)
+    task = tmp_path / 'arm_reach.yaml'
+    from runner_helpers import export_untrained_policy
+
+    from fpmd_ros import rehearsal
+
+    policy = export_untrained_policy(tmp_path / 'arm.onnx', str(task))
+    task.write_text(task.read_text() + '\n# edited after training\n')
+    with pytest.raises(GraphArgumentError, match=rf"argument 'policy': task file {task}: "
+                       'changed since the policy was trained on it') as caught:
+        rehearsal.make_plan({'policy': str(policy)})
+    assert caught.value.argument == 'policy'
