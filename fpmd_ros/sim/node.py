@@ -39,10 +39,16 @@ from fpmd_ros.qos import (
 )
 from fpmd_ros.sim.episodes import Episodes
 
+# isort: split
+# mujoco after fpmd_core: importing fpmd_core settles MUJOCO_GL (egl on a machine without a
+# display), and mujoco reads MUJOCO_GL once, when it is imported.
+import mujoco
+
 NODE_NAME = SIM_NODE_NAME
 MODES = ('lockstep', 'realtime')
 
 _LOG_THROTTLE_S = 2.0
+_JOINT_TYPES = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
 
 
 class SimParameterError(InvalidParameterError):
@@ -157,9 +163,11 @@ class MujocoSimNode(Node):
         self.spec = task_spec(self._env, values['task'])
         self._dt_ns = int(round(self.spec.control_dt * 1e9))
         model, _ = mujoco_handles(self._env)
-        # The task's joints (a robot task file's actuated joints, in action order; every
-        # hinge and slide joint of a benchmark task), so joint_states names what the spec does.
-        joints = [model.joint(name).id for name in self.spec.joint_names]
+        # The joints spec.joint_names lists: a robot task file's actuated joints in action
+        # order (by name), or every hinge and slide joint of a benchmark model (some unnamed).
+        joints = ([model.joint(name).id for name in self.spec.joint_names]
+                  if self.spec.robot is not None else
+                  [j for j in range(model.njnt) if int(model.jnt_type[j]) in _JOINT_TYPES])
         self._qpos_index = np.asarray(model.jnt_qposadr[joints], dtype=np.intp)
         self._dof_index = np.asarray(model.jnt_dofadr[joints], dtype=np.intp)
         self._zero_action = np.zeros(self.spec.act_dim)
