@@ -317,3 +317,13 @@ def load_policy(path: str | Path, expected: dict | None = None, threads: int = 1
     if Path(path).suffix == ".onnx":
         return OnnxPolicy(path, threads=threads, expected=expected)
     return CheckpointPolicy(path, expected=expected, threads=threads)
+
+
+def rest_action(robot: dict | None, act_dim: int) -> np.ndarray:
+    """The command, in env units, that asks the actuators for nothing: zeros for torques, but for
+    a position-controlled robot (`robot`: its metadata, None for benchmark tasks) its default
+    pose, since a joint target of 0 rad would move it. What safe actions and command timeouts
+    send."""
+    if robot and robot.get("control_mode") == "position":
+        return np.asarray(robot["default_joint_pos"], dtype=np.float64)
+    return np.zeros(act_dim, dtype=np.float64)

@@ -24,6 +24,7 @@ from fpmd_ros.controller.rules import (
     check_parameter,
     rate_limit,
     resolve_rate,
+    rest_action,
     safe_action,
 )
 from fpmd_ros.controller.safety import (
@@ -93,6 +94,25 @@ def test_safe_action_kinds_stay_in_bounds():
                           [-0.5, 1.0])
     assert np.array_equal(safe_action('hold', low, high, np.array([np.nan, 1.0]), None),
                           [0.0, 0.5])
+
+
+def test_the_zero_safe_action_of_a_position_controlled_policy_is_its_default_pose():
+    # Joint targets of 0 rad would move an arm; its rest command is the pose it was trained around.
+    pose = [0.0, 0.3, 1.5]
+    meta = dict(META, robot={'control_mode': 'position', 'default_joint_pos': pose})
+    low, high = np.array([-1.2, -0.7, 0.5]), np.array([1.2, 1.3, 2.5])
+    rest = rest_action(meta)
+    assert np.array_equal(rest, pose)
+    assert np.array_equal(safe_action('zero', low, high, None, None, rest=rest), pose)
+    assert np.array_equal(safe_action('hold', low, high, None, None, rest=rest), pose)
+    assert np.array_equal(rest_action(dict(META, robot={'control_mode': 'effort'})), [0, 0, 0])
+    assert np.array_equal(rest_action(META), [0, 0, 0])
+    loop = ControlLoop(LinearPolicy(), meta, make_input('observation', meta, None, None),
+                       rate_hz=125.0)
+    loop.set_safety(state_timeout_s=TIMEOUT_S, safe_kind='zero', default_action=None,
+                    max_action_delta=0.0)
+    loop.activate(0)
+    assert np.array_equal(loop.step(1 * MS).command, np.clip(pose, -1.0, 1.0))  # no input yet
 
 
 def test_joint_observation_map_sizes_and_errors():

@@ -105,10 +105,22 @@ def test_realtime_sim_runs_a_task_file(ros_context, ros_executor):
     try:
         client = SimClient(ros_context, ros_executor, namespace, lockstep=False)
         from ros_helpers import spin_until
+        from std_msgs.msg import Float64MultiArray
 
-        assert spin_until(ros_executor, lambda: len(client.episodes) >= 2, 15.0)
+        from fpmd_ros import messages
+        from fpmd_ros.qos import APPLIED_COMMAND_QOS
+
+        applied = []
+        client.node.create_subscription(
+            Float64MultiArray, f'/{namespace}/mujoco_sim/applied_command',
+            lambda m: applied.append(messages.decode_applied_command(m, act_dim=3)),
+            APPLIED_COMMAND_QOS)
+        assert spin_until(ros_executor, lambda: len(client.episodes) >= 2 and applied, 15.0)
         assert all(s.length == 4 and s.seed == 2 + s.episode for s in client.episodes)
         assert list(client.joint_states[-1][1].name) == ARM_JOINTS
+        # No command: the arm is held at its default pose, not driven to joint targets of 0 rad.
+        pose = robot_metadata(ARM_PATH)['default_joint_pos']
+        assert all(a.timed_out and a.action.tolist() == pose for a in applied)
     finally:
         sim.stop()
 

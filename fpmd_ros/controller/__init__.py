@@ -140,8 +140,9 @@ When a control step runs (``trigger``)
         The achieved rate is then the input rate. Use it when the sensor stream runs at (or
         near) the model's control rate; ``deploy`` runs it this way (docs/deployment.md).
     No input yet, stale input, a malformed message, an inference exception or a non-finite result
-    publishes the safe action instead: ``zero`` (zeros, clipped into the bounds), ``hold`` (the
-    last published command; zero if none yet) or ``default`` (``default_action``), at once.
+    publishes the safe action instead: ``zero`` (the rest action, clipped into the bounds: zeros,
+    or a position-controlled robot policy's default pose), ``hold`` (the last published command;
+    the rest action if none yet) or ``default`` (``default_action``), at once.
     Entering and leaving trouble is logged once (throttled): a malformed message or a failing
     inference at ERROR; stale input at WARN when it starts (a busy host overruns the timeout
     for a moment and recovers at the next message) and at ERROR once it has lasted longer than

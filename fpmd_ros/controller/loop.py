@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fpmd_ros.controller.inputs import Input
-from fpmd_ros.controller.rules import check_default_action, clip_to_bounds, rate_limit, safe_action
+from fpmd_ros.controller.rules import (
+    check_default_action,
+    clip_to_bounds,
+    rate_limit,
+    rest_action,
+    safe_action,
+)
 from fpmd_ros.controller.safety import OK, WARN, Safety, SafetyMonitor
 
 LATENCY_WINDOW = 2000  # inference latencies kept for the p50/p99 in diagnostics
@@ -47,6 +53,7 @@ class ControlLoop:
         self.rate_hz = rate_hz
         self.low = np.asarray(meta['action_low'], dtype=np.float64)
         self.high = np.asarray(meta['action_high'], dtype=np.float64)
+        self.rest = rest_action(meta)
         self.safety = SafetyMonitor()
         self.set_safety(state_timeout_s, safe_kind, default_action, max_action_delta)
         self.last_command: np.ndarray | None = None
@@ -120,7 +127,7 @@ class ControlLoop:
 
     def safe_action(self) -> np.ndarray:
         return safe_action(self.safe_kind, self.low, self.high, self.last_command,
-                           self.default_action)
+                           self.default_action, rest=self.rest)
 
     def step(self, now_ns: int) -> Step:
         """One control step at ``now_ns``: the command to publish (policy or safe action)."""
@@ -141,7 +148,7 @@ class ControlLoop:
         """``action`` as the command to publish (never NaN), remembered as the last command."""
         action = np.asarray(action, dtype=np.float64)
         if not np.isfinite(action).all():  # unreachable by construction; never publish NaN
-            action = clip_to_bounds(np.zeros_like(self.low), self.low, self.high)
+            action = safe_action('zero', self.low, self.high, None, None, rest=self.rest)
         self.last_command = action
         self.commands += 1
         return action

@@ -41,7 +41,8 @@ PARAMETERS = {
         'published.', ParameterType.PARAMETER_DOUBLE, float_range=(0.001, 60.0))),
     'safe_action': ('zero', _descriptor(
         'Action on stale, malformed or failing input: zero (zeros clipped into the action '
-        'bounds), hold (the last published command) or default (default_action).',
+        'bounds; for a position-controlled robot policy its default pose), hold (the last '
+        'published command) or default (default_action).',
         ParameterType.PARAMETER_STRING, constraints='one of: ' + ', '.join(SAFE_ACTIONS))),
     'default_action': (Parameter.Type.DOUBLE_ARRAY, _descriptor(
         'The safe action for safe_action=default, in env units, one value per actuator; '

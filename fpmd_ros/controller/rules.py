@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fpmd_core.runtime import rest_action as robot_rest_action
 from fpmd_ros.interface import OBSERVATION_MODES, TRIGGERS, model_rate_hz
 
 SAFE_ACTIONS = ('zero', 'hold', 'default')
@@ -92,19 +93,31 @@ def clip_to_bounds(action, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(np.asarray(action, dtype=np.float64), low), high)
 
 
+def rest_action(meta: dict) -> np.ndarray:
+    """The rest command of a policy (``fpmd_core.runtime.rest_action``): zeros, or a
+    position-controlled robot policy's default pose."""
+    return robot_rest_action(meta.get('robot'), len(meta['action_low']))
+
+
 def safe_action(kind: str, low: np.ndarray, high: np.ndarray, last: np.ndarray | None,
-                default: np.ndarray | None) -> np.ndarray:
+                default: np.ndarray | None, rest: np.ndarray | None = None) -> np.ndarray:
     """The safe action of ``kind`` (``zero`` | ``hold`` | ``default``), inside the bounds.
 
-    ``hold`` without a previous command, and ``default`` without a default, give zero."""
+    ``zero`` is the rest action (``rest_action``; zeros when not given). ``hold`` without a
+    previous command, and ``default`` without a default, give the rest action too."""
+    rest = np.zeros_like(low) if rest is None else rest
     if kind == 'hold' and last is not None:
         action = last
     elif kind == 'default' and default is not None:
         action = default
     else:
-        action = np.zeros_like(low)
+        action = rest
     action = clip_to_bounds(action, low, high)
-    return action if np.all(np.isfinite(action)) else clip_to_bounds(np.zeros_like(low), low, high)
+    if np.all(np.isfinite(action)):
+        return action
+    fallback = clip_to_bounds(rest, low, high)
+    return fallback if np.all(np.isfinite(fallback)) else clip_to_bounds(np.zeros_like(low), low,
+                                                                          high)
 
 
 def rate_limit(target: np.ndarray, previous: np.ndarray | None, max_delta: float) -> np.ndarray:

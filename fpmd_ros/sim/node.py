@@ -21,6 +21,7 @@ from std_msgs.msg import Float32MultiArray, Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 
 from fpmd_core.rendering import Camera, RenderError, UnknownCameraError, camera_id, camera_list
+from fpmd_core.runtime import rest_action
 from fpmd_core.tasks import TaskError, default_camera, make_env, mujoco_handles, task_spec
 from fpmd_ros import messages
 from fpmd_ros.interface import SIM_NODE_NAME
@@ -170,7 +171,8 @@ class MujocoSimNode(Node):
                   [j for j in range(model.njnt) if int(model.jnt_type[j]) in _JOINT_TYPES])
         self._qpos_index = np.asarray(model.jnt_qposadr[joints], dtype=np.intp)
         self._dof_index = np.asarray(model.jnt_dofadr[joints], dtype=np.intp)
-        self._zero_action = np.zeros(self.spec.act_dim)
+        # What the actuators get without a fresh command: zeros, or a position robot's pose.
+        self._rest_action = rest_action(self.spec.robot, self.spec.act_dim)
         self._camera_id = resolve_camera(model, values['camera'] or
                                          default_camera(values['task']))
 
@@ -179,7 +181,7 @@ class MujocoSimNode(Node):
         self._stamps_are_sim_time = self.mode == 'lockstep' or values['publish_clock']
         self.state_stamp_ns = 0  # the stamp of the current state
         self.rejected_commands = 0
-        self.applied_action = self._zero_action.copy()
+        self.applied_action = self._rest_action.copy()
 
         lockstep = self.mode == 'lockstep'
         self._joint_pub = self.create_publisher(JointState, 'joint_states', STATE_QOS)
@@ -407,7 +409,7 @@ class MujocoSimNode(Node):
             self.get_logger().warning('command timed out: controls zeroed',
                                       throttle_duration_sec=_LOG_THROTTLE_S)
         self._timed_out = not fresh
-        action, held = (self._held_action, self._held_steps) if fresh else (self._zero_action, 0)
+        action, held = (self._held_action, self._held_steps) if fresh else (self._rest_action, 0)
         if fresh:
             self._held_steps += 1
         if self._applied_pub.get_subscription_count():
