@@ -63,3 +63,16 @@ def ros_executor(ros_context):
             executor.remove_node(node)
             node.destroy_node()
         executor.shutdown(timeout_sec=1.0)
+
+
+@pytest.fixture
+def seeded_one_thread_torch():
+    """torch seeded with 0 and on one thread (tiny nets: one thread is fastest, and the results
+    do not depend on the machine's core count); the thread count is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

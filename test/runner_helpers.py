@@ -136,9 +136,11 @@ POLICY_TASK = 'Hopper-v5'
 
 
 def export_untrained_policy(path: Path, task: str = POLICY_TASK, pixels: bool = False,
-                            image_size: int = 32) -> Path:
+                            image_size: int = 32, hidden: int = 16,
+                            seed: int | None = None) -> Path:
     """A real exported policy (untrained: its metadata is what matters here); `pixels`: one that
-    acts from stacked camera frames (profile cpu_pixels)."""
+    acts from stacked camera frames (profile cpu_pixels, 3 frames); `seed`: the same weights
+    every time (tests that compare actions with expected values)."""
     import torch
 
     from fpmd_core.agents import make_agent
@@ -146,12 +148,14 @@ def export_untrained_policy(path: Path, task: str = POLICY_TASK, pixels: bool = 
     from fpmd_core.export import export_onnx
     from fpmd_core.tasks import env_from_config, task_spec
 
-    overrides = {'task.id': task, 'agent.hidden': 16}
+    overrides = {'task.id': task, 'agent.hidden': hidden}
     if pixels:
         overrides['task.image_size'] = image_size
     cfg = make_config('cpu_pixels' if pixels else 'cpu', overrides=overrides)
     env = env_from_config(cfg.task)
     spec = task_spec(env, task)
     env.close()
+    if seed is not None:
+        torch.manual_seed(seed)
     agent = make_agent(spec.obs_shape, spec.act_dim, cfg.agent, torch.device('cpu'))
     return export_onnx(agent, spec, cfg, path)

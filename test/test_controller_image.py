@@ -35,21 +35,12 @@ DISTINCT = 1e-4  # expectations this far apart cannot be confused within MATCH_T
 
 @pytest.fixture(scope='session')
 def pixel_policy_path(tmp_path_factory):
-    """An untrained pixel policy (random initialisation) exported to ONNX."""
-    import torch
+    """An untrained pixel policy (random initialisation, seed 0) exported to ONNX."""
+    from runner_helpers import export_untrained_policy
 
-    from fpmd_core import agents, config, export, tasks
-
-    cfg = config.make_config('cpu_pixels', overrides={
-        'task.id': 'cartpole-swingup', 'task.image_size': SIZE,
-        'task.frame_stack': FRAME_STACK, 'agent.hidden': 32})
-    env = tasks.env_from_config(cfg.task)
-    spec = tasks.task_spec(env, cfg.task.id)
-    env.close()
-    torch.manual_seed(0)
-    agent = agents.make_agent(spec.obs_shape, spec.act_dim, cfg.agent, torch.device('cpu'))
-    path = export.export_onnx(agent, spec, cfg, tmp_path_factory.mktemp('pixels') / 'pix.onnx')
-    return str(path)
+    return str(export_untrained_policy(tmp_path_factory.mktemp('pixels') / 'pix.onnx',
+                                       'cartpole-swingup', pixels=True, image_size=SIZE,
+                                       hidden=32, seed=0))
 
 
 @pytest.fixture(scope='session')

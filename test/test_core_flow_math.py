@@ -51,13 +51,7 @@ def one_step_action(policy) -> torch.Tensor:
         return policy.generate(torch.full((1, OBS_DIM), 0.2), torch.zeros(1, ACT_DIM), 1)[0]
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: one thread is fastest and avoids oversubscription
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('seeded_one_thread_torch')
 
 
 # --- rectified flow (FPMD-R) ---------------------------------------------------------------

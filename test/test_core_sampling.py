@@ -17,13 +17,7 @@ from fpmd_core.policies import FlowPolicy
 OBS_DIM, ACT_DIM = 4, 2
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('seeded_one_thread_torch')
 
 
 class CountingFlow(FlowPolicy):

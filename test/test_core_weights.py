@@ -20,13 +20,7 @@ from fpmd_core.config import make_config
 OBS_DIM = 4
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('seeded_one_thread_torch')
 
 
 def make_agent(act_dim: int = 2, **agent):

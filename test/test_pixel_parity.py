@@ -36,21 +36,16 @@ EPISODES_COMPARED = 4  # whole episodes whose first frame the controller saw: 3 
 @pytest.fixture(scope='module')
 def pixel_policy(tmp_path_factory):
     """An untrained cartpole-swingup pixel policy (32x32, 3 frames, action repeat 2)."""
-    import torch
+    from runner_helpers import export_untrained_policy
 
-    from fpmd_core import agents, config, export, tasks
     from fpmd_core.runtime import OnnxPolicy
 
-    cfg = config.make_config('cpu_pixels', overrides={
-        'task.id': 'cartpole-swingup', 'task.image_size': SIZE,
-        'task.frame_stack': FRAME_STACK, 'agent.hidden': 32})
-    env = tasks.env_from_config(cfg.task)
-    spec = tasks.task_spec(env, cfg.task.id)
-    env.close()
-    torch.manual_seed(0)
-    agent = agents.make_agent(spec.obs_shape, spec.act_dim, cfg.agent, torch.device('cpu'))
-    path = export.export_onnx(agent, spec, cfg, tmp_path_factory.mktemp('parity') / 'pix.onnx')
-    return str(path), OnnxPolicy(str(path)).metadata
+    path = export_untrained_policy(tmp_path_factory.mktemp('parity') / 'pix.onnx',
+                                   'cartpole-swingup', pixels=True, image_size=SIZE, hidden=32,
+                                   seed=0)
+    meta = OnnxPolicy(str(path)).metadata
+    assert meta['frame_stack'] == FRAME_STACK
+    return str(path), meta
 
 
 class SimRecorder:
