@@ -114,11 +114,15 @@ def plot_learning_curve(eval_csv: Path, out_png: Path, title: str) -> Path | Non
 class ProgressLine:
     """Progress as a log line every `interval_s` seconds and one at the end: env steps, steps/s
     (since the previous line), the last evaluation's deploy-mode return and the time left at
-    that rate. For logs, where a progress bar cannot be read."""
+    that rate. For logs, where a progress bar cannot be read. During the warm-up (random actions,
+    no updates: many times faster than training) no time left is given, since its rate says
+    nothing about the rest."""
 
     def __init__(self, total_steps: int, start_steps: int, interval_s: float,
-                 clock: Callable[[], float] = time.monotonic, stream=None):
+                 clock: Callable[[], float] = time.monotonic, stream=None,
+                 warmup_steps: int = 0):
         self.total_steps, self.interval_s = total_steps, interval_s
+        self.warmup_steps = warmup_steps
         self.clock, self.stream = clock, stream
         self.start_time = self.line_time = clock()
         self.start_steps = self.line_steps = start_steps
@@ -140,7 +144,10 @@ class ProgressLine:
         steps, elapsed = env_steps - self.line_steps, now - self.line_time
         rate = steps / elapsed if elapsed > 0 else 0.0
         left = max(self.total_steps - env_steps, 0)
-        eta = format_duration(left / rate) if rate > 0 else "unknown"
+        if env_steps < self.warmup_steps:
+            eta = f"known once the warm-up ends at {self.warmup_steps} env steps"
+        else:
+            eta = format_duration(left / rate) if rate > 0 else "unknown"
         percent = 100.0 * env_steps / self.total_steps
         return (f"progress: {env_steps}/{self.total_steps} env steps ({percent:.1f}%), "
                 f"{rate:.1f} steps/s, {_last_eval_text(last_eval)}, ETA {eta}")

@@ -120,7 +120,8 @@ class Trainer:
             self.obs, _ = self.envs.reset(seed=tc.seed)
         progress = _progress_bar(tc, self.env_steps)
         progress_line = None if progress is not None else ProgressLine(
-            tc.total_steps, self.env_steps, tc.progress_interval_s)
+            tc.total_steps, self.env_steps, tc.progress_interval_s,
+            warmup_steps=tc.warmup_steps)
         window_start, window_updates, window_steps = time.perf_counter(), 0, 0
         self.start_time = time.perf_counter()
         metrics: dict[str, float] = {}

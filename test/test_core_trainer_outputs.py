@@ -220,6 +220,13 @@ def test_progress_line_reports_rate_last_evaluation_and_eta():
     line.close(10_000, {'env_steps': 10_000, 'return_deploy': 900.0})
     assert ''.join(written) == ('progress: done, 10000/10000 env steps, 80.0 steps/s, last eval '
                                 'return 900.0 (deploy, at 10000 env steps), took 1 min 40 s\n')
+    # During the warm-up its rate (no updates) says nothing about the time left.
+    warm = ProgressLine(10_000, 0, 30.0, clock=lambda: now[0], stream=Stream(),
+                        warmup_steps=5_000)
+    written.clear()
+    now[0] = 230.0
+    warm.update(4_000, {})
+    assert ''.join(written).endswith('ETA known once the warm-up ends at 5000 env steps\n')
     assert [format_duration(s) for s in (42, 315, 3 * 3600 + 420, 52 * 3600)] == [
         '42 s', '5 min 15 s', '3 h 07 min', '2 d 04 h']
 
