@@ -70,8 +70,11 @@ class StopFlag:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        # Once stopping, later signals are ignored while the process winds down: a terminal
+        # Ctrl-C under `ros2 launch` reaches a node twice (the terminal's SIGINT, then launch's),
+        # and a second one during the interpreter's teardown (torch's is slow) killed it (-2).
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.count else handler)
 
     def _on_signal(self, signum, frame) -> None:
         self.count += 1
