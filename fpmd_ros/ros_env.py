@@ -67,6 +67,7 @@ from fpmd_ros.qos import LOCKSTEP_QOS
 
 _RESET_REPLY = re.compile(r'^episode (\d+) seed (-?\d+)$')
 _INBOX_LIMIT = 1024  # transitions (and frames) kept per sim that nobody asked for yet
+RESEND_S = 2.0  # an idempotent service request unanswered this long is sent again
 
 
 class SimError(RuntimeError):
@@ -348,7 +349,7 @@ class RosVectorEnv(gym.vector.VectorEnv):
                          'camera': self._camera_index(self.pixels.camera)}
         replies = self._call_all(
             {s.index: (s.get_params_client, GetParameters.Request(names=names))
-             for s in self._sims}, 'get_parameters', deadline)
+             for s in self._sims}, 'get_parameters', deadline, resend_s=RESEND_S)
         for sim in self._sims:
             values = replies[sim.index].values
             if len(values) != len(names):
@@ -371,9 +372,25 @@ class RosVectorEnv(gym.vector.VectorEnv):
         except UnknownCameraError:
             return camera
 
-    def _call_all(self, requests: dict, what: str, deadline: float) -> dict:
+    def _call_all(self, requests: dict, what: str, deadline: float,
+                  resend_s: float | None = None) -> dict:
+        """Call every sim's service; SimTimeoutError naming the sims that did not answer by
+        ``deadline``. ``resend_s`` (idempotent requests only): send again a request unanswered
+        that long. A service can be discovered before its reply path is matched, and a request
+        sent then is lost (seen once under load: a sim never answered get_parameters)."""
         futures = {i: client.call_async(request) for i, (client, request) in requests.items()}
-        self._spin_until(lambda: all(f.done() for f in futures.values()), deadline)
+        while True:
+            wait_until = deadline if resend_s is None else min(deadline,
+                                                               time.monotonic() + resend_s)
+            self._spin_until(lambda: all(f.done() for f in futures.values()), wait_until)
+            if resend_s is None or time.monotonic() >= deadline or \
+                    all(f.done() for f in futures.values()):
+                break
+            for i, future in futures.items():
+                if not future.done():
+                    future.cancel()
+                    client, request = requests[i]
+                    futures[i] = client.call_async(request)
         late = [self._sims[i].name for i, f in futures.items() if not f.done()]
         for future in futures.values():
             if not future.done():
@@ -469,7 +486,7 @@ class RosVectorEnv(gym.vector.VectorEnv):
             requests[sim.index] = (sim.set_params_client, SetParameters.Request(
                 parameters=[ParameterMsg(name='seed', value=value)]))
         replies = self._call_all(requests, 'set_parameters(seed)',
-                                 time.monotonic() + self.step_timeout_s)
+                                 time.monotonic() + self.step_timeout_s, resend_s=RESEND_S)
         for i, reply in replies.items():
             result = reply.results[0]
             if not result.successful:
