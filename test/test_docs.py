@@ -66,3 +66,13 @@ def test_links_resolve_inside_the_repository(doc):
 def test_readme_stays_an_on_ramp():
     lines = (REPO_ROOT / 'README.md').read_text().splitlines()
     assert len(lines) <= 220, f'README.md has {len(lines)} lines; depth belongs in docs/'
+
+
+def test_code_cites_only_documents_the_repository_has():
+    cited = set()
+    for folder in ('fpmd_core', 'fpmd_ros', 'launch', 'bench', 'test', 'scripts'):
+        for path in (REPO_ROOT / folder).rglob('*.py'):
+            cited |= {(path.relative_to(REPO_ROOT), doc)
+                      for doc in re.findall(r'docs/[\w.-]+\.md', path.read_text())}
+    missing = sorted((str(p), doc) for p, doc in cited if not (REPO_ROOT / doc).exists())
+    assert not missing, f'code cites documents that are not in the repository: {missing}'

@@ -1,6 +1,6 @@
 """``policy_controller``: an exported policy driving a robot through ROS 2 topics (lifecycle node).
 
-A thin adapter (see docs/ROS_INTERFACE.md, section policy_controller): everything about the
+A thin adapter (docs/ros_interface.md, section policy_controller): everything about the
 policy (observation normalisation, the one-step flow sampler, scaling to the action bounds) is
 inside the model run by :func:`fpmd_core.runtime.load_policy`; this node only checks the model
 against its parameters, moves numbers between messages and the model (:mod:`fpmd_ros.messages`)

@@ -1,4 +1,4 @@
-"""``mujoco_sim``: one fpmd_core task behind ROS 2 topics (see docs/ROS_INTERFACE.md).
+"""``mujoco_sim``: one fpmd_core task behind ROS 2 topics (docs/ros_interface.md).
 
 A thin adapter: the task, its physics, rewards, terminations and time limits all come from
 :func:`fpmd_core.tasks.make_env` (with ``normalized_actions=False``: commands carry env units);
