@@ -30,17 +30,23 @@ class ObservationError(ValueError):
     """An observation has the wrong shape or is not finite."""
 
 
+def _check_field_types(fields: dict, required: dict, prefix: str, source: str) -> None:
+    """Every `required` field present with its type; an int stands for a float, but a bool (an
+    int to Python) only for a bool."""
+    for key, kind in required.items():
+        value = fields.get(key)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if isinstance(value, bool) and kind is not bool:
+            ok = False
+        if not ok:
+            raise PolicyError(f"{source}: metadata field {prefix + key!r} is {value!r}, "
+                              f"expected {kind.__name__}")
+
+
 def validate_metadata(meta: object, source: str) -> dict:
     if not isinstance(meta, dict):
         raise PolicyError(f"{source}: metadata is not a JSON object")
-    for key, kind in REQUIRED_METADATA.items():
-        value = meta.get(key)
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if kind is int and isinstance(value, bool):
-            ok = False
-        if not ok:
-            raise PolicyError(f"{source}: metadata field {key!r} is {value!r}, "
-                              f"expected {kind.__name__}")
+    _check_field_types(meta, REQUIRED_METADATA, "", source)
     if meta["format"] != METADATA_FORMAT:
         raise PolicyError(f"{source}: metadata format {meta['format']!r}, "
                           f"expected {METADATA_FORMAT!r}")
@@ -85,14 +91,7 @@ def validate_robot_metadata(meta: dict, source: str) -> None:
     robot = meta["robot"]
     if not isinstance(robot, dict):
         raise PolicyError(f"{source}: metadata field 'robot' is not a JSON object")
-    for key, kind in REQUIRED_ROBOT_METADATA.items():
-        value = robot.get(key)
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if isinstance(value, bool):
-            ok = False
-        if not ok:
-            raise PolicyError(f"{source}: metadata field 'robot.{key}' is {value!r}, "
-                              f"expected {kind.__name__}")
+    _check_field_types(robot, REQUIRED_ROBOT_METADATA, "robot.", source)
     if robot["version"] != METADATA_VERSION:
         raise PolicyError(f"{source}: metadata robot.version {robot['version']}, expected "
                           f"{METADATA_VERSION}")

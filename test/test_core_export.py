@@ -208,6 +208,7 @@ def test_metadata_that_is_not_json_is_refused(exported, tmp_path):
 @pytest.mark.parametrize(('field', 'value', 'message'), [
     ('nfe', '1', "field 'nfe' is '1', expected int"),
     ('obs_dim', True, "field 'obs_dim' is True, expected int"),
+    ('control_period_s', True, "field 'control_period_s' is True, expected float"),
     ('action_low', None, "field 'action_low' is None"),
     ('format', 'other/1', "format 'other/1'"),
     ('action_high', [1.0, 2.0], 'act_dim=1'),
