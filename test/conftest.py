@@ -66,13 +66,20 @@ def ros_executor(ros_context):
 
 
 @pytest.fixture
-def seeded_one_thread_torch():
-    """torch seeded with 0 and on one thread (tiny nets: one thread is fastest, and the results
-    do not depend on the machine's core count); the thread count is restored after."""
+def one_thread_torch():
+    """torch on one thread (tiny nets: one thread is fastest, and the results do not depend on
+    the machine's core count); the thread count is restored after."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def seeded_one_thread_torch(one_thread_torch):
+    """`one_thread_torch`, with torch's global generator seeded with 0."""
+    import torch
+
+    torch.manual_seed(0)

@@ -90,12 +90,7 @@ def train(algo: str, seed: int, env_steps: int = ENV_STEPS):
     return agent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread_torch')
 
 
 @pytest.mark.parametrize('algo', ALGORITHMS)

@@ -28,12 +28,7 @@ EVAL_EULER_STEPS = 50
 profile's K Euler steps integrate it (4 steps smear a bimodal flow toward its mean)."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread_torch')
 
 
 def minority_share_after_fit(algo: str, profile: str, seed: int = 0, steps: int = 0,
