@@ -157,6 +157,28 @@ def _first_nonfinite(data: np.ndarray) -> int:
     return int(np.flatnonzero(~np.isfinite(data))[0])
 
 
+def _check_finite(what: str, data: np.ndarray, segments: Segments) -> None:
+    """ValueError naming the segment of the first non-finite value, if any."""
+    if np.all(np.isfinite(data)):
+        return
+    index, start = _first_nonfinite(data), 0
+    for label, size in segments:
+        if index < start + size:
+            raise ValueError(f'{what} field {label!r} is not finite ({data[index]})')
+        start += size
+
+
+def _check_count(what: str, label: str, value: float) -> None:
+    """An index, count or stamp carried in a float64: a non-negative integer, exact below 2**53."""
+    if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
+        raise ValueError(f'{what} field {label!r} is {value}, expected a non-negative integer')
+
+
+def _check_flag(what: str, label: str, value: float) -> None:
+    if value not in (0.0, 1.0):
+        raise ValueError(f'{what} field {label!r} is {value}, expected 0 or 1')
+
+
 # --- commands (forward_command_controller contract) ----------------------------------------------
 
 def encode_command(action) -> Float64MultiArray:
@@ -226,18 +248,12 @@ def decode_transition(msg: Float64MultiArray, obs_dim: int | None = None) -> Tra
     n_obs = sizes['observation']
     if obs_dim is not None and n_obs != obs_dim:
         raise ValueError(f'transition observation has {n_obs} values, expected {obs_dim}')
-    if not np.all(np.isfinite(data)):
-        index = _first_nonfinite(data)
-        field = 'observation' if index < n_obs else TRANSITION_LABELS[index - n_obs + 1]
-        raise ValueError(f'transition field {field!r} is not finite ({data[index]})')
+    _check_finite('transition', data, segments)
     reward, terminated, truncated, step, episode, stamp = data[n_obs:]
     for label, value in (('terminated', terminated), ('truncated', truncated)):
-        if value not in (0.0, 1.0):
-            raise ValueError(f'transition field {label!r} is {value}, expected 0 or 1')
+        _check_flag('transition', label, value)
     for label, value in (('step', step), ('episode', episode), ('stamp', stamp)):
-        if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
-            raise ValueError(f'transition field {label!r} is {value}, '
-                             'expected a non-negative integer')
+        _check_count('transition', label, value)
     return Transition(
         observation=data[:n_obs].astype(np.float32),
         reward=float(reward),
@@ -274,17 +290,11 @@ def decode_episode_summary(msg: Float64MultiArray) -> EpisodeSummary:
     expected = [(label, 1) for label in EPISODE_LABELS]
     if segments != expected:
         raise ValueError(f'episode summary segments {segments}, expected {expected}')
-    if not np.all(np.isfinite(data)):
-        index = _first_nonfinite(data)
-        raise ValueError(f'episode summary field {EPISODE_LABELS[index]!r} is not finite '
-                         f'({data[index]})')
+    _check_finite('episode summary', data, segments)
     episode, seed, episode_return, length, terminated = data
     for label, value in (('episode', episode), ('seed', seed), ('length', length)):
-        if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
-            raise ValueError(f'episode summary field {label!r} is {value}, '
-                             'expected a non-negative integer')
-    if terminated not in (0.0, 1.0):
-        raise ValueError(f"episode summary field 'terminated' is {terminated}, expected 0 or 1")
+        _check_count('episode summary', label, value)
+    _check_flag('episode summary', 'terminated', terminated)
     return EpisodeSummary(episode=int(episode), seed=int(seed),
                           episode_return=float(episode_return), length=int(length),
                           terminated=bool(terminated))
@@ -329,19 +339,11 @@ def decode_applied_command(msg: Float64MultiArray, act_dim: int | None = None) -
     if act_dim is not None and sizes['action'] != act_dim:
         raise ValueError(f'applied command action has {sizes["action"]} values, expected '
                          f'{act_dim}')
-    if not np.all(np.isfinite(data)):
-        index = _first_nonfinite(data)
-        field = ('episode', 'step')[index] if index < 2 else (
-            'action' if index < 2 + sizes['action'] else ('held', 'timed_out')[
-                index - 2 - sizes['action']])
-        raise ValueError(f'applied command field {field!r} is not finite ({data[index]})')
+    _check_finite('applied command', data, segments)
     episode, step, held, timed_out = data[0], data[1], data[-2], data[-1]
     for label, value in (('episode', episode), ('step', step), ('held', held)):
-        if value < 0 or value != np.floor(value) or value > 2.0 ** 53:
-            raise ValueError(f'applied command field {label!r} is {value}, '
-                             'expected a non-negative integer')
-    if timed_out not in (0.0, 1.0):
-        raise ValueError(f"applied command field 'timed_out' is {timed_out}, expected 0 or 1")
+        _check_count('applied command', label, value)
+    _check_flag('applied command', 'timed_out', timed_out)
     return AppliedCommand(episode=int(episode), step=int(step), action=data[2:-2].copy(),
                           held=int(held), timed_out=bool(timed_out))
 
