@@ -21,7 +21,7 @@ import numpy as np
 
 from .model import RobotModel, build_robot
 from .schema import RobotTask, load_task
-from .terms import COMMAND_RANGES, OBSERVATION_TERMS, REWARD_TERMS
+from .terms import COMMAND_RANGES, OBSERVATION_TERMS, REWARD_TERMS, compose_observation
 
 _DIVERGED = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
              mujoco.mjtWarning.mjWARN_BADQACC)
@@ -135,8 +135,12 @@ class RobotEnv(gym.Env):
     def sensor(self, name: str) -> np.ndarray:
         return self.data.sensordata[self.robot.sensor_slices[name]].copy()
 
+    @property
+    def command_site(self) -> str:
+        return self.task.command.site
+
     def goal_distance(self) -> float:
-        return float(np.linalg.norm(self.command - self.site_pos(self.task.command.site)))
+        return float(np.linalg.norm(self.command - self.site_pos(self.command_site)))
 
     # --- episode -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options=None):
@@ -252,17 +256,8 @@ class RobotEnv(gym.Env):
         return False
 
     def _observe(self, rng: np.random.Generator) -> np.ndarray:
-        parts = []
-        for term, scale in zip(self.task.observations, self._obs_scales, strict=True):
-            value = np.asarray(OBSERVATION_TERMS[term.term].value(self, term), dtype=np.float64)
-            if term.noise > 0:
-                value = value + rng.uniform(-term.noise, term.noise, value.shape)
-            parts.append(value * scale)
-        observation = np.concatenate(parts)
-        if self.task.observation_clip > 0:
-            observation = np.clip(observation, -self.task.observation_clip,
-                                  self.task.observation_clip)
-        return np.nan_to_num(observation, nan=0.0, posinf=0.0, neginf=0.0)
+        return compose_observation(self, self.task.observations, self._obs_scales,
+                                   self.task.observation_clip, rng)
 
     # --- exact resume ----------------------------------------------------------------------
     def extra_state(self) -> dict:

@@ -76,7 +76,7 @@ OBSERVATION_TERMS: dict[str, ObservationTermInfo] = {
         lambda env, term: env.command, "3"),
     "goal_offset": ObservationTermInfo(
         "goal minus the commanded site's position, world frame (m); needs a goal_position "
-        "command", lambda env, term: env.command - env.site_pos(env.task.command.site), "3",
+        "command", lambda env, term: env.command - env.site_pos(env.command_site), "3",
         command="goal_position"),
     "sensor": ObservationTermInfo(
         "a MuJoCo sensor's reading, named by `sensor` (its dimension and units)",
@@ -85,6 +85,28 @@ OBSERVATION_TERMS: dict[str, ObservationTermInfo] = {
         "a site's position in the world frame (m), named by `site`",
         lambda env, term: env.site_pos(term.site), "3", params=("site",)),
 }
+
+
+def compose_observation(source, terms, scales, clip: float,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
+    """The observation: `terms` (ObservationTerm) concatenated in order, each `(value + noise) *
+    scale`, then clipped to +-`clip` (0: no clip), NaN/Inf -> 0.
+
+    `source` is what the terms read: a `RobotEnv` (the simulation) or a
+    `fpmd_core.robots.observer.RobotReadings` (a deployed robot's measurements); this one function
+    serves both, so the controller builds exactly the observation the policy was trained on.
+    Noise (U(-noise, noise) per element, in the term's units) is drawn from `rng` only when one is
+    given: training adds it, deployment does not."""
+    parts = []
+    for term, scale in zip(terms, scales, strict=True):
+        value = np.asarray(OBSERVATION_TERMS[term.term].value(source, term), dtype=np.float64)
+        if rng is not None and term.noise > 0:
+            value = value + rng.uniform(-term.noise, term.noise, value.shape)
+        parts.append(value * scale)
+    observation = np.concatenate(parts)
+    if clip > 0:
+        observation = np.clip(observation, -clip, clip)
+    return np.nan_to_num(observation, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def observation_size(term: str, joints: int) -> int | None:
