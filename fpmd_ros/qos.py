@@ -59,7 +59,10 @@ INPUT_QOS = _profile(1, _BEST_EFFORT)
 # subscribes with system-default QoS) matches; depth 1 so a slow reader never blocks the loop and
 # never receives an outdated command after a newer one.
 COMMAND_QOS = _profile(1, _RELIABLE)
-# ~/action is for recording (rosbag): reliable with a little buffer.
+# Robot commands (goal, cmd_vel) from users and planners: each message counts (a goal may be sent
+# once), so RELIABLE, as teleop tools and nav2 publish; depth 10, their default.
+ROBOT_COMMAND_QOS = _profile(10, _RELIABLE)
+# ~/action and ~/observation are for recording (rosbag): reliable with a little buffer.
 ACTION_QOS = _profile(10, _RELIABLE)
 
 # --- every node -----------------------------------------------------------------------------------

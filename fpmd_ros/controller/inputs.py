@@ -75,6 +75,14 @@ class JointObservationMap:
 
 # --- inputs by observation mode ---------------------------------------------------------------
 
+class InputWaiting(ValueError):
+    """An input the observation needs has not arrived yet (the safety state is waiting)."""
+
+
+class InputStale(ValueError):
+    """An input the observation needs is older than ``state_timeout_s`` (stale)."""
+
+
 class Input:
     """One observation source: its topic and type, and message -> observation (ValueError).
 
@@ -102,6 +110,16 @@ class Input:
 
     def diagnostic_values(self) -> dict:
         return {}
+
+    notes: list[str] = []  # warnings for the node to log (an input appends, the node drains)
+
+    def auxiliary_inputs(self) -> list[tuple[str, type, str, object]]:
+        """Further topics the observation needs besides ``topic``: (topic, message type, QoS
+        kind 'sensor' | 'command', handler(msg, now_ns)). None for most inputs."""
+        return []
+
+    def commanded(self, action: np.ndarray) -> None:
+        """The command just published (an input whose observation has the last action)."""
 
 
 class VectorInput(Input):
@@ -240,9 +258,12 @@ class ImageInput(Input):
                 'episode_restarts': self.episode_restarts}
 
 
-def make_input(mode: str, meta: dict, joint_names, exclude_positions) -> Input:
+def make_input(mode: str, meta: dict, joint_names, exclude_positions, task_file: str = '',
+               command_timeout_s: float = 0.5) -> Input:
     """The input for ``mode``, or ConfigureError when the mode does not fit the policy (a pixel
-    policy needs ``image``; ``image`` needs a pixel policy)."""
+    policy needs ``image``; ``image`` needs a pixel policy). A robot policy (metadata ``robot``)
+    in ``joint_states`` mode builds its observation as its metadata describes
+    (:class:`~fpmd_ros.controller.robot_input.RobotInput`)."""
     from fpmd_core.runtime import observation_shape
 
     shape = observation_shape(meta)
@@ -254,6 +275,14 @@ def make_input(mode: str, meta: dict, joint_names, exclude_positions) -> Input:
             "'image'")
     if mode == 'observation':
         return VectorInput(meta)
+    if mode == 'joint_states' and 'robot' in meta:
+        from fpmd_ros.controller.robot_input import RobotInput
+
+        if exclude_positions:
+            raise ConfigureError(
+                "parameter 'exclude_joint_positions' is set, but this robot policy's metadata "
+                'describes its observation; expected it unset')
+        return RobotInput(meta, joint_names, task_file, command_timeout_s)
     if mode == 'joint_states':
         return JointStateInput(JointObservationMap.from_parameters(
             joint_names, exclude_positions, meta))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fpmd_ros.controller.inputs import Input
+from fpmd_ros.controller.inputs import Input, InputStale, InputWaiting
 from fpmd_ros.controller.rules import (
     check_default_action,
     clip_to_bounds,
@@ -38,6 +38,8 @@ class Step:
 
     command: np.ndarray
     log: tuple[str, str] | None
+    observation: np.ndarray | None = None
+    """The observation computed in this step (None when the step reused the last result)."""
 
 
 class ControlLoop:
@@ -54,6 +56,9 @@ class ControlLoop:
         self.low = np.asarray(meta['action_low'], dtype=np.float64)
         self.high = np.asarray(meta['action_high'], dtype=np.float64)
         self.rest = rest_action(meta)
+        # The labelled layout of a published observation (~/observation): the model's terms.
+        self.observation_layout = [(str(name), int(size))
+                                   for name, size in meta.get('obs_terms', ())]
         self.safety = SafetyMonitor()
         self.set_safety(state_timeout_s, safe_kind, default_action, max_action_delta)
         self.last_command: np.ndarray | None = None
@@ -63,6 +68,7 @@ class ControlLoop:
         self._computed_seq = 0  # the input seq whose result is cached below
         self._computed: tuple[Safety, str, np.ndarray | None] = (Safety.WAITING, '', None)
         self._latencies_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._new_observation: np.ndarray | None = None
         self._window_steps = 0
         self._window_start_ns = time.monotonic_ns()
         self._active_since_ns: int | None = None
@@ -132,6 +138,7 @@ class ControlLoop:
     def step(self, now_ns: int) -> Step:
         """One control step at ``now_ns``: the command to publish (policy or safe action)."""
         self._window_steps += 1
+        self._new_observation = None
         try:
             state, reason, action = self._evaluate(now_ns)
             if action is not None:
@@ -142,7 +149,7 @@ class ControlLoop:
         if action is None:
             action = self.safe_action()
         log = self.safety.update(state, reason, now_ns)
-        return Step(self.command(action), log)
+        return Step(self.command(action), log, self._new_observation)
 
     def command(self, action) -> np.ndarray:
         """``action`` as the command to publish (never NaN), remembered as the last command."""
@@ -151,6 +158,7 @@ class ControlLoop:
             action = safe_action('zero', self.low, self.high, None, None, rest=self.rest)
         self.last_command = action
         self.commands += 1
+        self.source.commanded(action)
         return action
 
     def _evaluate(self, now_ns: int) -> tuple[Safety, str, np.ndarray | None]:
@@ -166,9 +174,14 @@ class ControlLoop:
         msg, seq, received_ns = self._latest_msg, self._latest_seq, self._latest_ns
         try:
             observation = self.source.observation(msg, received_ns, self.state_timeout_ns)
+        except InputWaiting as error:
+            result = Safety.WAITING, str(error), None
+        except InputStale as error:
+            result = Safety.STALE, str(error), None
         except ValueError as error:
             result = (Safety.MALFORMED, f'malformed {self.source.topic} message: {error}', None)
         else:
+            self._new_observation = observation
             result = self._infer(observation)
         self._computed_seq, self._computed = seq, result
         return result

@@ -13,7 +13,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, Header
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, Header
 
 from fpmd_ros import messages
 from fpmd_ros.controller.inputs import JointStateInput, make_input
@@ -33,7 +33,14 @@ from fpmd_ros.controller.rules import (
 from fpmd_ros.controller.safety import OK, SafetyMonitor
 from fpmd_ros.interface import CONTROLLER_NODE_NAME, model_rate_hz
 from fpmd_ros.params import declare_all
-from fpmd_ros.qos import ACTION_QOS, COMMAND_QOS, DIAGNOSTICS_QOS, EPISODE_START_QOS, INPUT_QOS
+from fpmd_ros.qos import (
+    ACTION_QOS,
+    COMMAND_QOS,
+    DIAGNOSTICS_QOS,
+    EPISODE_START_QOS,
+    INPUT_QOS,
+    ROBOT_COMMAND_QOS,
+)
 
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 1.0
@@ -84,8 +91,10 @@ class PolicyController(LifecycleNode):
         self.loop: ControlLoop | None = None
         self._subscription = None
         self._episode_start_subscription = None
+        self._auxiliary_subscriptions = []
         self._command_pub = None
         self._action_pub = None
+        self._observation_pub = None
         self._diagnostics_pub = None
         self._control_timer = None
         self._timer_period_ns = 0
@@ -135,10 +144,12 @@ class PolicyController(LifecycleNode):
         for timer in (self._control_timer, self._diagnostics_timer):
             if timer is not None:
                 self.destroy_timer(timer)
-        for subscription in (self._subscription, self._episode_start_subscription):
+        for subscription in (self._subscription, self._episode_start_subscription,
+                             *self._auxiliary_subscriptions):
             if subscription is not None:
                 self.destroy_subscription(subscription)
-        for pub in (self._command_pub, self._action_pub, self._diagnostics_pub):
+        for pub in (self._command_pub, self._action_pub, self._observation_pub,
+                    self._diagnostics_pub):
             if pub is not None:
                 self.destroy_publisher(pub)
         self._release()
@@ -210,7 +221,8 @@ class PolicyController(LifecycleNode):
         meta = policy.metadata
         rate_hz = resolve_rate(self._param('control_rate_hz'), meta)
         source = make_input(self._param('observation_mode'), meta, self._param('joint_names'),
-                            self._param('exclude_joint_positions'))
+                            self._param('exclude_joint_positions'), str(self._param('task_file')),
+                            float(self._param('command_timeout_s')))
         if isinstance(source, JointStateInput):
             notes = source.mapping.differences(meta['joint_names'])
             if notes:
@@ -226,6 +238,9 @@ class PolicyController(LifecycleNode):
 
         self._command_pub = self.create_publisher(Float64MultiArray, 'commands', COMMAND_QOS)
         self._action_pub = self.create_publisher(JointState, '~/action', ACTION_QOS)
+        if not source.episode_starts or 'robot' in meta:  # vector observations
+            self._observation_pub = self.create_publisher(Float32MultiArray, '~/observation',
+                                                          ACTION_QOS)
         self._diagnostics_pub = self.create_publisher(
             DiagnosticArray, '/diagnostics', DIAGNOSTICS_QOS)
         if source.episode_starts:
@@ -233,6 +248,12 @@ class PolicyController(LifecycleNode):
             # both waiting, the executor takes the announcement first.
             self._episode_start_subscription = self.create_subscription(
                 Header, 'episode_start', self._on_episode_start, EPISODE_START_QOS)
+        # The input's other topics before the input itself, for the same reason: an IMU
+        # message or a goal waiting with a joint_states message is taken first.
+        for topic, msg_type, qos, handler in source.auxiliary_inputs():
+            self._auxiliary_subscriptions.append(self.create_subscription(
+                msg_type, topic, self._auxiliary_callback(handler),
+                ROBOT_COMMAND_QOS if qos == 'command' else INPUT_QOS))
         self._subscription = self.create_subscription(
             source.msg_type, source.topic, self._on_input, INPUT_QOS)
         loop.start_window(_steady_ns())
@@ -305,6 +326,17 @@ class PolicyController(LifecycleNode):
             self._set_timer_period(self.loop.state_timeout_ns)
             self._control_timer.reset()
 
+    def _auxiliary_callback(self, handler):
+        def on_message(msg) -> None:
+            handler(msg, _steady_ns())
+            self._log_notes()
+        return on_message
+
+    def _log_notes(self) -> None:
+        notes = self.loop.source.notes
+        while notes:
+            self.get_logger().warning(notes.pop(0), throttle_duration_sec=LOG_THROTTLE_S)
+
     def _on_episode_start(self, msg: Header) -> None:
         changed = self.loop.episode_start(messages.stamp_to_ns(msg.stamp))
         if changed and self.trigger == 'observation' and self._control_timer is not None:
@@ -345,6 +377,10 @@ class PolicyController(LifecycleNode):
             else:
                 self.get_logger().info(text, throttle_duration_sec=LOG_THROTTLE_S)
         self._publish(step.command)
+        if step.observation is not None and self._observation_pub is not None \
+                and self._observation_pub.get_subscription_count():
+            self._observation_pub.publish(messages.to_float32_multiarray(
+                step.observation, self.loop.observation_layout))
 
     def _publish(self, command: np.ndarray) -> None:
         self._command_pub.publish(messages.encode_command(command))

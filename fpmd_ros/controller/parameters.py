@@ -62,6 +62,16 @@ PARAMETERS = {
         'observation (e.g. [rootx] for HalfCheetah/Hopper/Walker2d). Unset: none.',
         ParameterType.PARAMETER_STRING_ARRAY,
         constraints='a subset of joint_names; ' + _UNCONFIGURED_ONLY)),
+    'task_file': ('', _descriptor(
+        'joint_states mode with a robot policy whose observation has site terms (e.g. '
+        'goal_offset): the task file for forward kinematics. Empty: the path in the policy\'s '
+        'metadata. Its sha256 must equal the metadata\'s.', ParameterType.PARAMETER_STRING,
+        constraints='the task file the policy was trained on; ' + _UNCONFIGURED_ONLY)),
+    'command_timeout_s': (0.5, _descriptor(
+        'joint_states mode with a velocity-command robot policy: a cmd_vel older than this '
+        '(steady clock, from its arrival) gives a zero velocity command.',
+        ParameterType.PARAMETER_DOUBLE, float_range=(0.001, 60.0),
+        constraints=_UNCONFIGURED_ONLY)),
     'expected_task': ('', _descriptor(
         'If not empty, the model\'s task must equal it (e.g. Hopper-v5).',
         ParameterType.PARAMETER_STRING, constraints=_UNCONFIGURED_ONLY)),
@@ -79,4 +89,5 @@ PARAMETERS = {
 }
 CONFIGURE_PARAMETERS = frozenset({'policy', 'observation_mode', 'joint_names',
                                   'exclude_joint_positions', 'expected_task',
-                                  'inference_threads', 'trigger'})
+                                  'inference_threads', 'trigger', 'task_file',
+                                  'command_timeout_s'})
