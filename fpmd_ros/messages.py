@@ -49,6 +49,17 @@ applied the same command (0: it arrived since the previous step; 1 or more: no n
 arrived in time, so the sim held the last one), ``timed_out`` 1.0 if no command arrived within
 ``command_timeout_s`` (the action is then zero and ``held`` 0).
 
+Robot IMU, goal and velocity command
+------------------------------------
+For robot task files (``sim/<name>.yaml``) ``mujoco_sim`` publishes ``imu``
+(``sensor_msgs/Imu``: orientation x, y, z, w of the base body in the world frame, angular
+velocity in the base frame, rad/s, linear acceleration of the model's accelerometer, m/s^2, or
+zeros with ``linear_acceleration_covariance[0] = -1`` when it has none; covariances 0: unknown;
+frame_id the base body's name), ``~/goal`` (``geometry_msgs/PointStamped``, metres, frame_id
+``world``) and ``~/cmd_vel`` (``geometry_msgs/Twist``: linear.x = vx, linear.y = vy, m/s,
+angular.z = yaw rate, rad/s, the rest 0). It takes overrides on ``goal`` and ``cmd_vel``.
+``decode_goal``, ``decode_twist`` and ``decode_imu`` are what both sides read them with.
+
 Every ``decode_*``/``parse_*`` function validates what it is given (it comes from another
 process) and raises ``ValueError`` naming the problem.
 """
@@ -60,7 +71,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from geometry_msgs.msg import PointStamped, Twist
+from sensor_msgs.msg import CameraInfo, Image, Imu, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension, MultiArrayLayout
 
 TRANSITION_LABELS = ('observation', 'reward', 'terminated', 'truncated', 'step', 'episode',
@@ -400,6 +412,107 @@ def parse_joint_state(msg: JointState, names: Sequence[str] | None = None,
                              'is not finite')
         result[field] = values
     return result
+
+
+# --- robot IMU, goal and velocity command (mujoco_sim <-> policy_controller) --------------------
+
+WORLD_FRAME = 'world'
+GOAL_FRAMES = ('', WORLD_FRAME)
+"""The frames a goal may be given in: mujoco_sim has no tf, so only its world frame ('' reads as
+the world, as a bare ``ros2 topic pub`` sends it)."""
+_UNIT_QUATERNION_TOLERANCE = 1e-3
+
+
+def _require_finite(what: str, fields: Sequence[tuple[str, float]]) -> np.ndarray:
+    """The values of ``(name, value)`` fields as float64, or ValueError naming the first
+    non-finite field."""
+    values = np.array([float(value) for _, value in fields], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        name, value = fields[_first_nonfinite(values)]
+        raise ValueError(f'{what} field {name!r} is {value}, expected a finite number')
+    return values
+
+
+def imu_message(stamp_ns: int, frame_id: str, quat_wxyz, ang_vel,
+                lin_acc=None) -> Imu:
+    """A ``sensor_msgs/Imu`` from a MuJoCo quaternion (w, x, y, z), an angular velocity (rad/s)
+    and a linear acceleration (m/s^2; None: not provided, marked by
+    ``linear_acceleration_covariance[0] = -1``, the ROS convention). The other covariances are
+    0: unknown."""
+    w, x, y, z = (float(v) for v in np.asarray(quat_wxyz, dtype=np.float64).ravel())
+    msg = Imu()
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w = x, y, z, w
+    wx, wy, wz = (float(v) for v in np.asarray(ang_vel, dtype=np.float64).ravel())
+    msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z = wx, wy, wz
+    if lin_acc is None:
+        msg.linear_acceleration_covariance[0] = -1.0
+    else:
+        ax, ay, az = (float(v) for v in np.asarray(lin_acc, dtype=np.float64).ravel())
+        msg.linear_acceleration.x, msg.linear_acceleration.y = ax, ay
+        msg.linear_acceleration.z = az
+    return msg
+
+
+def decode_imu(msg: Imu, frame_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(orientation quaternion w, x, y, z; angular velocity x, y, z in rad/s) of an Imu, as
+    float64, or ValueError naming the field: a non-finite value, an orientation marked as not
+    provided (``orientation_covariance[0] = -1``) or not a unit quaternion, or a frame other
+    than ``frame_id`` (when given). The quaternion is returned as sent (not renormalised)."""
+    if frame_id is not None and msg.header.frame_id != frame_id:
+        raise ValueError(f'imu field header.frame_id is {msg.header.frame_id!r}, expected '
+                         f'{frame_id!r}')
+    if msg.orientation_covariance[0] == -1.0:
+        raise ValueError("imu field 'orientation' is not provided (orientation_covariance[0] "
+                         'is -1); expected an IMU that estimates its orientation')
+    o, w = msg.orientation, msg.angular_velocity
+    quaternion = _require_finite('imu', [('orientation.w', o.w), ('orientation.x', o.x),
+                                         ('orientation.y', o.y), ('orientation.z', o.z)])
+    norm = float(np.linalg.norm(quaternion))
+    if abs(norm - 1.0) > _UNIT_QUATERNION_TOLERANCE:
+        raise ValueError(f"imu field 'orientation' has norm {norm:.6g}, expected a unit "
+                         'quaternion')
+    angular_velocity = _require_finite('imu', [('angular_velocity.x', w.x),
+                                               ('angular_velocity.y', w.y),
+                                               ('angular_velocity.z', w.z)])
+    return quaternion, angular_velocity
+
+
+def point_stamped(stamp_ns: int, point, frame_id: str = WORLD_FRAME) -> PointStamped:
+    """A goal (x, y, z in metres) as a ``geometry_msgs/PointStamped``."""
+    x, y, z = (float(v) for v in np.asarray(point, dtype=np.float64).ravel())
+    msg = PointStamped()
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.point.x, msg.point.y, msg.point.z = x, y, z
+    return msg
+
+
+def decode_goal(msg: PointStamped) -> np.ndarray:
+    """A goal (x, y, z in metres, world frame) as float64, or ValueError naming the field: a
+    frame other than ``world`` or '' (no tf here to transform it), or a non-finite value."""
+    if msg.header.frame_id not in GOAL_FRAMES:
+        raise ValueError(f'goal field header.frame_id is {msg.header.frame_id!r}, expected '
+                         f"{WORLD_FRAME!r} or '' (mujoco_sim has no tf to transform it)")
+    p = msg.point
+    return _require_finite('goal', [('point.x', p.x), ('point.y', p.y), ('point.z', p.z)])
+
+
+def twist(command) -> Twist:
+    """A velocity command (vx, vy in m/s, yaw rate in rad/s) as a ``geometry_msgs/Twist``:
+    linear.x, linear.y and angular.z; the rest 0."""
+    vx, vy, yaw_rate = (float(v) for v in np.asarray(command, dtype=np.float64).ravel())
+    msg = Twist()
+    msg.linear.x, msg.linear.y, msg.angular.z = vx, vy, yaw_rate
+    return msg
+
+
+def decode_twist(msg: Twist) -> np.ndarray:
+    """(vx, vy, yaw rate) of a Twist as float64, or ValueError naming a non-finite field.
+    linear.z, angular.x and angular.y are ignored: a planar base command has no such axes."""
+    return _require_finite('cmd_vel', [('linear.x', msg.linear.x), ('linear.y', msg.linear.y),
+                                       ('angular.z', msg.angular.z)])
 
 
 # --- controller inputs (policy_controller) -------------------------------------------------------

@@ -50,6 +50,11 @@ CLOCK_QOS = _profile(1, _RELIABLE)
 # only 2 deep: a controller wants the newest frame, and a deep reliable history of images would
 # only queue stale frames behind a slow reader.
 CAMERA_REALTIME_QOS = _profile(2, _RELIABLE)
+# Goal / cmd_vel overrides from people and their tools: RELIABLE KEEP_LAST 10 is what
+# teleop_twist_keyboard, rviz's tools and `ros2 topic pub` offer (the system default), so they
+# match; a one-off goal must not be lost, and 10 deep never blocks the sender. A best-effort
+# writer (some joystick teleops) does not match a reliable reader: publish reliable.
+COMMAND_OVERRIDE_QOS = _profile(10, _RELIABLE)
 
 # --- policy_controller ----------------------------------------------------------------------------
 # Sensor input: only the newest message matters. BEST_EFFORT matches reliable and best-effort

@@ -8,10 +8,16 @@ position targets (rad) in [default - scale, default + scale] in position mode, t
 All randomness (reset noise, commands, domain randomisation, observation noise, pushes) comes
 from the env's `np_random`, so the same seed gives the same episode, and `extra_state` /
 `load_extra_state` carry what a checkpoint needs for an exact resume besides the physics.
+
+`set_command` overrides the command in force (a goal from a user, a teleop velocity) until the
+next `reset`, which draws a fresh one as always. The in-episode redraws (`resample_seconds`)
+still draw, so the random stream (pushes, noise) is the same with or without an override, but
+they leave the override in force.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from pathlib import Path
 
@@ -65,6 +71,13 @@ class RobotEnv(gym.Env):
         obs_dim = sum(size for _, size in self.obs_terms)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
         self._camera = None
+        # The IMU's accelerometer: the model's first accelerometer sensor, if it has one.
+        accelerometers = np.flatnonzero(
+            self.model.sensor_type == mujoco.mjtSensor.mjSENS_ACCELEROMETER)
+        self._accelerometer = None
+        if accelerometers.size:
+            start = int(self.model.sensor_adr[accelerometers[0]])
+            self._accelerometer = slice(start, start + 3)
         self._clear_episode()
 
     # --- layout --------------------------------------------------------------------------
@@ -90,6 +103,7 @@ class RobotEnv(gym.Env):
     def _clear_episode(self) -> None:
         n = len(self.joint_names)
         self.command = np.zeros(3)
+        self.command_overridden = False
         self.action = np.zeros(n)
         self.last_action = np.zeros(n)
         self.delay = 0
@@ -142,6 +156,49 @@ class RobotEnv(gym.Env):
     def goal_distance(self) -> float:
         return float(np.linalg.norm(self.command - self.site_pos(self.command_site)))
 
+    @property
+    def base_body_name(self) -> str:
+        """The floating base body's name ('' for a fixed base)."""
+        base = self.robot.base_body
+        return self.model.body(base).name if base >= 0 else ""
+
+    def imu(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """What an IMU on the base reads now: the base orientation (quaternion w, x, y, z, base
+        body in the world frame), its angular velocity in the base frame (rad/s, the
+        `base_ang_vel` term) and the linear acceleration (m/s^2, sensor frame) of the model's
+        first accelerometer sensor, None when the model has none. Floating-base robots only."""
+        if not self.robot.floating:
+            raise ValueError(f"imu: task file {self.task.path}: the model {self.task.model!r} has "
+                             "no floating base (free joint); an IMU reading needs one")
+        orientation = self.data.xquat[self.robot.base_body].copy()
+        acceleration = (self.data.sensordata[self._accelerometer].copy()
+                        if self._accelerometer is not None else None)
+        return orientation, self.base_ang_vel, acceleration
+
+    def set_command(self, values) -> None:
+        """Make `values` the command in force until the next reset: goal (x, y, z) in metres,
+        world frame, or (vx, vy, yaw_rate) in m/s and rad/s, as the task's command kind says.
+        Rewards and the `command` observation use it from the next step on; the in-episode
+        redraws do not replace it. Raises ValueError naming what is wrong."""
+        kind = self.task.command.kind
+        names = COMMAND_RANGES.get(kind)
+        if names is None:
+            raise ValueError(f"set_command: task file {self.task.path} has no command "
+                             f"(command.kind is {kind!r})")
+        try:
+            command = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"set_command: expected 3 numbers ({', '.join(names)}), got "
+                             f"{values!r}") from None
+        if command.shape != (3,):
+            raise ValueError(f"set_command: expected 3 numbers ({', '.join(names)}), got "
+                             f"shape {command.shape}")
+        for name, value in zip(names, command, strict=True):
+            if not math.isfinite(value):
+                raise ValueError(f"set_command: {name} is {value}, expected a finite number")
+        self.command = command
+        self.command_overridden = True
+
     # --- episode -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options=None):
         super().reset(seed=seed)
@@ -157,7 +214,7 @@ class RobotEnv(gym.Env):
                                                          len(self.default_pos))
         self.data.ctrl[:] = self._to_control(np.zeros(len(self.joint_names)))
         mujoco.mj_forward(self.model, self.data)
-        self._sample_command(rng)
+        self.command = self._draw_command(rng)
         return self._observe(rng), {}
 
     def _randomize(self, rng: np.random.Generator) -> None:
@@ -180,10 +237,10 @@ class RobotEnv(gym.Env):
             m.actuator_biasprm[:, 1] = -kp
             m.actuator_biasprm[:, 2] = -kd
 
-    def _sample_command(self, rng: np.random.Generator) -> None:
+    def _draw_command(self, rng: np.random.Generator) -> np.ndarray:
         c = self.task.command
         names = COMMAND_RANGES.get(c.kind, ())
-        self.command = np.array([rng.uniform(*getattr(c, name)) for name in names] or [0.0] * 3)
+        return np.array([rng.uniform(*getattr(c, name)) for name in names] or [0.0] * 3)
 
     def _to_control(self, normalized: np.ndarray) -> np.ndarray:
         return self.action_center + self.action_half * normalized
@@ -221,7 +278,9 @@ class RobotEnv(gym.Env):
         terminated = not stable or self._terminated()
         resample = round(task.command.resample_seconds / task.control_period)
         if resample and self.steps % resample == 0:
-            self._sample_command(rng)
+            drawn = self._draw_command(rng)  # drawn even when overridden: the same random stream
+            if not self.command_overridden:
+                self.command = drawn
         # The observation's `last_action` is the action just taken (action_rate compared it
         # with the one before).
         self.last_action = self.action.copy()
@@ -263,7 +322,8 @@ class RobotEnv(gym.Env):
     def extra_state(self) -> dict:
         """Everything besides physics and `np_random` that the next step depends on."""
         return {
-            "command": self.command.tolist(), "action": self.action.tolist(),
+            "command": self.command.tolist(), "command_overridden": self.command_overridden,
+            "action": self.action.tolist(),
             "last_action": self.last_action.tolist(), "delay": self.delay,
             "pending": [a.tolist() for a in self._pending], "steps": self.steps,
             "scales": {"friction": self.scales["friction"],
@@ -273,6 +333,8 @@ class RobotEnv(gym.Env):
 
     def load_extra_state(self, state: dict) -> None:
         self.command = np.array(state["command"], dtype=np.float64)
+        # Absent from the states saved before set_command existed: no override then.
+        self.command_overridden = bool(state.get("command_overridden", False))
         self.action = np.array(state["action"], dtype=np.float64)
         self.last_action = np.array(state["last_action"], dtype=np.float64)
         self.delay = int(state["delay"])

@@ -46,6 +46,22 @@ Topics and services (relative names, so the node lives in a namespace such as ``
         terminal observation is in the ``transition``). A ``~/reset`` also publishes them.
     pub ``observation`` (std_msgs/Float32MultiArray): the task observation; layout segments
         labelled by the task's observation terms.
+    pub ``imu`` (sensor_msgs/Imu; robot task files with a floating base): the base's IMU
+        reading of the state: orientation = the base body's quaternion in the world frame
+        (MuJoCo's w, x, y, z as the message's x, y, z, w), angular_velocity = the base angular
+        velocity in the base frame (rad/s, the ``base_ang_vel`` term), linear_acceleration =
+        the model's first ``accelerometer`` sensor (m/s^2, in its site's frame; a model without
+        one: zeros and ``linear_acceleration_covariance[0] = -1``, ROS's "not provided"). The
+        other covariances are 0 (unknown). ``header.frame_id`` is the base body's name.
+    pub ``~/goal`` (geometry_msgs/PointStamped; ``goal_position`` tasks): the goal in force
+        (m, ``frame_id`` ``world``).
+    pub ``~/cmd_vel`` (geometry_msgs/Twist; ``velocity`` tasks): the command in force:
+        linear.x = vx, linear.y = vy (m/s), angular.z = yaw rate (rad/s), the rest 0.
+        ``~/goal`` or ``~/cmd_vel``, then ``imu``, then ``joint_states``: in this order, with
+        the same stamp and QoS, for every state joint_states describes (each reset and each
+        step, both modes), so a controller that acts on joint_states already has the others.
+        The command in force is the one the next step's rewards use and the state's
+        ``command`` observation shows (after an in-episode redraw: the new command).
     pub ``transition`` (std_msgs/Float64MultiArray, lockstep only): see fpmd_ros.messages.
         Its ``stamp`` is the sim time of its observation (the stamp of that state).
     pub ``camera/image_raw`` (sensor_msgs/Image, rgb8; with ``camera_enabled``): one frame of
@@ -85,11 +101,23 @@ Topics and services (relative names, so the node lives in a namespace such as ``
     pub ``/clock`` (rosgraph_msgs/Clock, realtime with ``publish_clock``).
     sub ``commands`` (std_msgs/Float64MultiArray): the action in env units, actuator order.
         Values outside the actuator ranges are clamped by MuJoCo, exactly as in-process.
+    sub ``goal`` (geometry_msgs/PointStamped; ``goal_position`` tasks) and ``cmd_vel``
+        (geometry_msgs/Twist, vx, vy, yaw rate as above; ``velocity`` tasks), RELIABLE
+        KEEP_LAST 10 (what teleop tools and ``ros2 topic pub`` offer): each valid message
+        overrides the command in force until the episode ends (fpmd_core
+        ``RobotEnv.set_command``): the next step's rewards and observation use it, the
+        in-episode redraws (``resample_seconds``) leave it in force, and the next episode
+        (any reset) draws its own command as always. No range check: a goal or velocity
+        outside the task file's ranges is taken as given. Valid: finite values; a goal in
+        frame ``world`` or '' (the sim has no tf); a Twist's linear.z, angular.x and angular.y
+        are ignored. An invalid message is dropped with a throttled warning naming the field,
+        and nothing else changes. A task without that kind of command has no such
+        subscription.
     srv ``~/reset`` (std_srvs/Trigger): starts the next episode; the response message reads
         ``episode <k> seed <s>``.
     srv ``~/set_pause`` (std_srvs/SetBool): realtime only; pauses/resumes the physics timer.
-    ``joint_states``, ``observation`` and the camera topics are only built when someone
-    subscribes.
+    ``joint_states``, ``observation``, ``imu``, ``~/goal``, ``~/cmd_vel`` and the camera topics
+    are only built when someone subscribes.
 
 Episodes and seeds
     Episodes are numbered k = 0, 1, ... over the node's life; episode k is reset with seed

@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from geometry_msgs.msg import PointStamped, Twist
 from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
@@ -16,11 +17,12 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rosgraph_msgs.msg import Clock as ClockMsg
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, Imu, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 
 from fpmd_core.rendering import Camera, RenderError, UnknownCameraError, camera_id, camera_list
+from fpmd_core.robots import RobotEnv
 from fpmd_core.runtime import rest_action
 from fpmd_core.tasks import TaskError, default_camera, make_env, mujoco_handles, task_spec
 from fpmd_ros import messages
@@ -32,6 +34,7 @@ from fpmd_ros.qos import (
     APPLIED_COMMAND_QOS,
     CAMERA_REALTIME_QOS,
     CLOCK_QOS,
+    COMMAND_OVERRIDE_QOS,
     EPISODE_QOS,
     EPISODE_START_QOS,
     LOCKSTEP_QOS,
@@ -195,6 +198,7 @@ class MujocoSimNode(Node):
             Float64MultiArray, '~/applied_command', APPLIED_COMMAND_QOS))
         self._clock_pub = (self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
                            if values['publish_clock'] else None)
+        self._setup_robot_topics()
         self.frames_rendered = 0
         self._camera: Camera | None = None
         self._render_thread: ThreadPoolExecutor | None = None
@@ -227,6 +231,30 @@ class MujocoSimNode(Node):
             f"{self.spec.act_dim} ({', '.join(self.spec.actuator_names)}), control period "
             f"{self.spec.control_dt:g} s (action repeat {self.spec.action_repeat}), seed "
             f"{values['seed']}{camera}")
+
+    def _setup_robot_topics(self) -> None:
+        """Robot task files: the base IMU (floating base), the command in force and the
+        subscription that overrides it (the kind of command the task has, if any)."""
+        inner = self._env.unwrapped
+        self._robot = inner if isinstance(inner, RobotEnv) else None
+        self._imu_pub = self._goal_pub = self._cmd_vel_pub = None
+        self.rejected_overrides = 0
+        self.command_overrides = 0  # accepted goal / cmd_vel messages
+        if self._robot is None:
+            return
+        if self._robot.robot.floating:
+            self._imu_pub = self.create_publisher(Imu, 'imu', STATE_QOS)
+        kind = self._robot.task.command.kind
+        if kind == 'goal_position':
+            self._goal_pub = self.create_publisher(PointStamped, '~/goal', STATE_QOS)
+            self.create_subscription(
+                PointStamped, 'goal', lambda msg: self._on_override('goal', msg),
+                COMMAND_OVERRIDE_QOS)
+        elif kind == 'velocity':
+            self._cmd_vel_pub = self.create_publisher(Twist, '~/cmd_vel', STATE_QOS)
+            self.create_subscription(
+                Twist, 'cmd_vel', lambda msg: self._on_override('cmd_vel', msg),
+                COMMAND_OVERRIDE_QOS)
 
     def _setup_camera(self, model, width: int, height: int, qos: QoSProfile) -> None:
         # The camera lives in a thread of its own, where it is made, renders and is closed: an
@@ -371,6 +399,7 @@ class MujocoSimNode(Node):
         if self._obs_pub.get_subscription_count():
             self._obs_pub.publish(messages.to_float32_multiarray(self.episodes.observation,
                                                                  self.spec.obs_terms))
+        self._publish_robot_state()
         if self._joint_pub.get_subscription_count():
             _, data = mujoco_handles(self._env)
             self._joint_pub.publish(messages.joint_state(
@@ -381,6 +410,19 @@ class MujocoSimNode(Node):
             clock = ClockMsg()
             messages.stamp_from_ns(clock.clock, self.episodes.sim_time_ns)
             self._clock_pub.publish(clock)
+
+    def _publish_robot_state(self) -> None:
+        """Robot task files: the current state's command in force, then its IMU reading, both
+        with the stamp of its joint_states and before them, so a controller acting on
+        joint_states already has both."""
+        stamp, robot = self.state_stamp_ns, self._robot
+        if self._goal_pub is not None and self._goal_pub.get_subscription_count():
+            self._goal_pub.publish(messages.point_stamped(stamp, robot.command))
+        if self._cmd_vel_pub is not None and self._cmd_vel_pub.get_subscription_count():
+            self._cmd_vel_pub.publish(messages.twist(robot.command))
+        if self._imu_pub is not None and self._imu_pub.get_subscription_count():
+            self._imu_pub.publish(messages.imu_message(stamp, robot.base_body_name,
+                                                       *robot.imu()))
 
     # --- callbacks (each short: at most one env step) -------------------------------------------
 
@@ -399,6 +441,25 @@ class MujocoSimNode(Node):
         else:
             self._held_action, self._held_since_ns = action, time.monotonic_ns()
             self._held_steps = 0
+
+    def _on_override(self, topic: str, msg) -> None:
+        """A goal or cmd_vel: the command in force until the episode ends; a bad one changes
+        nothing."""
+        decode = messages.decode_goal if topic == 'goal' else messages.decode_twist
+        try:
+            command = decode(msg)
+        except ValueError as error:
+            self.rejected_overrides += 1
+            self.get_logger().warning(f'rejected {topic} ({error}); the command in force stays',
+                                      throttle_duration_sec=_LOG_THROTTLE_S)
+            return
+        first = not self._robot.command_overridden
+        self._robot.set_command(command)
+        self.command_overrides += 1
+        if first:  # once per episode: a teleop sends many
+            self.get_logger().info(
+                f'{topic} override {np.round(command, 4).tolist()} in force until episode '
+                f'{self.episodes.episode_index} ends')
 
     def _on_tick(self) -> None:
         if self.paused:
