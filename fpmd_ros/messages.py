@@ -494,7 +494,7 @@ def decode_goal(msg: PointStamped) -> np.ndarray:
     frame other than ``world`` or '' (no tf here to transform it), or a non-finite value."""
     if msg.header.frame_id not in GOAL_FRAMES:
         raise ValueError(f'goal field header.frame_id is {msg.header.frame_id!r}, expected '
-                         f"{WORLD_FRAME!r} or '' (mujoco_sim has no tf to transform it)")
+                         f"{WORLD_FRAME!r} or '' (no tf here to transform it)")
     p = msg.point
     return _require_finite('goal', [('point.x', p.x), ('point.y', p.y), ('point.z', p.z)])
 
@@ -551,54 +551,6 @@ def joint_state_observation(msg: JointState, joints: Sequence[str],
     positions = fields['position'][[slot[n] for n in position_joints]]
     velocities = fields['velocity'][[slot[n] for n in joints]]
     return np.concatenate([positions, velocities]).astype(np.float32)
-
-
-# --- robot inputs (policy_controller with a robot policy) ------------------------------------
-
-GOAL_FRAMES = ('', 'world')
-"""Frames a goal may be given in: the robot tasks' goals are in the world frame, and nothing here
-transforms between frames (no tf)."""
-
-
-def _finite3(what: str, values) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(array)):
-        names = ('x', 'y', 'z')
-        raise ValueError(f'{what}.{names[_first_nonfinite(array)]} is not finite')
-    return array
-
-
-def decode_goal(msg) -> np.ndarray:
-    """A goal position (x, y, z) in metres from a geometry_msgs/PointStamped, or ValueError:
-    a non-finite coordinate, or a frame other than ``world`` (or empty)."""
-    if msg.header.frame_id not in GOAL_FRAMES:
-        raise ValueError(f'goal header.frame_id is {msg.header.frame_id!r}; expected world (or '
-                         'empty): goals are in the world frame')
-    return _finite3('goal point', (msg.point.x, msg.point.y, msg.point.z))
-
-
-def decode_twist(msg) -> np.ndarray:
-    """A velocity command (vx, vy, yaw_rate) from a geometry_msgs/Twist, or ValueError for a
-    non-finite value; linear.z, angular.x and angular.y are not part of the command."""
-    linear = _finite3('cmd_vel linear', (msg.linear.x, msg.linear.y, 0.0))
-    angular = _finite3('cmd_vel angular', (0.0, 0.0, msg.angular.z))
-    return np.array([linear[0], linear[1], angular[2]])
-
-
-def decode_imu(msg) -> tuple[np.ndarray, np.ndarray]:
-    """(orientation quaternion w, x, y, z; angular velocity) from a sensor_msgs/Imu, or
-    ValueError: a non-finite value or an orientation the message marks as not provided
-    (``orientation_covariance[0] == -1``)."""
-    if msg.orientation_covariance[0] == -1.0:
-        raise ValueError('imu orientation is not provided (orientation_covariance[0] = -1); '
-                         'the policy needs it')
-    q = msg.orientation
-    quat = np.array([q.w, q.x, q.y, q.z], dtype=np.float64)
-    if not np.all(np.isfinite(quat)):
-        raise ValueError('imu orientation is not finite')
-    velocity = _finite3('imu angular_velocity', (msg.angular_velocity.x, msg.angular_velocity.y,
-                                                 msg.angular_velocity.z))
-    return quat, velocity
 
 
 # --- diagnostics -------------------------------------------------------------------------------

@@ -50,11 +50,12 @@ CLOCK_QOS = _profile(1, _RELIABLE)
 # only 2 deep: a controller wants the newest frame, and a deep reliable history of images would
 # only queue stale frames behind a slow reader.
 CAMERA_REALTIME_QOS = _profile(2, _RELIABLE)
-# Goal / cmd_vel overrides from people and their tools: RELIABLE KEEP_LAST 10 is what
+# Goal / cmd_vel (mujoco_sim's overrides, the policy_controller's robot commands) from people and
+# their tools: RELIABLE KEEP_LAST 10 is what
 # teleop_twist_keyboard, rviz's tools and `ros2 topic pub` offer (the system default), so they
 # match; a one-off goal must not be lost, and 10 deep never blocks the sender. A best-effort
 # writer (some joystick teleops) does not match a reliable reader: publish reliable.
-COMMAND_OVERRIDE_QOS = _profile(10, _RELIABLE)
+ROBOT_COMMAND_QOS = _profile(10, _RELIABLE)
 
 # --- policy_controller ----------------------------------------------------------------------------
 # Sensor input: only the newest message matters. BEST_EFFORT matches reliable and best-effort
@@ -64,9 +65,6 @@ INPUT_QOS = _profile(1, _BEST_EFFORT)
 # subscribes with system-default QoS) matches; depth 1 so a slow reader never blocks the loop and
 # never receives an outdated command after a newer one.
 COMMAND_QOS = _profile(1, _RELIABLE)
-# Robot commands (goal, cmd_vel) from users and planners: each message counts (a goal may be sent
-# once), so RELIABLE, as teleop tools and nav2 publish; depth 10, their default.
-ROBOT_COMMAND_QOS = _profile(10, _RELIABLE)
 # ~/action and ~/observation are for recording (rosbag): reliable with a little buffer.
 ACTION_QOS = _profile(10, _RELIABLE)
 

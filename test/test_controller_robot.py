@@ -189,7 +189,7 @@ def test_goal_missing_waits_with_the_default_pose_then_follows_each_goal(arm):
 
 
 @pytest.mark.parametrize('bad, reason', [
-    (goal_msg([np.nan, 0.0, 0.2]), 'goal point.x is not finite'),
+    (goal_msg([np.nan, 0.0, 0.2]), "goal field 'point.x' is nan"),
     (goal_msg([0.3, 0.0, 0.2], frame_id='base_link'), "frame_id is 'base_link'"),
 ])
 def test_a_bad_goal_is_rejected_and_the_previous_goal_holds(arm, bad, reason):

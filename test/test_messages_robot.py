@@ -74,8 +74,7 @@ def test_goal_round_trip_in_the_world_frame():
 
 
 @pytest.mark.parametrize('frame, value, problem', [
-    ('map', 0.1, r"goal field header.frame_id is 'map', expected 'world' or '' \(mujoco_sim "
-                 r'has no tf'),
+    ('map', 0.1, r"goal field header.frame_id is 'map', expected 'world' or '' \(no tf here"),
     ('world', math.nan, r"goal field 'point.y' is nan, expected a finite number"),
     ('', -math.inf, r"goal field 'point.y' is -inf"),
 ])

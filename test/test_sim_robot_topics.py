@@ -19,7 +19,7 @@ from test_sim_node import SimClient
 
 from fpmd_core.tasks import make_env
 from fpmd_ros import messages
-from fpmd_ros.qos import COMMAND_OVERRIDE_QOS
+from fpmd_ros.qos import ROBOT_COMMAND_QOS
 
 PID = os.getpid()
 ARM = os.path.join(REPO_ROOT, 'sim', 'arm_reach.yaml')
@@ -45,8 +45,8 @@ class RobotTopics:
                                  reliable_qos(100))
         node.create_subscription(Twist, f'{ns}/mujoco_sim/cmd_vel', self.cmd_vel.append,
                                  reliable_qos(100))
-        self.goal_pub = node.create_publisher(PointStamped, f'{ns}/goal', COMMAND_OVERRIDE_QOS)
-        self.cmd_vel_pub = node.create_publisher(Twist, f'{ns}/cmd_vel', COMMAND_OVERRIDE_QOS)
+        self.goal_pub = node.create_publisher(PointStamped, f'{ns}/goal', ROBOT_COMMAND_QOS)
+        self.cmd_vel_pub = node.create_publisher(Twist, f'{ns}/cmd_vel', ROBOT_COMMAND_QOS)
         # The sim publishes only to matched readers: wait until its writers see ours.
         writers = [w for w in (sim.node._imu_pub, sim.node._goal_pub, sim.node._cmd_vel_pub)
                    if w is not None]

@@ -34,11 +34,11 @@ from fpmd_ros.qos import (
     APPLIED_COMMAND_QOS,
     CAMERA_REALTIME_QOS,
     CLOCK_QOS,
-    COMMAND_OVERRIDE_QOS,
     EPISODE_QOS,
     EPISODE_START_QOS,
     LOCKSTEP_QOS,
     REALTIME_COMMAND_QOS,
+    ROBOT_COMMAND_QOS,
     STATE_QOS,
 )
 from fpmd_ros.sim.episodes import Episodes
@@ -249,12 +249,12 @@ class MujocoSimNode(Node):
             self._goal_pub = self.create_publisher(PointStamped, '~/goal', STATE_QOS)
             self.create_subscription(
                 PointStamped, 'goal', lambda msg: self._on_override('goal', msg),
-                COMMAND_OVERRIDE_QOS)
+                ROBOT_COMMAND_QOS)
         elif kind == 'velocity':
             self._cmd_vel_pub = self.create_publisher(Twist, '~/cmd_vel', STATE_QOS)
             self.create_subscription(
                 Twist, 'cmd_vel', lambda msg: self._on_override('cmd_vel', msg),
-                COMMAND_OVERRIDE_QOS)
+                ROBOT_COMMAND_QOS)
 
     def _setup_camera(self, model, width: int, height: int, qos: QoSProfile) -> None:
         # The camera lives in a thread of its own, where it is made, renders and is closed: an
