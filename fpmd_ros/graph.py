@@ -653,6 +653,10 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     controller_remaps = list(remap_commands)
     if observation_mode == 'image':
         controller_remaps.append(('image_raw', image_topic))
+    if sim and observation_mode == 'joint_states' and meta.get('robot'):
+        # The controller follows the command the sim has in force (sampled per episode, or
+        # what someone published to the sim's goal / cmd_vel), as the sim's rewards do.
+        controller_remaps += [(topic, f'{SIM_NODE_NAME}/{topic}') for topic in ('goal', 'cmd_vel')]
     nodes.append(NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME, namespace, {
         'policy': policy,
         'observation_mode': observation_mode,

@@ -159,8 +159,10 @@ def make_plan(args: dict[str, Any]) -> Plan:
     # Read once, here; deploy_graph is given it.
     meta = policy_metadata(check_policy_file(_text(values, 'policy')))
     if 'observation_mode' not in args:
-        # A policy trained from pixels watches the sim's camera.
-        values['observation_mode'] = 'image' if meta.get('frame_stack') else 'observation'
+        # A policy trained from pixels watches the sim's camera; a robot policy builds its
+        # observation from the topics a robot has (joint_states, imu, goal / cmd_vel).
+        values['observation_mode'] = ('image' if meta.get('frame_stack') else
+                                      'joint_states' if meta.get('robot') else 'observation')
 
     episodes = _int(values, 'episodes', 1, 10_000)
     realtime_factor = _float(values, 'realtime_factor', 0.0, inclusive=False)

@@ -179,8 +179,9 @@ def test_short_training_run_of_a_task_file_over_ros(tmp_path):
 # --- the deploy rehearsal ----------------------------------------------------------------------
 
 def test_rehearsal_of_a_task_file_policy(tmp_path):
-    """Observation mode: the realtime sim runs the very task file the policy was trained on,
-    and the closed loop is scored against in-process (the machinery, not the policy)."""
+    """The realtime sim runs the very task file the policy was trained on; the controller builds
+    the observation from joint_states and the sim's goal, as on a robot; the closed loop is
+    scored against in-process (the machinery, not the policy)."""
     import re
 
     from runner_helpers import export_untrained_policy
@@ -190,7 +191,8 @@ def test_rehearsal_of_a_task_file_policy(tmp_path):
     policy = export_untrained_policy(tmp_path / 'arm.onnx', ARM)
     plan = rehearsal.make_plan({'policy': str(policy), 'max_episode_steps': '20'})
     assert plan.sim.parameters['task'] == ARM_PATH
-    assert plan.controller.parameters['observation_mode'] == 'observation'
+    assert plan.controller.parameters['observation_mode'] == 'joint_states'
+    assert ('goal', 'mujoco_sim/goal') in plan.controller.remappings
     namespace = f'rehearsal_arm_p{PID}'
     run = RunnerProcess(None, f'policy:={policy}', 'episodes:=2', 'max_episode_steps:=20',
                         f'namespace:={namespace}', module='fpmd_ros.rehearsal')
