@@ -74,7 +74,7 @@ class Sims:
         for i, namespace in enumerate(self.namespaces):
             spec = NodeSpec(SIM_EXECUTABLE, SIM_NODE_NAME, namespace, {
                 'task': task, 'mode': 'lockstep', 'seed': i * SEED_STRIDE})
-            log = log_dir / f'{namespace}_{task}.log'
+            log = log_dir / f'{namespace}_{Path(task).name}.log'  # a task file path has slashes
             with open(log, 'w') as out:
                 self.procs.append(subprocess.Popen(
                     node_command(spec), env=env, stdin=subprocess.DEVNULL, stdout=out,

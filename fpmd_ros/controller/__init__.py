@@ -44,6 +44,10 @@ are read by configure; a change at any other time is refused with that reason)
     ``exclude_joint_positions`` (str[]) [unconfigured]  joint_states mode: joints (from
         ``joint_names``) whose position is left out, e.g. ``[rootx]`` for Gymnasium's
         HalfCheetah/Hopper/Walker2d, whose observation omits the x position. Unset: none.
+    ``task_file`` (str) [unconfigured]         robot policies with site terms (goal_offset): the
+        task file for forward kinematics; empty: the metadata's path. sha256-checked.
+    ``command_timeout_s`` (0.001..60, 0.5) [unconfigured]  robot policies with a velocity
+        command: an older ``cmd_vel`` gives a zero velocity command.
     ``expected_task`` (str) [unconfigured]     if set, the model's task must equal it.
     ``inference_threads`` (int 1..64) [unconfigured]  onnxruntime / torch intra-op threads.
     ``trigger`` (str, ``timer``) [unconfigured]  when a control step runs (see below):
@@ -66,6 +70,14 @@ Observation from ``joint_states`` (sensor_msgs/JointState), mapped by name
     InvertedPendulum; HalfCheetah, Hopper, Walker2d with ``exclude_joint_positions: [rootx]``;
     not Ant/Humanoid, nor dm_control tasks with sin/cos or body terms); for those use
     ``observation`` mode.
+
+Observation of a robot policy (metadata ``robot``, trained on a ``sim/<name>.yaml`` task file)
+    In ``joint_states`` mode the observation is built as the metadata describes it by
+    :class:`fpmd_ros.controller.robot_input.RobotInput` (its docstring has the command rules):
+    ``joint_states`` by name, ``imu`` (sensor_msgs/Imu) when the observation has base terms,
+    ``goal`` (geometry_msgs/PointStamped) or ``cmd_vel`` (geometry_msgs/Twist) for the command,
+    and the last published command (zeros after activation and at an ``episode_start``), through
+    the training env's own term functions (fpmd_core.robots.observer).
 
 Observation from ``image_raw`` (sensor_msgs/Image), pixel policies
     Each frame must be ``rgb8`` with the model's H x W (metadata ``obs_shape``), ``step`` >= 3 W
@@ -101,6 +113,10 @@ ros2_control ``forward_command_controller``'s ``~/commands``)
     sub ``episode_start`` (std_msgs/Header, image mode only, RELIABLE, KEEP_LAST 10): episode
         starts, ``header.stamp`` = the stamp of the episode's first frame (0: the next frame);
         mujoco_sim publishes it at every reset. A robot or user may publish it too.
+    sub ``imu`` (sensor_msgs/Imu, sensor-data QoS), ``goal`` / ``cmd_vel`` (RELIABLE, KEEP_LAST
+        10): robot policies in joint_states mode, as their observation needs them.
+    pub ``~/observation`` (std_msgs/Float32MultiArray, not in image mode, only while someone
+        subscribes): each observation computed, labelled by the model's ``obs_terms``.
     pub ``commands`` (std_msgs/Float64MultiArray, RELIABLE, KEEP_LAST 1, VOLATILE): the action in
         env units, actuator order, one layout segment labelled ``action``.
     pub ``~/action`` (sensor_msgs/JointState, RELIABLE, KEEP_LAST 10): the same command stamped
