@@ -132,6 +132,9 @@ class Plan:
     timeout_s: float
     model_rate_hz: float
     trigger: str
+    measured_observation: bool = False
+    """The controller builds a robot policy's observation from topics (joint_states mode):
+    without the task file's training noise, so the in-process loop leaves it out too."""
 
     @property
     def sim(self):
@@ -186,22 +189,33 @@ def make_plan(args: dict[str, Any]) -> Plan:
         timeout_s = 2.0 * episodes * limit / model_rate_hz / realtime_factor + 60.0
     return Plan(specs, controller.parameters['policy'], task, episodes, realtime_factor, seed,
                 max_episode_steps, min_ratio, timeout_s, model_rate_hz,
-                controller.parameters['trigger'])
+                controller.parameters['trigger'],
+                bool(meta.get('robot')) and values['observation_mode'] == 'joint_states')
 
 
 # --- in-process deploy-mode evaluation -----------------------------------------------------------
 
-def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0) -> list[Episode]:
-    """``policy`` (env units) stepping the task in-process, one episode per seed, the action
-    clipped to the bounds as ``policy_controller`` does; a pixel policy sees the frames of the
-    camera it was trained with."""
+def in_process_env(meta: dict, max_episode_steps: int, measured_observation: bool):
+    """The policy's env for the in-process loop; ``measured_observation``: a robot policy's
+    observation without training noise, as its controller computes it from topics."""
     from fpmd_core.tasks import env_from_metadata
 
+    env = env_from_metadata(meta, max_episode_steps)
+    if measured_observation:
+        env.unwrapped.observation_noise = False
+    return env
+
+
+def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0,
+                        measured_observation: bool = False) -> list[Episode]:
+    """``policy`` (env units) stepping the task in-process, one episode per seed, the action
+    clipped to the bounds as ``policy_controller`` does; a pixel policy sees the frames of the
+    camera it was trained with (``measured_observation``: see :func:`in_process_env`)."""
     low = np.asarray(policy.metadata['action_low'], dtype=np.float64)
     high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
     if policy.metadata['task'] != task:
         raise ValueError(f'policy task {policy.metadata["task"]!r}, expected {task!r}')
-    env = env_from_metadata(policy.metadata, max_episode_steps)
+    env = in_process_env(policy.metadata, max_episode_steps, measured_observation)
     results = []
     try:
         for seed in seeds:
@@ -310,20 +324,18 @@ def compare_steps(applied, policy_actions: np.ndarray, tolerance: np.ndarray
     return departure, late, zeroed
 
 
-def analyse_closed_loop(policy, episodes: list[Episode], applied, max_episode_steps: int = 0
-                        ) -> list[EpisodeAnalysis]:
+def analyse_closed_loop(policy, episodes: list[Episode], applied, max_episode_steps: int = 0,
+                        measured_observation: bool = False) -> list[EpisodeAnalysis]:
     """For each closed-loop episode (``episodes``, with ``applied``: the sim's applied commands
     of its steps 0.. as recorded), replays the applied actions in-process and compares them step
     by step with the policy's (:func:`compare_steps`). Until the first difference the closed
     loop and the in-process loop went through the same states, so that step is where the closed
     loop departed from in-process; after it the comparison follows the sim's own states, so the
     late-command counts cover the whole episode."""
-    from fpmd_core.tasks import env_from_metadata
-
     low = np.asarray(policy.metadata['action_low'], dtype=np.float64)
     high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
     tolerance = ACTION_TOLERANCE * np.maximum(high - low, 1.0)
-    env = env_from_metadata(policy.metadata, max_episode_steps)
+    env = in_process_env(policy.metadata, max_episode_steps, measured_observation)
     results = []
     try:
         for episode, commands in zip(episodes, applied, strict=True):
@@ -736,8 +748,9 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = load_policy(plan.policy)
     reference = evaluate_in_process(policy, plan.task, [e.seed for e in loop.episodes],
-                                    plan.max_episode_steps)
-    analyses = analyse_closed_loop(policy, loop.episodes, loop.applied, plan.max_episode_steps)
+                                    plan.max_episode_steps, plan.measured_observation)
+    analyses = analyse_closed_loop(policy, loop.episodes, loop.applied, plan.max_episode_steps,
+                                   plan.measured_observation)
     text, ok = report(plan, loop, reference, policy.model_hash,
                       str(policy.metadata.get('algorithm', '')), analyses)
     print(text, flush=True)

@@ -124,3 +124,25 @@ def test_bad_readings_are_refused_naming_the_reading():
     start = next(t['start'] for t in robot_metadata(SIM / 'quadruped_walk.yaml')['observations']
                  if t['term'] == 'projected_gravity')
     np.testing.assert_allclose(obs[start:start + 3], [0, 0, -1], atol=1e-12)
+
+
+def test_observation_noise_off_is_the_measured_observation_with_the_same_random_stream():
+    """What a deploy rehearsal's in-process loop uses for a controller in joint_states mode: the
+    task file's noise left out of the observation, every other random draw (pushes, commands,
+    randomisation) unchanged."""
+    noisy = RobotEnv(SIM / 'quadruped_walk.yaml')
+    clean = RobotEnv(SIM / 'quadruped_walk.yaml')
+    clean.observation_noise = False
+    observer = RobotObserver(robot_metadata(clean))
+    noisy_obs, _ = noisy.reset(seed=5)
+    clean_obs, _ = clean.reset(seed=5)
+    rng = np.random.default_rng(5)
+    for _ in range(450):  # past a push (every 8 s = 400 steps) and a command redraw
+        assert not np.array_equal(noisy_obs, clean_obs)  # the noise is there, and left out
+        np.testing.assert_allclose(measured_observation(observer, clean), clean_obs,
+                                   rtol=0, atol=1e-12)
+        action = clean.default_pos + 0.2 * rng.uniform(-1, 1, 12)
+        noisy_obs, *_ = noisy.step(action)
+        clean_obs, *_ = clean.step(action)
+        np.testing.assert_array_equal(noisy.data.qpos, clean.data.qpos)
+        np.testing.assert_array_equal(noisy.command, clean.command)

@@ -193,6 +193,7 @@ def test_rehearsal_of_a_task_file_policy(tmp_path):
     assert plan.sim.parameters['task'] == ARM_PATH
     assert plan.controller.parameters['observation_mode'] == 'joint_states'
     assert ('goal', 'mujoco_sim/goal') in plan.controller.remappings
+    assert plan.measured_observation  # the in-process loop leaves training noise out too
     namespace = f'rehearsal_arm_p{PID}'
     run = RunnerProcess(None, f'policy:={policy}', 'episodes:=2', 'max_episode_steps:=20',
                         f'namespace:={namespace}', module='fpmd_ros.rehearsal')

@@ -71,6 +71,9 @@ class RobotEnv(gym.Env):
         obs_dim = sum(size for _, size in self.obs_terms)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
         self._camera = None
+        self.observation_noise = True
+        """False: observations leave the task file's noise out (still drawn, so every other
+        random draw is unchanged): what a deployed controller computes from its topics."""
         # The IMU's accelerometer: the model's first accelerometer sensor, if it has one.
         accelerometers = np.flatnonzero(
             self.model.sensor_type == mujoco.mjtSensor.mjSENS_ACCELEROMETER)
@@ -316,7 +319,7 @@ class RobotEnv(gym.Env):
 
     def _observe(self, rng: np.random.Generator) -> np.ndarray:
         return compose_observation(self, self.task.observations, self._obs_scales,
-                                   self.task.observation_clip, rng)
+                                   self.task.observation_clip, rng, self.observation_noise)
 
     # --- exact resume ----------------------------------------------------------------------
     def extra_state(self) -> dict:

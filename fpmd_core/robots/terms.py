@@ -88,7 +88,8 @@ OBSERVATION_TERMS: dict[str, ObservationTermInfo] = {
 
 
 def compose_observation(source, terms, scales, clip: float,
-                        rng: np.random.Generator | None = None) -> np.ndarray:
+                        rng: np.random.Generator | None = None, add_noise: bool = True
+                        ) -> np.ndarray:
     """The observation: `terms` (ObservationTerm) concatenated in order, each `(value + noise) *
     scale`, then clipped to +-`clip` (0: no clip), NaN/Inf -> 0.
 
@@ -96,12 +97,16 @@ def compose_observation(source, terms, scales, clip: float,
     `fpmd_core.robots.observer.RobotReadings` (a deployed robot's measurements); this one function
     serves both, so the controller builds exactly the observation the policy was trained on.
     Noise (U(-noise, noise) per element, in the term's units) is drawn from `rng` only when one is
-    given: training adds it, deployment does not."""
+    given: training adds it, deployment does not. `add_noise=False` draws it and leaves it out:
+    the observation a robot would measure, with the random stream (pushes, commands, later
+    noise) exactly as in training."""
     parts = []
     for term, scale in zip(terms, scales, strict=True):
         value = np.asarray(OBSERVATION_TERMS[term.term].value(source, term), dtype=np.float64)
         if rng is not None and term.noise > 0:
-            value = value + rng.uniform(-term.noise, term.noise, value.shape)
+            noise = rng.uniform(-term.noise, term.noise, value.shape)
+            if add_noise:
+                value = value + noise
         parts.append(value * scale)
     observation = np.concatenate(parts)
     if clip > 0:
