@@ -44,6 +44,7 @@ import argparse
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -242,6 +243,9 @@ def run_all(args, groups: list[list[Run]]) -> None:
           f"a time", flush=True)
     running: list[tuple[subprocess.Popen, float, Run]] = []
     failed = []
+    # A benchmark stopped by SIGTERM (a session that ends) stops its runs as on Ctrl-C, rather
+    # than leaving them running into the dirs the next sitting resumes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while todo or running:
             while todo and (not running or len(running) + len(todo[0]) <= args.jobs):
@@ -267,7 +271,8 @@ def run_all(args, groups: list[list[Run]]) -> None:
         for proc, started, run in running:
             proc.wait()
             end_run(run, proc, time.perf_counter() - started)
-        raise
+        raise SystemExit(f"stopped with {len(running)} runs unfinished; the same command "
+                         "resumes them") from None
     if failed:
         print(f"{len(failed)} runs failed: {failed}", flush=True)
 
