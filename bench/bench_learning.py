@@ -303,11 +303,13 @@ def add_earlier_sittings(rows: list[dict], resumed: list[dict]) -> None:
     """Make eval rows' wall_time_s count the whole run: a resumed trainer's clock starts at 0
     again at its checkpoint (run.json's `resumed`), so later rows get the time of the last
     row kept from before it added (the time between that row and the checkpoint is lost)."""
-    for resume in sorted(resumed, key=lambda r: r["env_steps"]):
-        before = [r for r in rows if int(r["env_steps"]) <= resume["env_steps"]]
-        offset = float(before[-1]["wall_time_s"]) if before else 0.0
-        for row in rows[len(before):]:
-            row["wall_time_s"] = str(round(float(row["wall_time_s"]) + offset, 2))
+    resumes = sorted(r["env_steps"] for r in resumed)
+    offset, last, passed = 0.0, 0.0, 0
+    for row in rows:
+        while passed < len(resumes) and int(row["env_steps"]) > resumes[passed]:
+            offset, passed = last, passed + 1
+        last = float(row["wall_time_s"]) + offset
+        row["wall_time_s"] = str(round(last, 2))
 
 
 def learning_rate(rows: list[dict]) -> float | None:
