@@ -76,7 +76,7 @@ EVAL_COLUMNS = ("updates", "wall_time_s", "return_deploy", "return_best_of_n", "
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: `algo` is one of ours (ALGOS) or SB3 (`sb3_run.SB3_SAC`)."""
+    """One training run: `algo` is one of ours (ALGOS) or SB3_SAC (bench/sb3_run.py)."""
 
     task: str
     algo: str
