@@ -8,8 +8,13 @@ own process (``python -m fpmd_core.cli --profile P --set ...``, ``--jobs`` at a 
 output in ``<out-dir>/<task>/<algo>/seed_<s>/`` (eval.csv, train.csv, train.log, run.json, the
 trainer's checkpoints, TensorBoard logs and policy.onnx: none of it is committed, see
 bench/results/.gitignore). A run whose eval.csv already reaches ``--total-steps`` is skipped, so
-an interrupted benchmark resumes by running the same command again; an unfinished run dir is
-cleared and its run started over.
+an interrupted benchmark resumes by running the same command again: an unfinished run of ours
+started with the same settings resumes from its newest checkpoint
+(``checkpoints/step_<env steps>.pt``, every ``--checkpoint-interval`` env steps; the trainer's
+resume is exact, and run.json's ``resumed`` lists each resume's command), any other unfinished
+run dir is cleared and its run started over. A run that finished keeps only its final
+checkpoint. ``--algos sb3_sac`` adds stable-baselines3 SAC with its defaults (bench/sb3_run.py,
+evaluated with the same protocol; an unfinished one always starts over).
 
 Evaluation protocol (the trainer's): every ``trainer.eval_interval`` env steps and at the end,
 ``trainer.eval_episodes`` episodes (seeds fixed per episode index) in deploy mode (EMA policy, one
@@ -39,9 +44,11 @@ import argparse
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,16 +59,39 @@ from fpmd_core.config import make_config
 
 TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 ALGOS = ("fpmd_r", "fpmd_m", "sac", "dpmd")
-LABELS = {"fpmd_r": "FPMD-R", "fpmd_m": "FPMD-M", "sac": "SAC", "dpmd": "DPMD"}
+# The peer: stable-baselines3 SAC with its defaults, a run of bench/sb3_run.py.
+SB3_SAC = "sb3_sac"
+LABELS = {"fpmd_r": "FPMD-R", "fpmd_m": "FPMD-M", "sac": "SAC", "dpmd": "DPMD",
+          SB3_SAC: "SB3 SAC"}
 NFE = {"dpmd": 20}  # network calls of the deploy action (DPMD: its DDPM steps)
-COLORS = {"fpmd_r": "tab:blue", "fpmd_m": "tab:orange", "sac": "tab:green", "dpmd": "tab:red"}
+COLORS = {"fpmd_r": "tab:blue", "fpmd_m": "tab:orange", "sac": "tab:green", "dpmd": "tab:red",
+          SB3_SAC: "tab:gray"}
 # Slowest first, so that the long runs do not end up alone at the end of a parallel schedule.
-COST_ORDER = {"dpmd": 0, "fpmd_r": 1, "fpmd_m": 2, "sac": 3}
+COST_ORDER = {"dpmd": 0, "fpmd_r": 1, "fpmd_m": 2, "sac": 3, SB3_SAC: 4}
 EVAL_COLUMNS = ("updates", "wall_time_s", "return_deploy", "return_best_of_n", "length_deploy",
                 "length_best_of_n")
 
 
 # --- runs ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: `algo` is one of ours (ALGOS) or SB3_SAC (bench/sb3_run.py)."""
+
+    task: str
+    algo: str
+    seed: int
+    total_steps: int
+    out_dir: Path
+
+    @property
+    def directory(self) -> Path:
+        return run_dir(self.out_dir, self.task, self.algo, self.seed)
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.algo}/seed_{self.seed}/{self.total_steps} steps"
+
 
 def run_dir(out_dir: Path, task: str, algo: str, seed: int) -> Path:
     return out_dir / task / algo / f"seed_{seed}"
@@ -79,10 +109,53 @@ def finished(directory: Path, total_steps: int) -> bool:
     return bool(rows) and int(rows[-1]["env_steps"]) >= total_steps
 
 
-def run_overrides(args, task: str, algo: str, seed: int, directory: Path) -> list[str]:
-    sets = {"task.id": task, "agent.algo": algo, "trainer.seed": seed,
-            "trainer.total_steps": args.total_steps, "trainer.output_dir": str(directory),
+def newest_checkpoint(directory: Path) -> tuple[int, Path] | None:
+    """The trainer's periodic checkpoint (checkpoints/step_<env steps>.pt) of most env steps.
+    Checkpoints are written to a temporary name and renamed, so one that exists is whole."""
+    found = []
+    for path in (directory / "checkpoints").glob("step_*.pt"):
+        steps = path.stem.removeprefix("step_")
+        if steps.isdigit():
+            found.append((int(steps), path))
+    return max(found) if found else None
+
+
+def next_action(directory: Path, algo: str, total_steps: int,
+                overrides: list[str]) -> tuple[str, Path | None, str]:
+    """What a run needs, from its dir on disk: ("finished" | "start" | "resume" | "restart",
+    the checkpoint to resume from, why). A run of ours resumes from its newest checkpoint
+    (the trainer's resume is exact) when it was started with the same settings (`overrides`,
+    which include the output dir and total steps); anything else unfinished starts over."""
+    if finished(directory, total_steps):
+        return "finished", None, "its eval.csv reaches the total steps"
+    info_path = directory / "run.json"
+    if not info_path.is_file():
+        return "start", None, "not started yet"
+    if algo == SB3_SAC:
+        return "restart", None, "an SB3 run cannot resume exactly (bench/sb3_run.py)"
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return "restart", None, "its run.json is unreadable"
+    if info.get("overrides") != overrides:
+        return "restart", None, "it was started with other settings"
+    newest = newest_checkpoint(directory)
+    if newest is None:
+        return "restart", None, "it has no checkpoint yet"
+    steps, path = newest
+    if steps >= total_steps:
+        return "restart", None, f"its newest checkpoint {path.name} is past the total steps"
+    return "resume", path, f"from its checkpoint at {steps} env steps"
+
+
+def run_overrides(args, run: Run) -> list[str]:
+    """Our trainer's --set items for `run` (for SB3 runs: where its protocol comes from)."""
+    sets = {"task.id": run.task, "agent.algo": run.algo, "trainer.seed": run.seed,
+            "trainer.total_steps": run.total_steps,
+            "trainer.output_dir": str(run.directory.resolve()),
             "trainer.progress": "false", "trainer.torch_threads": args.torch_threads}
+    if run.algo == SB3_SAC:
+        del sets["agent.algo"]
     for name, value in (("eval_interval", args.eval_interval),
                         ("eval_episodes", args.eval_episodes),
                         ("warmup_steps", args.warmup_steps),
@@ -92,65 +165,114 @@ def run_overrides(args, task: str, algo: str, seed: int, directory: Path) -> lis
     return [f"{k}={v}" for k, v in sets.items()] + list(args.overrides)
 
 
-def start_run(args, task: str, algo: str, seed: int) -> tuple[subprocess.Popen, Path, float]:
-    directory = run_dir(args.out_dir, task, algo, seed)
-    if directory.exists():
-        print(f"  {directory}: unfinished, cleared and started over", flush=True)
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    overrides = run_overrides(args, task, algo, seed, directory.resolve())
-    make_config(args.profile, overrides=overrides)  # fail here, not in the child, on a bad --set
+def run_command(args, run: Run, overrides: list[str]) -> tuple[list[str], str]:
+    """(the command that makes `run` from scratch, the profile it records). An SB3 run takes
+    our evaluation protocol (interval, episodes, log interval, threads) from the profile with
+    the same overrides, so both sides of a pair evaluate alike."""
+    cfg = make_config(args.profile, overrides=overrides)  # fail here, not in the child
+    if run.algo == SB3_SAC:
+        tc = cfg.trainer
+        return [sys.executable, "-m", "bench.sb3_run", "--task", run.task,
+                "--seed", str(run.seed), "--total-steps", str(run.total_steps),
+                "--eval-interval", str(tc.eval_interval),
+                "--eval-episodes", str(tc.eval_episodes), "--log-interval", str(tc.log_interval),
+                "--torch-threads", str(tc.torch_threads),
+                "--out-dir", str(run.directory.resolve())], "sb3 defaults"
     command = [sys.executable, "-m", "fpmd_core.cli", "--profile", args.profile]
     for item in overrides:
         command += ["--set", item]
+    return command, args.profile
+
+
+def start_run(args, run: Run) -> tuple[subprocess.Popen, float]:
+    """Start `run` (resumed from its newest checkpoint where `next_action` says so)."""
+    directory = run.directory
+    overrides = run_overrides(args, run)
+    action, checkpoint, why = next_action(directory, run.algo, run.total_steps, overrides)
+    command, profile = run_command(args, run, overrides)
+    if action == "resume":
+        print(f"  {directory}: unfinished, resumed {why}", flush=True)
+        info = json.loads((directory / "run.json").read_text())
+        info.setdefault("resumed", []).append({
+            "checkpoint": str(checkpoint), "command": command + ["--resume", str(checkpoint)],
+            "env_steps": int(checkpoint.stem.removeprefix("step_")),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()})
+        command = info["resumed"][-1]["command"]
+        log_mode = "a"
+    else:
+        if directory.exists():
+            print(f"  {directory}: unfinished, cleared and started over: {why}", flush=True)
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        info = {"task": run.task, "algo": run.algo, "seed": run.seed, "profile": profile,
+                "total_steps": run.total_steps, "overrides": overrides, "command": command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
+        log_mode = "w"
+    (directory / "run.json").write_text(json.dumps(info, indent=2))
     env = child_env()
     env.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
-    info = {"task": task, "algo": algo, "seed": seed, "profile": args.profile,
-            "total_steps": args.total_steps, "overrides": overrides, "command": command,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
-    (directory / "run.json").write_text(json.dumps(info, indent=2))
-    log = (directory / "train.log").open("w")
+    log = (directory / "train.log").open(log_mode)
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
-    return proc, directory, time.perf_counter()
+    return proc, time.perf_counter()
 
 
-def run_all(args) -> None:
-    pending = [(task, algo, seed) for task in args.tasks for algo in args.algos
-               for seed in range(args.seeds)]
-    todo = [r for r in pending if not finished(run_dir(args.out_dir, *r), args.total_steps)]
-    print(f"{len(pending)} runs, {len(pending) - len(todo)} already finished, {len(todo)} to "
-          f"run with {args.jobs} at a time", flush=True)
-    todo.sort(key=lambda r: (COST_ORDER.get(r[1], 9), r[2], r[0]))
-    running: list[tuple[subprocess.Popen, Path, float, tuple]] = []
+def end_run(run: Run, proc: subprocess.Popen, wall: float) -> None:
+    """Record how the run's process ended (its wall time added to earlier sittings'); a run
+    that finished keeps only its final checkpoint (the periodic ones only serve a resume)."""
+    directory = run.directory
+    info = json.loads((directory / "run.json").read_text())
+    info |= {"returncode": proc.returncode,
+             "process_wall_s": round(info.get("process_wall_s", 0.0) + wall, 1)}
+    (directory / "run.json").write_text(json.dumps(info, indent=2))
+    if proc.returncode == 0 and (directory / "checkpoints" / "final.pt").is_file():
+        for path in (directory / "checkpoints").glob("step_*.pt"):
+            path.unlink()
+
+
+def run_all(args, groups: list[list[Run]]) -> None:
+    """Run every unfinished run, `args.jobs` at a time. The runs of a group start together
+    (the runs of a pair then share the machine's load); a group waits until it fits in the
+    free slots, and one larger than --jobs runs alone."""
+    total = sum(len(group) for group in groups)
+    todo = [[run for run in group if not finished(run.directory, run.total_steps)]
+            for group in groups]
+    todo = [group for group in todo if group]
+    left = sum(len(group) for group in todo)
+    print(f"{total} runs, {total - left} already finished, {left} to run with {args.jobs} at "
+          f"a time", flush=True)
+    running: list[tuple[subprocess.Popen, float, Run]] = []
     failed = []
+    # A benchmark stopped by SIGTERM (a session that ends) stops its runs as on Ctrl-C, rather
+    # than leaving them running into the dirs the next sitting resumes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while todo or running:
-            while todo and len(running) < args.jobs:
-                key = todo.pop(0)
-                print(f"start {'/'.join(map(str, key))}", flush=True)
-                running.append((*start_run(args, *key), key))
+            while todo and (not running or len(running) + len(todo[0]) <= args.jobs):
+                for run in todo.pop(0):
+                    print(f"start {run.name}", flush=True)
+                    running.append((*start_run(args, run), run))
             time.sleep(1.0)
             for item in list(running):
-                proc, directory, started, key = item
+                proc, started, run = item
                 if proc.poll() is None:
                     continue
                 running.remove(item)
                 wall = time.perf_counter() - started
-                info = json.loads((directory / "run.json").read_text())
-                info |= {"returncode": proc.returncode, "process_wall_s": round(wall, 1)}
-                (directory / "run.json").write_text(json.dumps(info, indent=2))
+                end_run(run, proc, wall)
                 status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
-                print(f"{status} {'/'.join(map(str, key))} in {wall:.0f} s "
-                      f"(log: {directory / 'train.log'})", flush=True)
+                print(f"{status} {run.name} in {wall:.0f} s "
+                      f"(log: {run.directory / 'train.log'})", flush=True)
                 if proc.returncode != 0:
-                    failed.append(key)
+                    failed.append(run.name)
     except KeyboardInterrupt:
         for proc, *_ in running:
             proc.terminate()
-        for proc, *_ in running:
+        for proc, started, run in running:
             proc.wait()
-        raise
+            end_run(run, proc, time.perf_counter() - started)
+        raise SystemExit(f"stopped with {len(running)} runs unfinished; the same command "
+                         "resumes them") from None
     if failed:
         print(f"{len(failed)} runs failed: {failed}", flush=True)
 
@@ -171,9 +293,23 @@ def seed_runs(out_dir: Path, task: str, algo: str, partial: bool = False) -> lis
         total = info.get("total_steps")
         if not rows or total is None or (int(rows[-1]["env_steps"]) < total and not partial):
             continue  # unfinished: left out of the aggregate
+        add_earlier_sittings(rows, info.get("resumed", []))
         runs.append({"dir": directory, "info": info, "eval": rows, "rate": learning_rate(rows),
                      "train": read_csv(directory / "train.csv")})
     return runs
+
+
+def add_earlier_sittings(rows: list[dict], resumed: list[dict]) -> None:
+    """Make eval rows' wall_time_s count the whole run: a resumed trainer's clock starts at 0
+    again at its checkpoint (run.json's `resumed`), so later rows get the time of the last
+    row kept from before it added (the time between that row and the checkpoint is lost)."""
+    resumes = sorted(r["env_steps"] for r in resumed)
+    offset, last, passed = 0.0, 0.0, 0
+    for row in rows:
+        while passed < len(resumes) and int(row["env_steps"]) > resumes[passed]:
+            offset, passed = last, passed + 1
+        last = float(row["wall_time_s"]) + offset
+        row["wall_time_s"] = str(round(last, 2))
 
 
 def learning_rate(rows: list[dict]) -> float | None:
@@ -425,25 +561,31 @@ def write_aggregate(out_dir: Path, tasks: list[str], algos: list[str],
     write_outputs(out_dir, summary)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=None,
-                        help=f"default {' '.join(TASKS)} (--aggregate-only: those on disk)")
-    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of how each run trains and is evaluated (bench_paired_sb3 takes them too)."""
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1")
-    parser.add_argument("--total-steps", type=int, default=100_000)
     parser.add_argument("--profile", default="cpu", choices=["cpu", "paper"])
     parser.add_argument("--eval-interval", type=int, default=None,
                         help="trainer.eval_interval (default: the profile's)")
     parser.add_argument("--eval-episodes", type=int, default=None,
                         help="trainer.eval_episodes (default: the profile's)")
     parser.add_argument("--warmup-steps", type=int, default=None,
-                        help="trainer.warmup_steps (default: the profile's)")
+                        help="trainer.warmup_steps of our runs (default: the profile's)")
     parser.add_argument("--checkpoint-interval", type=int, default=None,
-                        help="trainer.checkpoint_interval (default: the profile's)")
+                        help="trainer.checkpoint_interval (default: the profile's); an "
+                             "interrupted run of ours resumes from its newest checkpoint")
     parser.add_argument("--torch-threads", type=int, default=1, help="per run")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE", help="extra override for every run")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help=f"default {' '.join(TASKS)} (--aggregate-only: those on disk)")
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=[*ALGOS, SB3_SAC])
+    parser.add_argument("--total-steps", type=int, default=100_000)
+    add_run_arguments(parser)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results/learning"))
     parser.add_argument("--aggregate-only", action="store_true",
@@ -472,7 +614,10 @@ def main() -> None:
         tasks = args.tasks = args.tasks or list(TASKS)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        run_all(args)
+        runs = [Run(task, algo, seed, args.total_steps, args.out_dir) for task in tasks
+                for algo in args.algos for seed in range(args.seeds)]
+        runs.sort(key=lambda r: (COST_ORDER.get(r.algo, 9), r.seed, r.task))
+        run_all(args, [[run] for run in runs])
         print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     write_aggregate(args.out_dir, tasks, args.algos, args.include_unfinished)
 

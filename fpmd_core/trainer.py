@@ -201,7 +201,7 @@ class Trainer:
         return float(returns.mean()), float(lengths.mean())
 
     def _episodes(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
-        seeds = [10_000 + self.cfg.trainer.seed * 1000 + i for i in range(len(self.eval_envs))]
+        seeds = evaluation_seeds(self.cfg.trainer.seed, len(self.eval_envs))
         return run_episodes(self.agent, self.eval_envs, mode, seeds)
 
     def _evaluate(self, logger: RunLogger) -> None:
@@ -303,6 +303,13 @@ class Trainer:
             self.episode_returns = envs["episode_returns"].cpu().numpy()
         # else: remote envs start new episodes (self.obs stays None -> reset in run()).
         self.last_checkpoint = Path(path)
+
+
+def evaluation_seeds(seed: int, episodes: int) -> list[int]:
+    """The reset seed of each evaluation episode of a run with `trainer.seed` = `seed`: fixed
+    per episode index, apart from the training env's seeds (bench/sb3_run.py evaluates its peer
+    on the same episodes)."""
+    return [10_000 + seed * 1000 + i for i in range(episodes)]
 
 
 def evaluate_episodes(agent, envs: list, mode: str, seeds: list[int]) -> tuple[float, float]:

@@ -1,0 +1,386 @@
+"""Issue 16 benchmark: our runs paired with stable-baselines3 SAC at a robot's budget.
+
+    nice -n 5 python -m bench.bench_paired_sb3 --jobs 4 [--tasks Hopper-v5 ...] [--seeds 3] \
+        [--total-steps 25000 50000] [--algos fpmd_m fpmd_r sac] [--profile cpu] \
+        [--aggregate-only | --from-summary]
+
+Every (task, budget, seed) is a group: one run of each of `--algos` (our trainer, as
+bench/bench_learning.py runs it) and one of SB3 SAC with its defaults (bench/sb3_run.py), all
+evaluated with our protocol (the profile's eval interval and episodes, the same per-episode
+seeds, the deploy action). The runs of a group start together, so a pair shares the machine's
+load; `--jobs` runs at a time, a group waiting until it fits (one larger than --jobs runs alone).
+Each budget is its own set of runs (a schedule may depend on the run's length), under
+``<out-dir>/steps_<budget>/<task>/<algo>/seed_<s>/``.
+
+Resumable over sittings: run the same command again. A finished run is skipped, an unfinished
+run of ours resumes from its newest checkpoint (every ``--checkpoint-interval`` env steps, 5000
+here; the trainer's resume is exact), an unfinished SB3 run starts over (SB3 cannot resume
+exactly, see bench/sb3_run.py).
+
+Score: per task, 0 is the return of a random policy (uniform actions in [-1, 1], on the same
+evaluation episodes and seeds as the runs, for every seed of the benchmark; measured here once
+and kept in summary.json) and 1 the best final deploy return of any run of the task (any
+algorithm, seed and budget). Per budget and algorithm: the normalised final deploy return per
+task (mean and sample std over seeds) and its mean over the tasks every algorithm has. Seed
+noise: a run of ours is within seed noise of SB3 SAC on a task when the difference of their
+seed means is at most the pooled std, sqrt((s_ours^2 + s_sb3^2) / 2); beyond it, ahead or behind.
+
+Writes ``<out-dir>/summary.json`` (every budget's aggregate as bench_learning makes it: curves,
+evaluations, training logs, commands; the random returns; the scores), ``summary.md`` (the
+normalised table with the verdicts and the goal's checks, then each budget's raw table) and one
+PNG per task and budget, ``<task>_<budget>.png``: deploy return, alpha and the one-step error
+(||a(NFE=1) - a(NFE=20)||, FPMD only) against env steps, from train.csv as the trainer logs it.
+``--from-summary`` re-makes summary.md and the plots from summary.json alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import bench_learning as learning
+from bench.bench_learning import LABELS, SB3_SAC, Run
+from bench.common import REPO, command_line, json_text
+from fpmd_core.config import make_config
+
+TASKS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5", "Reacher-v5",
+         "InvertedDoublePendulum-v5")
+OURS = ("fpmd_m", "fpmd_r", "sac")
+BUDGETS = (25_000, 50_000)
+CHECKPOINT_INTERVAL = 5_000  # a sitting that ends loses at most this many env steps of a run
+NOISE_RULE = ("within seed noise: |mean_ours - mean_sb3| <= pooled std "
+              "sqrt((s_ours^2 + s_sb3^2) / 2) (sample std over seeds); beyond it ahead or behind")
+NORMALISATION = ("per task, (return - random policy's) / (best run's final deploy return - "
+                 "random policy's), the best over every algorithm, seed and budget")
+
+
+def budget_dir(out_dir: Path, budget: int) -> Path:
+    return out_dir / f"steps_{budget}"
+
+
+def paired_groups(tasks: list[str], algos: list[str], seeds: int, budgets: list[int],
+                  out_dir: Path) -> list[list[Run]]:
+    """One group per (budget, seed, task): each of our `algos` and SB3 SAC, started together;
+    the longer budget first, so that its runs do not end up alone at the end."""
+    return [[Run(task, algo, seed, budget, budget_dir(out_dir, budget))
+             for algo in [*algos, SB3_SAC]]
+            for budget in sorted(budgets, reverse=True) for seed in range(seeds)
+            for task in tasks]
+
+
+# --- the random policy ---------------------------------------------------------------------------
+
+class UniformPolicy:
+    """Uniform random actions in [-1, 1] behind the agent interface `run_episodes` calls."""
+
+    def __init__(self, act_dim: int, seed: int):
+        self.act_dim = act_dim
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+        return self.rng.uniform(-1.0, 1.0, (len(obs), self.act_dim))
+
+
+def random_return(task: str, seeds: int, episodes: int) -> dict:
+    """The random policy's return on the evaluation episodes of every benchmark seed."""
+    from fpmd_core.tasks import make_env
+    from fpmd_core.trainer import evaluation_seeds, run_episodes
+
+    returns, eval_seeds = [], []
+    for seed in range(seeds):
+        envs = [make_env(task) for _ in range(episodes)]
+        episode_seeds = evaluation_seeds(seed, episodes)
+        policy = UniformPolicy(envs[0].action_space.shape[0], seed)
+        returns += run_episodes(policy, envs, "random", episode_seeds)[0].tolist()
+        eval_seeds += episode_seeds
+        for env in envs:
+            env.close()
+    return {"mean": float(np.mean(returns)), "std": float(np.std(returns)),
+            "episodes": len(returns), "eval_seeds": eval_seeds}
+
+
+def random_returns(tasks: list[str], seeds: int, episodes: int, cached: dict) -> dict:
+    """`random_return` per task, taken from `cached` (an earlier summary's) where it was
+    measured on the same episodes."""
+    from fpmd_core.trainer import evaluation_seeds
+
+    result = {}
+    for task in tasks:
+        wanted = [s for seed in range(seeds) for s in evaluation_seeds(seed, episodes)]
+        if cached.get(task, {}).get("eval_seeds") == wanted:
+            result[task] = cached[task]
+        else:
+            result[task] = random_return(task, seeds, episodes)
+            print(f"random policy on {task}: {result[task]['mean']:.1f} over "
+                  f"{result[task]['episodes']} episodes", flush=True)
+    return result
+
+
+# --- scores --------------------------------------------------------------------------------------
+
+def normalised(value: float, random: float, best: float) -> float | None:
+    """0 at the random policy's return, 1 at the best run's; None where no run beat random."""
+    span = best - random
+    return (value - random) / span if span > 0 else None
+
+
+def seed_noise(ours: list[float], peer: list[float]) -> dict:
+    """Our seeds against the peer's by NOISE_RULE: the difference of means, the pooled sample
+    std and the verdict ('n/a' with fewer than two seeds on either side)."""
+    difference = float(np.mean(ours) - np.mean(peer))
+    if len(ours) < 2 or len(peer) < 2:
+        return {"difference": difference, "pooled_std": None, "verdict": "n/a"}
+    pooled = math.sqrt((np.var(ours, ddof=1) + np.var(peer, ddof=1)) / 2)
+    verdict = ("ahead" if difference > pooled else "behind" if difference < -pooled
+               else "within noise")
+    return {"difference": difference, "pooled_std": pooled, "verdict": verdict}
+
+
+def final_returns(row: dict) -> list[float]:
+    return list((row.get("deploy") or {}).get("final_per_seed") or [])
+
+
+def scores(budgets: dict[str, dict], randoms: dict[str, dict]) -> dict:
+    """Normalised final deploy returns, their means over tasks and the seed-noise verdicts
+    against SB3 SAC, from each budget's aggregate (bench_learning.aggregate) and the random
+    returns."""
+    tasks = sorted({task for agg in budgets.values() for task in agg["tasks"]})
+    scale = {}
+    for task in tasks:
+        finals = [(value, algo, budget)
+                  for budget, agg in budgets.items()
+                  for algo, row in agg["tasks"].get(task, {}).items()
+                  for value in final_returns(row)]
+        if finals and task in randoms:
+            best, algo, budget = max(finals)
+            scale[task] = {"random": randoms[task]["mean"], "best": best,
+                           "best_run": f"{LABELS.get(algo, algo)} at {budget} steps"}
+    result = {"normalisation": NORMALISATION, "noise_rule": NOISE_RULE, "scale": scale,
+              "budgets": {}}
+    for budget, agg in budgets.items():
+        per_task, versus = {}, {}
+        for task, entry in agg["tasks"].items():
+            if task not in scale:
+                continue
+            values = {}
+            for algo, row in entry.items():
+                seeds = [normalised(v, scale[task]["random"], scale[task]["best"])
+                         for v in final_returns(row)]
+                if seeds and None not in seeds:
+                    values[algo] = {"per_seed": seeds, "mean": float(np.mean(seeds)),
+                                    "std": float(np.std(seeds, ddof=1)) if len(seeds) > 1
+                                    else 0.0}
+            per_task[task] = values
+            if SB3_SAC in values:
+                versus[task] = {algo: seed_noise(v["per_seed"], values[SB3_SAC]["per_seed"])
+                                for algo, v in values.items() if algo != SB3_SAC}
+        algos = sorted({algo for values in per_task.values() for algo in values})
+        # Means over the same tasks for every algorithm, so that they compare.
+        common = [task for task, values in per_task.items() if set(algos) <= set(values)]
+        means = {algo: float(np.mean([per_task[t][algo]["mean"] for t in common]))
+                 for algo in algos} if common else {}
+        result["budgets"][budget] = {"tasks": per_task, "versus_sb3": versus,
+                                     "mean_over_tasks": means, "tasks_in_mean": common}
+    return result
+
+
+def goal_checks(budget_scores: dict) -> list[str]:
+    """Issue 16's conditions for each of ours: its mean over tasks at least SB3 SAC's, and (as
+    asked of FPMD-M) no task behind beyond seed noise."""
+    means = budget_scores["mean_over_tasks"]
+    if SB3_SAC not in means:
+        return []
+    lines = []
+    for algo, mean in means.items():
+        if algo == SB3_SAC:
+            continue
+        verdicts = {task: v[algo]["verdict"] for task, v in budget_scores["versus_sb3"].items()
+                    if algo in v}
+        behind = [task for task, verdict in verdicts.items() if verdict == "behind"]
+        unknown = [task for task, verdict in verdicts.items() if verdict == "n/a"]
+        at_least = "yes" if mean >= means[SB3_SAC] else "no"
+        lines.append(f"- {LABELS.get(algo, algo)}: mean {mean:.3f} against SB3 SAC's "
+                     f"{means[SB3_SAC]:.3f}, at least as high: {at_least}; tasks behind beyond "
+                     f"seed noise: {', '.join(behind) or 'none'}"
+                     + (f" (no seed noise with fewer than 2 seeds: {', '.join(unknown)})"
+                        if unknown else ""))
+    return lines
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+def steps_text(budget: str | int) -> str:
+    return f"{int(budget) / 1000:g}k"
+
+
+def markdown(summary: dict) -> str:
+    result = summary["scores"]
+    lines = ["Normalised final deploy return (NFE = 1), mean ± std over seeds: "
+             f"{result['normalisation']}. Seed noise: {result['noise_rule']}.", ""]
+    for budget, budget_scores in result["budgets"].items():
+        per_task = budget_scores["tasks"]
+        algos = sorted({a for values in per_task.values() for a in values},
+                       key=lambda a: (a == SB3_SAC, OURS.index(a) if a in OURS else 9, a))
+        ours = [a for a in algos if a != SB3_SAC]
+        lines += [f"### {steps_text(budget)} env steps", "",
+                  "| task | random | best | " + " | ".join(LABELS.get(a, a) for a in algos)
+                  + "".join(f" | {LABELS.get(a, a)} − SB3" for a in ours) + " |",
+                  "|---" * (3 + len(algos) + len(ours)) + "|"]
+        for task, values in per_task.items():
+            scale = result["scale"][task]
+            cells = [f"{values[a]['mean']:.2f} ± {values[a]['std']:.2f}" if a in values
+                     else "n/a" for a in algos]
+            versus = budget_scores["versus_sb3"].get(task, {})
+            for algo in ours:
+                v = versus.get(algo)
+                cells.append("n/a" if v is None else
+                             f"{v['difference']:+.2f} ({v['verdict']})")
+            lines.append(f"| {task} | {scale['random']:.1f} | {scale['best']:.1f} | "
+                         + " | ".join(cells) + " |")
+        means = budget_scores["mean_over_tasks"]
+        if means:
+            lines.append(f"| mean over {len(budget_scores['tasks_in_mean'])} tasks | | | "
+                         + " | ".join(f"{means[a]:.2f}" if a in means else "n/a"
+                                      for a in algos) + " |" + " |" * len(ours))
+        checks = goal_checks(budget_scores)
+        if checks:
+            lines += ["", *checks]
+        lines += ["", f"Final returns at {budget} env steps:", "",
+                  learning.markdown(summary["budgets"][budget]).rstrip(), ""]
+    return "\n".join(lines) + "\n"
+
+
+def seed_mean(logs: dict, key: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of a training-log column at the env steps every seed logged it."""
+    per_seed = [{s: v for s, v in zip(log["env_steps"], log.get(key) or [], strict=False)
+                 if v is not None} for log in logs.values()]
+    if not per_seed or not all(per_seed):
+        return [], []
+    steps = sorted(set.intersection(*(set(s) for s in per_seed)))
+    return steps, [float(np.mean([s[step] for s in per_seed])) for step in steps]
+
+
+def plot_task(task: str, budget: str, entry: dict, png: Path) -> None:
+    """Deploy return, alpha and the one-step error of every algorithm on one task and budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (returns, alpha, error) = plt.subplots(3, 1, figsize=(7, 9), sharex=True)
+    for algo, row in entry.items():
+        color = learning.COLORS.get(algo)
+        label = f"{LABELS.get(algo, algo)}, {len(row['seeds'])} seeds"
+        deploy = (row.get("curves") or {}).get("deploy")
+        if deploy:
+            steps, mean, std = (np.array(deploy[k], dtype=float)
+                                for k in ("env_steps", "mean", "std"))
+            returns.plot(steps, mean, color=color, marker="o", ms=3, label=label)
+            returns.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
+        logs = row.get("training_log") or {}
+        for axis, key in ((alpha, "alpha"), (error, "one_step_error")):
+            steps, mean = seed_mean(logs, key)
+            if steps:
+                axis.plot(steps, mean, color=color, marker=".", label=LABELS.get(algo, algo))
+    returns.set_ylabel("deploy return (NFE = 1)\nseed mean, ± std shaded")
+    returns.set_title(f"{task}: {steps_text(budget)} env steps, paired with SB3 SAC")
+    alpha.set_ylabel("alpha (seed mean)")
+    alpha.set_yscale("log")
+    error.set_ylabel("one-step error\n||a(NFE=1) - a(NFE=20)||")
+    error.set_xlabel("environment steps")
+    for axis in (returns, alpha, error):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(out_dir: Path, summary: dict) -> None:
+    """summary.json, summary.md and the plots, all from `summary` (its scores recomputed)."""
+    summary["scores"] = scores(summary["budgets"], summary["random_returns"])
+    text = markdown(summary)
+    (out_dir / "summary.json").write_text(json_text(summary) + "\n")
+    (out_dir / "summary.md").write_text(text)
+    pngs = []
+    for budget, agg in summary["budgets"].items():
+        for task, entry in agg["tasks"].items():
+            pngs.append(out_dir / f"{task}_{budget}.png")
+            plot_task(task, budget, entry, pngs[-1])
+    print(text, end="")
+    print(f"written: {out_dir / 'summary.json'}, {out_dir / 'summary.md'}, "
+          f"{', '.join(str(p) for p in pngs)}")
+
+
+def write_aggregate(args, tasks: list[str]) -> None:
+    previous = learning.read_summary(args.out_dir)
+    algos = [*args.algos, SB3_SAC]
+    budgets = {str(b): learning.aggregate(budget_dir(args.out_dir, b), tasks, algos,
+                                          args.include_unfinished)
+               for b in args.total_steps}
+    budgets = {b: agg for b, agg in budgets.items() if agg["tasks"]}
+    measured = sorted({task for agg in budgets.values() for task in agg["tasks"]})
+    episodes = make_config(args.profile, overrides=args.overrides
+                           + ([f"trainer.eval_episodes={args.eval_episodes}"]
+                              if args.eval_episodes is not None else [])
+                           ).trainer.eval_episodes
+    randoms = random_returns(measured, args.seeds, episodes, previous.get("random_returns", {}))
+    commands = list(previous.get("commands", []))
+    if command_line() not in commands:
+        commands.append(command_line())
+    notes = {"notes": previous["notes"]} if previous.get("notes") else {}
+    write_outputs(args.out_dir, {"commands": commands, **notes,
+                                 "unfinished_runs_included": args.include_unfinished,
+                                 "random_returns": randoms, "budgets": budgets})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help=f"default {' '.join(TASKS)} (--aggregate-only: those on disk)")
+    parser.add_argument("--algos", nargs="+", default=list(OURS), choices=learning.ALGOS,
+                        help="ours, each paired with SB3 SAC")
+    parser.add_argument("--total-steps", nargs="+", type=int, default=list(BUDGETS),
+                        help="budgets in env steps, each its own runs")
+    learning.add_run_arguments(parser)
+    parser.set_defaults(checkpoint_interval=CHECKPOINT_INTERVAL)
+    parser.add_argument("--jobs", type=int, default=4,
+                        help="runs in parallel (a group of paired runs starts whole)")
+    parser.add_argument("--out-dir", type=Path, default=Path("bench/results/paired_sb3"))
+    parser.add_argument("--aggregate-only", action="store_true",
+                        help="only re-make summary and plots from the run dirs on disk")
+    parser.add_argument("--from-summary", action="store_true",
+                        help="only re-make summary.md and the plots from summary.json")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="aggregate runs stopped before their budget too")
+    args = parser.parse_args()
+    args.out_dir = args.out_dir if args.out_dir.is_absolute() else REPO / args.out_dir
+    if args.from_summary:
+        summary = learning.read_summary(args.out_dir)
+        if not summary.get("budgets"):
+            parser.error(f"--from-summary: no paired summary.json in {args.out_dir}")
+        write_outputs(args.out_dir, summary)
+        return
+    if args.aggregate_only:
+        on_disk = sorted({p.name for b in args.total_steps
+                          for p in budget_dir(args.out_dir, b).glob("*") if p.is_dir()})
+        if not (args.tasks or on_disk):
+            parser.error(f"--aggregate-only: no task directories under {args.out_dir}/steps_*")
+        tasks = args.tasks or on_disk
+    else:
+        tasks = args.tasks or list(TASKS)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        learning.run_all(args, paired_groups(tasks, args.algos, args.seeds, args.total_steps,
+                                             args.out_dir))
+        print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    write_aggregate(args, tasks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The paired benchmark against stable-baselines3 SAC (bench/bench_paired_sb3.py): the score's
+normalisation, the seed-noise rule, what an interrupted run needs on the next sitting (skip,
+resume from its newest checkpoint, start over), and one real SB3 run of a few hundred steps
+evaluated with our protocol. Synthetic run dirs, no training beyond that SB3 run."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench import bench_learning, bench_paired_sb3
+from bench.bench_learning import SB3_SAC, next_action
+from bench.bench_paired_sb3 import normalised, scores, seed_noise
+from bench.common import REPO, child_env
+from fpmd_core.trainer import evaluation_seeds
+
+TASK = 'InvertedPendulum-v5'
+OVERRIDES = [f'task.id={TASK}', 'agent.algo=fpmd_m', 'trainer.total_steps=600']
+
+
+def aggregate(finals_by_task):
+    """A budget's aggregate as bench_learning makes it, reduced to what the scores read:
+    task -> algo -> final deploy return per seed."""
+    return {'tasks': {task: {algo: {'deploy': {'final_per_seed': finals}}
+                             for algo, finals in algos.items()}
+                      for task, algos in finals_by_task.items()}}
+
+
+def test_normalised_is_zero_at_random_and_one_at_the_best_run():
+    assert normalised(10.0, 10.0, 110.0) == 0.0
+    assert normalised(110.0, 10.0, 110.0) == 1.0
+    assert normalised(60.0, 10.0, 110.0) == 0.5
+    assert normalised(-40.0, 10.0, 110.0) == -0.5  # worse than random stays visible
+    # Negative returns (Reacher): the same line through the two anchors.
+    assert normalised(-5.0, -43.0, -4.0) == pytest.approx(38 / 39)
+    assert normalised(5.0, 10.0, 10.0) is None  # no run beat the random policy: undefined
+
+
+def test_seed_noise_compares_the_difference_of_means_with_the_pooled_std():
+    ours, peer = [1.0, 2.0, 3.0], [1.5, 2.5, 3.5]  # sample std 1 on both sides
+    within = seed_noise(ours, peer)
+    assert within['difference'] == pytest.approx(-0.5)
+    assert within['pooled_std'] == pytest.approx(1.0)
+    assert within['verdict'] == 'within noise'
+    assert seed_noise([2.5, 3.5, 4.5], peer)['verdict'] == 'within noise'  # +1 = pooled std
+    assert seed_noise([4.0, 5.0, 6.0], peer)['verdict'] == 'ahead'  # +2.5
+    assert seed_noise([0.0, 1.0, 2.0], [2.0, 3.0, 4.0])['verdict'] == 'behind'  # -2
+    # Unequal spreads: sqrt((0.25 + 1) / 2).
+    unequal = seed_noise([0.0, 0.5, 1.0], peer)
+    assert unequal['pooled_std'] == pytest.approx(math.sqrt(0.625))
+    assert unequal['verdict'] == 'behind'  # -2 beyond 0.79
+    one_seed = seed_noise([1.0], [2.0])
+    assert one_seed['verdict'] == 'n/a' and one_seed['difference'] == -1.0
+
+
+def test_scores_normalise_per_task_by_the_best_run_of_any_budget_and_compare_with_sb3():
+    budgets = {
+        '25000': aggregate({
+            'A-v5': {'fpmd_m': [50.0, 60.0, 70.0], SB3_SAC: [55.0, 60.0, 65.0]},
+            'B-v5': {'fpmd_m': [10.0, 12.0, 14.0], SB3_SAC: [30.0, 31.0, 32.0]},
+            'C-v5': {SB3_SAC: [1.0, 2.0, 3.0]}}),  # ours missing: out of the means
+        '50000': aggregate({
+            'A-v5': {'fpmd_m': [90.0, 100.0, 110.0], SB3_SAC: [80.0, 80.0, 80.0]},
+            'B-v5': {'fpmd_m': [40.0, 40.0, 40.0], SB3_SAC: [20.0, 35.0, 50.0]}})}
+    randoms = {'A-v5': {'mean': 10.0}, 'B-v5': {'mean': 0.0}, 'C-v5': {'mean': 0.0}}
+    result = scores(budgets, randoms)
+
+    # The best final return over every algorithm, seed and budget anchors 1.
+    assert result['scale']['A-v5'] == {'random': 10.0, 'best': 110.0,
+                                       'best_run': 'FPMD-M at 50000 steps'}
+    assert result['scale']['B-v5']['best'] == 50.0
+    small = result['budgets']['25000']
+    a = small['tasks']['A-v5']['fpmd_m']
+    assert a['per_seed'] == pytest.approx([0.4, 0.5, 0.6])
+    assert a['mean'] == pytest.approx(0.5) and a['std'] == pytest.approx(0.1)
+    # Mean over the tasks every algorithm has (A and B, not C).
+    assert small['tasks_in_mean'] == ['A-v5', 'B-v5']
+    assert small['mean_over_tasks']['fpmd_m'] == pytest.approx((0.5 + 0.24) / 2)
+    assert small['mean_over_tasks'][SB3_SAC] == pytest.approx((0.5 + 0.62) / 2)
+    assert small['versus_sb3']['A-v5']['fpmd_m']['verdict'] == 'within noise'
+    assert small['versus_sb3']['B-v5']['fpmd_m']['verdict'] == 'behind'
+    large = result['budgets']['50000']
+    assert large['versus_sb3']['A-v5']['fpmd_m']['verdict'] == 'ahead'
+    assert large['versus_sb3']['B-v5']['fpmd_m']['verdict'] == 'within noise'
+
+    checks = bench_paired_sb3.goal_checks(small)
+    assert checks == [f"- FPMD-M: mean {(0.5 + 0.24) / 2:.3f} against SB3 SAC's "
+                      f"{(0.5 + 0.62) / 2:.3f}, at least as high: no; tasks behind beyond seed "
+                      "noise: B-v5"]
+
+
+def test_paired_groups_put_every_algorithm_and_sb3_of_a_task_budget_and_seed_together(tmp_path):
+    groups = bench_paired_sb3.paired_groups(['A-v5', 'B-v5'], ['fpmd_m', 'sac'], 2,
+                                            [25_000, 50_000], tmp_path)
+    assert len(groups) == 2 * 2 * 2
+    for group in groups:
+        assert [run.algo for run in group] == ['fpmd_m', 'sac', SB3_SAC]
+        assert len({(run.task, run.seed, run.total_steps) for run in group}) == 1
+        assert all(run.out_dir == tmp_path / f'steps_{run.total_steps}' for run in group)
+    assert groups[0][0].total_steps == 50_000  # the longer budget first
+
+
+def write_eval(directory, steps):
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ['env_steps,updates,wall_time_s,return_deploy']
+    lines += [f'{s},{s},{s / 100},1.0' for s in steps]
+    (directory / 'eval.csv').write_text('\n'.join(lines) + '\n')
+
+
+def started_run(tmp_path, name, overrides=OVERRIDES, checkpoints=(), evaluated=(200,)):
+    directory = tmp_path / name
+    write_eval(directory, evaluated)
+    (directory / 'run.json').write_text(json.dumps({'overrides': overrides}))
+    (directory / 'checkpoints').mkdir()
+    for steps in checkpoints:
+        (directory / 'checkpoints' / f'step_{steps}.pt').write_bytes(b'')
+    return directory
+
+
+def test_next_action_skips_finished_runs_resumes_from_the_newest_checkpoint_or_restarts(
+        tmp_path):
+    assert next_action(tmp_path / 'none', 'fpmd_m', 600, OVERRIDES)[0] == 'start'
+    finished = started_run(tmp_path, 'finished', evaluated=(200, 400, 600))
+    assert next_action(finished, 'fpmd_m', 600, OVERRIDES)[0] == 'finished'
+
+    interrupted = started_run(tmp_path, 'interrupted', checkpoints=(200, 400, 1000))
+    (interrupted / 'checkpoints' / 'step_300.pt.tmp').write_bytes(b'')  # a write cut short
+    (interrupted / 'checkpoints' / 'final.pt').write_bytes(b'')
+    action, checkpoint, _ = next_action(interrupted, 'fpmd_m', 2000, OVERRIDES)
+    assert (action, checkpoint.name) == ('resume', 'step_1000.pt')  # numeric, not text order
+
+    no_checkpoint = started_run(tmp_path, 'no_checkpoint')
+    assert next_action(no_checkpoint, 'fpmd_m', 600, OVERRIDES)[0] == 'restart'
+    other_settings = started_run(tmp_path, 'other', checkpoints=(400,),
+                                 overrides=OVERRIDES + ['agent.hidden=64'])
+    assert next_action(other_settings, 'fpmd_m', 600, OVERRIDES)[:2] == ('restart', None)
+    sb3 = started_run(tmp_path, 'sb3', checkpoints=(400,))
+    assert next_action(sb3, SB3_SAC, 600, OVERRIDES)[0] == 'restart'
+    past = started_run(tmp_path, 'past', checkpoints=(800,))
+    assert next_action(past, 'fpmd_m', 600, OVERRIDES)[0] == 'restart'
+    unreadable = started_run(tmp_path, 'unreadable', checkpoints=(400,))
+    (unreadable / 'run.json').write_text('{')
+    assert next_action(unreadable, 'fpmd_m', 600, OVERRIDES)[0] == 'restart'
+
+
+def test_a_resumed_runs_wall_time_adds_the_earlier_sittings():
+    rows = [{'env_steps': str(s), 'wall_time_s': str(w)}
+            for s, w in ((200, 5.0), (400, 10.0), (600, 4.0), (800, 9.0), (1000, 3.0))]
+    bench_learning.add_earlier_sittings(rows, [{'env_steps': 800}, {'env_steps': 400}])
+    assert [float(r['wall_time_s']) for r in rows] == [5.0, 10.0, 14.0, 19.0, 22.0]
+
+
+def test_random_policy_return_repeats_and_is_reused_from_the_summary():
+    first = bench_paired_sb3.random_return(TASK, seeds=2, episodes=2)
+    assert first == bench_paired_sb3.random_return(TASK, seeds=2, episodes=2)
+    assert first['eval_seeds'] == evaluation_seeds(0, 2) + evaluation_seeds(1, 2)
+    assert first['episodes'] == 4 and 0 < first['mean'] < 50  # a random pendulum falls soon
+    cached = {TASK: dict(first, mean=-1.0)}
+    assert bench_paired_sb3.random_returns([TASK], 2, 2, cached)[TASK]['mean'] == -1.0
+    # Other episodes than the cached ones: measured again.
+    assert bench_paired_sb3.random_returns([TASK], 1, 2, cached)[TASK]['mean'] != -1.0
+
+
+def test_sb3_run_evaluates_with_our_protocol_into_our_eval_csv(tmp_path):
+    """A real SB3 SAC run of 300 env steps (its 100 of warm-up included), evaluated every 100
+    on 2 episodes, as its own process; about 10 s on the 2-core machine."""
+    directory = tmp_path / TASK / SB3_SAC / 'seed_1'
+    command = [sys.executable, '-m', 'bench.sb3_run', '--task', TASK, '--seed', '1',
+               '--total-steps', '300', '--eval-interval', '100', '--eval-episodes', '2',
+               '--log-interval', '100', '--out-dir', str(directory)]
+    done = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    (directory / 'run.json').write_text(json.dumps({'seed': 1, 'total_steps': 300,
+                                                    'command': command}))
+    runs = bench_learning.seed_runs(tmp_path, TASK, SB3_SAC)
+    assert len(runs) == 1
+    rows = runs[0]['eval']
+    assert [int(r['env_steps']) for r in rows] == [100, 200, 300]
+    # Evaluated after each step's update: none before SB3's 100 steps of warm-up, then one a step.
+    assert [int(r['updates']) for r in rows] == [0, 100, 200]
+    for row in rows:
+        assert row['return_best_of_n'] == '' and row['length_best_of_n'] == ''
+        assert np.isfinite(float(row['return_deploy'])) and float(row['length_deploy']) >= 1
+    alphas = [float(r['alpha']) for r in runs[0]['train']]
+    assert len(alphas) == 3 and alphas[0] == 1.0 and alphas[-1] < 1.0  # SB3 tunes it from 1
+    config = json.loads((directory / 'sb3_config.json').read_text())
+    assert config['hyperparameters']['learning_starts'] == '100'
+    assert bench_learning.stats(runs, 'return_deploy')['final_per_seed'] == [
+        float(rows[-1]['return_deploy'])]
+
+
+def make_run(out_dir, algo, seed, returns, alpha):
+    directory = out_dir / TASK / algo / f'seed_{seed}'
+    directory.mkdir(parents=True)
+    steps = [100 * (i + 1) for i in range(len(returns))]
+    evals = ['env_steps,updates,wall_time_s,return_deploy,return_best_of_n']
+    evals += [f'{s},{s},{s / 10},{r},' for s, r in zip(steps, returns, strict=True)]
+    (directory / 'eval.csv').write_text('\n'.join(evals) + '\n')
+    train = ['env_steps,updates,alpha,one_step_error']
+    train += [f'{s},{s},{alpha / (i + 1)},{"" if algo == SB3_SAC else 0.1 / (i + 1)}'
+              for i, s in enumerate(steps)]
+    (directory / 'train.csv').write_text('\n'.join(train) + '\n')
+    (directory / 'run.json').write_text(json.dumps({'seed': seed, 'total_steps': steps[-1],
+                                                    'profile': 'cpu'}))
+
+
+def test_summary_table_and_plots_come_from_the_summary_alone(tmp_path):
+    out_dir = tmp_path / 'paired'
+    budget = out_dir / 'steps_300'
+    for seed, (ours, peer) in enumerate(((10.0, 30.0), (20.0, 40.0))):
+        make_run(budget, 'fpmd_m', seed, [5.0, 8.0, ours], alpha=5.0)
+        make_run(budget, SB3_SAC, seed, [5.0, 20.0, peer], alpha=1.0)
+    summary = {'commands': ['python -m bench.bench_paired_sb3 ...'],
+               'random_returns': {TASK: {'mean': 0.0}},
+               'budgets': {'300': bench_learning.aggregate(budget, [TASK],
+                                                           ['fpmd_m', SB3_SAC])}}
+    bench_paired_sb3.write_outputs(out_dir, summary)
+    table = (out_dir / 'summary.md').read_text()
+    # Best run 40: FPMD-M 0.25 and 0.5, SB3 0.75 and 1.0; -0.5 beyond the pooled std 0.18.
+    assert (f'| {TASK} | 0.0 | 40.0 | 0.38 ± 0.18 | 0.88 ± 0.18 | -0.50 (behind) |'
+            in table)
+    assert '| mean over 1 tasks | | | 0.38 | 0.88 | |' in table
+    assert f'tasks behind beyond seed noise: {TASK}' in table
+    png = out_dir / f'{TASK}_300.png'
+    assert png.stat().st_size > 0
+    log = json.loads((out_dir / 'summary.json').read_text())['budgets']['300']['tasks'][TASK]
+    assert log['fpmd_m']['training_log']['0']['one_step_error'] == [0.1, 0.05, 0.03333]
+    assert bench_paired_sb3.seed_mean(log['fpmd_m']['training_log'], 'alpha') == (
+        [100, 200, 300], pytest.approx([5.0, 2.5, 5.0 / 3], rel=1e-3))
+    assert bench_paired_sb3.seed_mean(log[SB3_SAC]['training_log'], 'one_step_error') == (
+        [], [])
+
+    # --from-summary: the same table from summary.json without the run dirs.
+    import shutil
+
+    shutil.rmtree(budget)
+    (out_dir / 'summary.md').unlink()
+    png.unlink()
+    bench_paired_sb3.write_outputs(out_dir, bench_learning.read_summary(out_dir))
+    assert (out_dir / 'summary.md').read_text() == table
+    assert png.stat().st_size > 0
