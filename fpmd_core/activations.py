@@ -17,6 +17,8 @@ rounding:
   the backward pass both avoid differentiating the formula op by op;
 - without gradients (sampling, TD targets, acting): the formula with in-place operations;
 - inside torch.onnx.export: torch's own mish, so the exported deploy graph keeps its operators.
+`mish_and_slope` returns the derivative as well, for forward tangents written by hand
+(`fpmd_core.nets.mlp_with_tangent`, MeanFlow's JVP).
 Small tensors (acting on a few observations: the cost is then in the calls, not in the
 elements) and tensors on other devices (CUDA: one fused kernel there) use torch's own mish.
 """
@@ -97,6 +99,13 @@ def mish(x: torch.Tensor) -> torch.Tensor:
         # derivative, so a JVP taken under no_grad stays exact.
         return _tanh_softplus(x)[2].mul_(x)
     return _MishFunction.apply(x)[0]
+
+
+def mish_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mish(x), d mish / dx at x) from one pass; mish(x) keeps its gradient (first order, as
+    `mish`'s), the slope carries none. Any device, any size: a hand-written forward tangent
+    needs the slope wherever the value is computed."""
+    return _MishFunction.apply(x)
 
 
 class Mish(nn.Module):
