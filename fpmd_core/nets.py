@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .activations import Mish, mish_and_slope
+from .linear import Linear, linear
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int, layers: int,
@@ -20,8 +21,8 @@ def mlp(in_dim: int, out_dim: int, hidden: int, layers: int,
     dims = [in_dim] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
-        blocks += [nn.Linear(a, b), activation()]
-    blocks.append(nn.Linear(dims[-1], out_dim))
+        blocks += [Linear(a, b), activation()]
+    blocks.append(Linear(dims[-1], out_dim))
     return nn.Sequential(*blocks)
 
 
@@ -37,7 +38,7 @@ def mlp_with_tangent(net: nn.Sequential, x: torch.Tensor, dx: torch.Tensor
         if isinstance(layer, nn.Linear):
             x = layer(x)
             with torch.no_grad():
-                dx = dx @ layer.weight.t()
+                dx = linear(dx, layer.weight)
         elif isinstance(layer, (Mish, nn.Mish)):
             x, slope = mish_and_slope(x)
             dx = dx * slope  # neither has a gradient
@@ -62,7 +63,7 @@ class TimeEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half) / half),
                              persistent=False)
         self.amplitude = 1.0 / math.sqrt(dim)
-        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), Mish(), nn.Linear(2 * dim, dim))
+        self.net = nn.Sequential(Linear(dim, 2 * dim), Mish(), Linear(2 * dim, dim))
         self.out_dim = dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
