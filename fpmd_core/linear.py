@@ -22,16 +22,27 @@ from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 from torch.nn import functional
 
-ONEDNN_MIN_MACS = 1 << 21
-"""Smallest rows x in x out product sent to oneDNN: 64 x 128 x 128 (1M) was a tie on one
-thread, 128 x 128 x 128 (2M) took 29 us instead of 42."""
+ONEDNN_MIN_MACS = 1 << 20
+"""Smallest rows x in x out product sent to oneDNN. On one thread 64 x 128 x 128 and
+256 x 14 x 256 (about 1M) were ties, 256 x 46 x 128 (1.5M) took 24 us instead of 30,
+1024 x 14 x 128 (1.8M) 28 instead of 39; 256 x 14 x 128 (0.5M) 16 instead of 11."""
 
 _onednn_works: bool | None = None
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T + bias on oneDNN (any strides)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    """x @ weight.T + bias on oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(_plain(x), _plain(weight), bias, "none", [], "")
+
+
+def _plain(matrix: torch.Tensor) -> torch.Tensor:
+    """`matrix`, copied to contiguous unless it is contiguous or the transpose of a contiguous
+    one: other strides send oneDNN to its reference kernel (the weight gradient of a column
+    half of a wider activation, x.T with strides (1, 2 * width), took 86 ms instead of
+    0.06)."""
+    if matrix.is_contiguous() or matrix.t().is_contiguous():
+        return matrix
+    return matrix.contiguous()
 
 
 def onednn_available() -> bool:

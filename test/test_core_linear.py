@@ -31,8 +31,13 @@ def test_onednn_is_used_here_and_agrees_with_torch():
         got = linear(x, weight, bias)
     torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
     assert torch.equal(got, linear(x, weight, bias).detach())  # deterministic
-    # Transposed views (what the backward pass passes) are read by their strides.
+    # Transposed views (what the backward pass passes) are read by their strides; other
+    # strides (a column half of a wider matrix) are copied first.
     torch.testing.assert_close(linear(x.t().contiguous().t(), weight, bias).detach(), got)
+    wider = torch.cat([x, torch.randn_like(x)], dim=1)
+    torch.testing.assert_close(linear(wider[:, :IN], weight, bias).detach(), got)
+    torch.testing.assert_close(linear(x, wider.t()[:IN].t()[:OUT], bias).detach(),
+                               linear(x, wider[:OUT, :IN].contiguous(), bias).detach())
 
 
 @pytest.mark.parametrize('needs', [(True, True, True), (False, True, True), (True, False, False)])
