@@ -30,6 +30,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional
 
+from .autograd import eager_form, pick
+
 TORCH_MISH_MAX_ELEMENTS = 4096
 """Up to this many elements torch's single call is faster than six (one thread, no gradient:
 1 x 128 took 1.3 us with torch's, 9.1 with this formula; 32 x 128 took 13.0 and 11.3 us)."""
@@ -86,6 +88,9 @@ class _MishFunction(torch.autograd.Function):
         return tangent * derivative, None
 
 
+_EagerMishFunction = eager_form(_MishFunction)
+
+
 def mish(x: torch.Tensor) -> torch.Tensor:
     """torch.nn.functional.mish(x), faster on CPU (module docstring)."""
     # The tracing check comes first: under the ONNX exporter's tracer, numel() is a traced
@@ -99,14 +104,14 @@ def mish(x: torch.Tensor) -> torch.Tensor:
         # Nothing to save for a backward pass. Every operation here also has a forward-mode
         # derivative, so a JVP taken under no_grad stays exact.
         return _tanh_softplus(x)[2].mul_(x)
-    return _MishFunction.apply(x)[0]
+    return pick(_MishFunction, _EagerMishFunction).apply(x)[0]
 
 
 def mish_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mish(x), d mish / dx at x) from one pass; mish(x) keeps its gradient (first order, as
     `mish`'s), the slope carries none. Any device, any size: a hand-written forward tangent
     needs the slope wherever the value is computed."""
-    return _MishFunction.apply(x)
+    return pick(_MishFunction, _EagerMishFunction).apply(x)
 
 
 class Mish(nn.Module):

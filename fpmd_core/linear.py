@@ -22,6 +22,8 @@ from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 from torch.nn import functional
 
+from .autograd import eager_form, functorch_transforms_active, pick
+
 ONEDNN_MIN_MACS = 1 << 20
 """Smallest rows x in x out product sent to oneDNN. On one thread 64 x 128 x 128 and
 256 x 14 x 256 (about 1M) were ties, 256 x 46 x 128 (1.5M) took 24 us instead of 30,
@@ -117,6 +119,9 @@ class _OneDnnLinear(torch.autograd.Function):
         return tangent
 
 
+_EagerOneDnnLinear = eager_form(_OneDnnLinear)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
            ) -> torch.Tensor:
     """torch.nn.functional.linear(x, weight, bias), on oneDNN where that is faster (module
@@ -128,18 +133,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             or not _large(x.shape[0], x.shape[1], weight.shape[0]) or not onednn_available()
             or torch.onnx.is_in_onnx_export()):
         return functional.linear(x, weight, bias)
-    if _forward_ad_active() or (torch.is_grad_enabled() and (
+    if _forward_ad_active() or functorch_transforms_active() or (torch.is_grad_enabled() and (
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))):
-        return _OneDnnLinear.apply(x, weight, bias)
-    # Plain evaluation: the operator alone (an autograd Function call costs about 16 us more).
+        return pick(_OneDnnLinear, _EagerOneDnnLinear).apply(x, weight, bias)
+    # Plain evaluation: the operator alone (an autograd Function call costs more).
     return _onednn(x, weight, bias)
 
 
 def _forward_ad_active() -> bool:
     """Whether a forward-mode AD level is open (torch.autograd.forward_ad.dual_level, which
     torch.func.jvp opens too): the bare oneDNN operator has no forward derivative and would
-    give a zero tangent without an error. Should torch drop this module global, every call
-    takes the autograd Function, which is exact in every mode."""
+    give a zero tangent without an error. Under any torch.func transform the Function is
+    taken as well (the functorch check beside this one). Should torch drop this module
+    global, every call takes the autograd Function, which is exact in every mode."""
     return getattr(forward_ad, "_current_level", 0) >= 0
 
 

@@ -45,7 +45,7 @@ def test_gradients_match_torch(needs):
     x, weight, bias = (t.requires_grad_(n) for t, n in zip(problem(), needs, strict=True))
     upstream = torch.randn(ROWS, OUT)
     out = linear(x, weight, bias)
-    assert type(out.grad_fn).__name__ == '_OneDnnLinearBackward'
+    assert type(out.grad_fn).__name__ == 'Eager_OneDnnLinearBackward'  # not torch's addmm
     leaves = [t for t in (x, weight, bias) if t.requires_grad]
     ours = torch.autograd.grad(out, leaves, upstream)
     theirs = torch.autograd.grad(functional.linear(x, weight, bias), leaves, upstream)
