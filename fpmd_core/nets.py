@@ -32,8 +32,9 @@ def mlp_with_tangent(net: nn.Sequential, x: torch.Tensor, dx: torch.Tensor
     mish layers, the tangent carried through the same pass by hand: Linear W x + b moves it to
     W dx, mish to mish'(x) dx (its slope comes out of the same fused evaluation). The value
     keeps its autograd graph; the tangent is computed without one, as MeanFlow's stop-gradient
-    target needs: torch's forward-mode AD (dual tensors) computes the same numbers at about
-    three times the cost of the forward pass on one CPU thread, this at about 1.4 times."""
+    target needs. torch's forward-mode AD (dual tensors) computes the same numbers at a higher
+    cost: MeanFlow's policy at 2x128 over 256 rows on one CPU thread took 0.48 ms for the
+    plain forward pass, 2.2 ms with forward_ad, 0.70 ms this way."""
     for layer in net:
         if isinstance(layer, nn.Linear):
             x = layer(x)
