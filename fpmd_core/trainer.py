@@ -29,6 +29,7 @@ from .config import RESOLVED_CONFIG_NAME, Config, ConfigError, config_from_dict,
 from .export import export_onnx
 from .files import remove_stale_temp_files
 from .logger import ProgressLine, RunLogger, plot_learning_curve
+from .memory import retain_freed_memory
 from .replay import ReplayBuffer
 from .tasks import (
     env_from_config,
@@ -81,6 +82,7 @@ class Trainer:
         self.cfg, tc = cfg, cfg.trainer
         if tc.torch_threads:
             torch.set_num_threads(tc.torch_threads)
+        retain_freed_memory()  # each update reallocates the same large tensors
         seed_everything(tc.seed, tc.deterministic)
         self.device = resolve_device(tc.device)
         self.output_dir = Path(tc.output_dir)

@@ -180,3 +180,30 @@ def test_sac_networks_use_relu_and_fpmd_networks_mish():
     for module in (fpmd.policy.net, fpmd.critic.online.q1):
         kinds = {type(m) for m in module if not isinstance(m, torch.nn.Linear)}
         assert torch.nn.ReLU not in kinds and len(kinds) == 1
+
+
+# --- the fused Adam --------------------------------------------------------------------------
+
+def test_fused_adam_matches_the_default_and_stays_fused_after_loading_a_default_state():
+    """Every agent optimiser is fused Adam; loading an optimizer state written by the default
+    Adam (whose param_groups say fused=None) keeps the fused kernel and the moments."""
+    from fpmd_core.agents.optim import adam, load_optimizer_state
+    torch.manual_seed(0)
+    net = torch.nn.Linear(5, 3)
+    reference = copy.deepcopy(net)
+    fused, default = adam(net.parameters(), lr=1e-2), torch.optim.Adam(reference.parameters(),
+                                                                         lr=1e-2)
+    for _ in range(5):
+        x = torch.randn(8, 5)
+        for module, optimizer in ((net, fused), (reference, default)):
+            optimizer.zero_grad()
+            module(x).square().sum().backward()
+            optimizer.step()
+    for ours, theirs in zip(net.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    agent = build()
+    assert all(group['fused'] for o in agent.optimizers().values() for group in o.param_groups)
+    load_optimizer_state(fused, default.state_dict())
+    assert fused.param_groups[0]['fused'] is True
+    torch.testing.assert_close(fused.state_dict()['state'][0]['exp_avg'],
+                               default.state_dict()['state'][0]['exp_avg'])

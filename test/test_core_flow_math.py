@@ -115,6 +115,41 @@ def test_meanflow_jvp_target_matches_central_difference():
     assert (target - v).abs().max() > 1e-3  # the JVP term is not trivially zero
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('output_bound', [0.0, 5.0])
+def test_meanflow_hand_written_tangent_equals_torch_func_jvp(dtype, output_bound):
+    """jvp_target's tangent, carried through the MLP by hand, against torch.func.jvp of
+    average_velocity along (dz, dr, dt) = (v, 0, 1); u keeps the gradient of a plain forward."""
+    torch.manual_seed(0)
+    policy = MeanFlowPolicy(11, 3, hidden=64, layers=2, output_bound=output_bound).to(dtype)
+    with torch.no_grad():
+        policy.net[-1].weight.mul_(20)  # outputs reach the bound's bend
+    n = 256  # above the fast mish's size threshold, as in training
+    obs, z, v = (torch.randn(n, d, dtype=dtype) for d in (11, 3, 3))
+    r, t = torch.rand(n, 2, dtype=dtype).sort(dim=1).values.unbind(1)
+    u, target = policy.jvp_target(obs, z, r, t, v)
+    u_ref, du_dt = torch.func.jvp(lambda z_, t_: policy.average_velocity(obs, z_, r, t_),
+                                  (z, t), (v, torch.ones_like(t)))
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(u, u_ref, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(target, v - (t - r)[:, None] * du_dt, rtol=tolerance,
+                               atol=tolerance)
+    assert (du_dt.abs().max() > 1.0) and not target.requires_grad
+    if output_bound:
+        assert u.abs().max() > 0.5 * output_bound
+    (grad,) = torch.autograd.grad(u.square().sum(), policy.net[0].weight)
+    (grad_ref,) = torch.autograd.grad(policy.average_velocity(obs, z, r, t).square().sum(),
+                                      policy.net[0].weight)
+    torch.testing.assert_close(grad, grad_ref, rtol=tolerance, atol=tolerance)
+
+
+def test_mlp_with_tangent_refuses_layers_it_cannot_differentiate():
+    from fpmd_core.nets import mlp, mlp_with_tangent
+    net = mlp(4, 2, 8, 1, torch.nn.ReLU)
+    with pytest.raises(TypeError, match='expected Linear and Mish layers, got ReLU'):
+        mlp_with_tangent(net, torch.randn(3, 4), torch.randn(3, 4))
+
+
 def test_meanflow_time_sampling_orders_r_le_t():
     policy = MeanFlowPolicy(OBS_DIM, ACT_DIM, hidden=8, layers=1)
     r, t = policy.sample_times(4096, 0.0, 'cpu')

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..nets import make_encoder, random_shift
 from .critic import Critic
+from .optim import load_optimizer_state
 
 
 class Agent(nn.Module):
@@ -90,6 +91,6 @@ class Agent(nn.Module):
     def load_full_state(self, state: dict) -> None:
         self.load_state_dict(state["modules"])
         for name, optimizer in self.optimizers().items():
-            optimizer.load_state_dict(state["optimizers"][name])
+            load_optimizer_state(optimizer, state["optimizers"][name])
         self.gradient_steps = int(state["counters"]["gradient_steps"])
         self.actor_updates = int(state["counters"]["actor_updates"])

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..nets import mlp
+from .optim import adam
 
 
 class DoubleQ(nn.Module):
@@ -35,7 +36,7 @@ class Critic(nn.Module):
         self.encoder = encoder
         self.online = DoubleQ(encoder.out_dim, act_dim, cfg.hidden, cfg.layers, activation)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = adam(
             [*self.online.parameters(), *self.encoder.parameters()], lr=cfg.critic_lr)
 
 

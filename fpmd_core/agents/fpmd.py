@@ -16,6 +16,7 @@ from ..config import training_steps
 from ..policies import DiffusionPolicy, FlowPolicy, MeanFlowPolicy
 from .base import Agent
 from .critic import check_finite, polyak, td_target, update_critic
+from .optim import adam
 from .sampling import sample_actions
 
 ONE_STEP_REFERENCE_STEPS = 20
@@ -43,9 +44,9 @@ class MirrorDescentAgent(Agent):
         self.policy = self.POLICIES[cfg.algo](self.obs_dim, act_dim, cfg.hidden, cfg.layers,
                                               output_bound=cfg.output_bound, **extra)
         self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
+        self.policy_optimizer = adam(self.policy.parameters(), lr=cfg.actor_lr)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.alpha_init)))
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.alpha_optimizer = adam([self.log_alpha], lr=cfg.alpha_lr)
         self.register_buffer("q_mean", torch.tensor(0.0))
         self.register_buffer("q_std", torch.tensor(1.0))
         self.steps = training_steps(cfg)

@@ -11,6 +11,7 @@ import torch
 from ..policies import GaussianPolicy
 from .base import Agent
 from .critic import check_finite, polyak, td_target, update_critic
+from .optim import adam
 
 
 class SACAgent(Agent):
@@ -21,9 +22,9 @@ class SACAgent(Agent):
         super().__init__(obs_shape, act_dim, cfg, device)
         self.policy = GaussianPolicy(self.obs_dim, act_dim, cfg.hidden, cfg.layers,
                                      self.activation)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
+        self.policy_optimizer = adam(self.policy.parameters(), lr=cfg.actor_lr)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.sac_alpha_init)))
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.actor_lr)
+        self.alpha_optimizer = adam([self.log_alpha], lr=cfg.actor_lr)
         self.target_entropy = -cfg.sac_target_entropy_scale * act_dim
         self.to(device)
 
