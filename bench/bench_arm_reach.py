@@ -1,12 +1,12 @@
 """Issue 15 benchmark: the 3-joint arm (sim/arm_reach.yaml) reaches within 2 cm of its goal in 30
 minutes of training on a 2-core CPU.
 
-    nice python -m bench.bench_arm_reach [--algo fpmd_r] [--total-steps 50000] [--seeds 0 1 2] \
+    nice python -m bench.bench_arm_reach [--algo fpmd_m] [--total-steps 50000] [--seeds 0 1 2] \
         [--over-ros] [--eval-episodes 20] [--label NAME] [--from-json]
 
 Each seed is one training run started as its own process, with ``./fpmd train``'s configuration
 (config/train_sim.yaml: the ``cpu`` profile, reward scale 1.0, critic lr 1e-3, a 5k-step random
-warm-up, 5 evaluation episodes) and the arm task:
+warm-up, 5 evaluation episodes; FPMD-M unless ``--algo``) and the arm task:
 
 - in-process (default): ``python -m fpmd_core.cli --config config/train_sim.yaml --set
   task.id=sim/arm_reach.yaml --set agent.algo=A --set trainer.total_steps=N ...``
@@ -23,8 +23,8 @@ exported policy (policy.onnx, run by onnxruntime as deployed) evaluated again ov
 ``--eval-episodes`` episodes of other seeds than the trainer's. Written to
 ``bench/results/arm_reach/<label>.json`` and a curve ``<label>.png`` (final goal distance against
 env steps and against wall time, per seed: mean solid, worst dashed, the 2 cm target dotted).
-The run folders (``bench/results/arm_reach/<label>/seed_<s>/``) are not committed; ``--from-json``
-re-makes the summary and the PNG from the JSON's runs.
+The run folders (``bench/results/arm_reach/<label>/seed_<s>/``: the trainer's outputs and its log,
+train.log) are not committed; ``--from-json`` re-makes the summary and the PNG from the JSON's runs.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def plot(result: dict, png: Path) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", default="fpmd_r", choices=("fpmd_r", "fpmd_m", "sac", "dpmd"))
+    parser.add_argument("--algo", default="fpmd_m", choices=("fpmd_r", "fpmd_m", "sac", "dpmd"))
     parser.add_argument("--total-steps", type=int, default=50_000)
     parser.add_argument("--eval-interval", type=int, default=5_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
