@@ -321,7 +321,9 @@ tasks with a goal_position command, fpmd_core/robots/env.py)."""
 @dataclass
 class EpisodeResults:
     """One evaluation episode per env: its return, its length and, in goal tasks, the goal
-    distance (m) of its last step; `final_goal_distances` is None when no step reported one."""
+    distance (m) its last step reported (a step whose simulation diverged reports none, so an
+    episode ended by divergence keeps the distance of the step before); `final_goal_distances`
+    is None when no step of any episode reported one (a task without a goal)."""
 
     returns: np.ndarray
     lengths: np.ndarray
