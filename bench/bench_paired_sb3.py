@@ -95,7 +95,7 @@ def random_return(task: str, seeds: int, episodes: int) -> dict:
         envs = [make_env(task) for _ in range(episodes)]
         episode_seeds = evaluation_seeds(seed, episodes)
         policy = UniformPolicy(envs[0].action_space.shape[0], seed)
-        returns += run_episodes(policy, envs, "random", episode_seeds)[0].tolist()
+        returns += run_episodes(policy, envs, "random", episode_seeds).returns.tolist()
         eval_seeds += episode_seeds
         for env in envs:
             env.close()

@@ -106,7 +106,8 @@ def make_callback(logger: RunLogger, eval_envs: list, seeds: list[int], eval_int
             self.window = (now, model._n_updates, steps)
 
         def evaluate(self, steps: int) -> None:
-            returns, lengths = run_episodes(DeployPolicy(self.model), eval_envs, "deploy", seeds)
+            episodes = run_episodes(DeployPolicy(self.model), eval_envs, "deploy", seeds)
+            returns, lengths = episodes.returns, episodes.lengths
             logger.evaluation({
                 "env_steps": steps, "updates": self.model._n_updates,
                 "wall_time_s": round(time.perf_counter() - self.start, 2),

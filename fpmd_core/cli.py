@@ -80,6 +80,9 @@ def main(argv=None) -> int:
         return 1
     print(f"policy: {result.policy}\ncheckpoint: {result.checkpoint}\n"
           f"deploy-mode return (NFE = 1): {result.final_return_deploy}")
+    if result.final_goal_distance_deploy is not None:
+        print(f"final goal distance (deploy, mean over the evaluation episodes): "
+              f"{result.final_goal_distance_deploy:.4f} m")
     return 0
 
 

@@ -9,12 +9,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+
+def goal_distance_columns(mode: str) -> tuple[str, ...]:
+    """eval.csv's columns of the final goal distance (m) in one evaluation mode: its mean, std
+    (ddof 0), median and max (the worst episode) over the evaluation episodes."""
+    name = f"final_goal_distance_{mode}"
+    return (name, f"{name}_std", f"{name}_median", f"{name}_max")
+
+
 # Means over the evaluation episodes, then the spread of their returns (std over the episodes,
-# ddof 0, min, max); new columns go at the end so that existing readers keep their positions.
+# ddof 0, min, max), then the final goal distance of goal tasks (empty for other tasks); new
+# columns go at the end so that existing readers keep their positions.
 EVAL_FIELDS = ("env_steps", "updates", "wall_time_s", "return_deploy", "return_best_of_n",
                "length_deploy", "length_best_of_n",
                "return_deploy_std", "return_deploy_min", "return_deploy_max",
-               "return_best_of_n_std", "return_best_of_n_min", "return_best_of_n_max")
+               "return_best_of_n_std", "return_best_of_n_min", "return_best_of_n_max",
+               *goal_distance_columns("deploy"), *goal_distance_columns("best_of_n"))
 TRAIN_FIELDS = ("env_steps", "updates", "loss/critic", "loss/actor", "alpha", "q/mean",
                 "weights/std", "weights/max", "weights/min", "grad_norm/actor", "entropy",
                 "one_step_error", "train/episode_return", "perf/updates_per_s",
@@ -49,7 +59,8 @@ class RunLogger:
 
     def evaluation(self, row: dict[str, float]) -> None:
         if self.writer:
-            for key in ("return_deploy", "return_best_of_n", "length_deploy"):
+            for key in ("return_deploy", "return_best_of_n", "length_deploy",
+                        *goal_distance_columns("deploy"), *goal_distance_columns("best_of_n")):
                 if row.get(key) is not None:
                     self.writer.add_scalar(f"eval/{key}", row[key], row["env_steps"])
         self._append(self.eval_csv, row, EVAL_FIELDS)
@@ -160,8 +171,13 @@ class ProgressLine:
 def _last_eval_text(last_eval: dict) -> str:
     if not last_eval or last_eval.get("return_deploy") is None:
         return "no evaluation yet"
-    return (f"last eval return {last_eval['return_deploy']:.1f} "
+    text = (f"last eval return {last_eval['return_deploy']:.1f} "
             f"(deploy, at {last_eval['env_steps']} env steps)")
+    distance = last_eval.get(goal_distance_columns("deploy")[0])
+    if distance is not None:
+        # Centimetres: a reaching task's precision reads as 1.8 cm, not 0.018 m.
+        text += f", final goal distance {100 * distance:.2f} cm (deploy, mean)"
+    return text
 
 
 def format_duration(seconds: float) -> str:

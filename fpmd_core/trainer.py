@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, load_agent_state, load_checkpoint, save
 from .config import RESOLVED_CONFIG_NAME, Config, ConfigError, config_from_dict, save_config
 from .export import export_onnx
 from .files import remove_stale_temp_files
-from .logger import ProgressLine, RunLogger, plot_learning_curve
+from .logger import ProgressLine, RunLogger, goal_distance_columns, plot_learning_curve
 from .memory import retain_freed_memory
 from .replay import ReplayBuffer
 from .tasks import (
@@ -55,6 +55,8 @@ class TrainResult:
     checkpoint: Path | None
     policy: Path | None
     curve: Path | None
+    final_goal_distance_deploy: float | None = None
+    """Goal tasks: the last evaluation's mean final goal distance (m), deploy mode."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -173,7 +175,8 @@ class Trainer:
                                     f"{cfg.agent.algo} on {cfg.task.id}")
         return TrainResult(self.output_dir, self.env_steps, self.agent.gradient_steps,
                            self.last_eval.get("return_deploy"),
-                           self.last_eval.get("return_best_of_n"), checkpoint, policy, curve)
+                           self.last_eval.get("return_best_of_n"), checkpoint, policy, curve,
+                           self.last_eval.get(goal_distance_columns("deploy")[0]))
 
     def _collect(self) -> None:
         """One vector step into the replay buffer."""
@@ -199,10 +202,10 @@ class Trainer:
     def evaluate(self, mode: str) -> tuple[float, float]:
         """Mean return and length over `trainer.eval_episodes` episodes (seeds fixed per
         episode index)."""
-        returns, lengths = self._episodes(mode)
-        return float(returns.mean()), float(lengths.mean())
+        episodes = self._episodes(mode)
+        return float(episodes.returns.mean()), float(episodes.lengths.mean())
 
-    def _episodes(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    def _episodes(self, mode: str) -> EpisodeResults:
         seeds = evaluation_seeds(self.cfg.trainer.seed, len(self.eval_envs))
         return run_episodes(self.agent, self.eval_envs, mode, seeds)
 
@@ -214,13 +217,15 @@ class Trainer:
         if tc.eval_best_of_n and self.cfg.agent.algo != "sac":
             modes.append("best_of_n")
         for mode in modes:
-            returns, lengths = self._episodes(mode)
+            episodes = self._episodes(mode)
+            returns, lengths = episodes.returns, episodes.lengths
             row[f"return_{mode}"], row[f"length_{mode}"] = float(returns.mean()), \
                 float(lengths.mean())
             # The spread over the episodes (population std: defined for one episode too).
             row[f"return_{mode}_std"] = float(returns.std())
             row[f"return_{mode}_min"] = float(returns.min())
             row[f"return_{mode}_max"] = float(returns.max())
+            row |= episodes.goal_distance_stats(mode)
         self.last_eval = row
         logger.evaluation(row)
 
@@ -245,6 +250,9 @@ class Trainer:
             post["train_return"] = f"{np.mean(self.recent_returns):.1f}"
         if self.last_eval:
             post["eval_deploy"] = f"{self.last_eval['return_deploy']:.1f}"
+            distance = self.last_eval.get(goal_distance_columns("deploy")[0])
+            if distance is not None:
+                post["goal_distance_cm"] = f"{100 * distance:.2f}"
         return post
 
     # --- checkpoints -------------------------------------------------------------------
@@ -314,29 +322,62 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
     return [10_000 + seed * 1000 + i for i in range(episodes)]
 
 
+GOAL_DISTANCE_INFO = "goal_distance"
+"""The step-info key of a goal task's distance (m) from the commanded site to its goal (robot
+tasks with a goal_position command, fpmd_core/robots/env.py)."""
+
+
+@dataclass
+class EpisodeResults:
+    """One evaluation episode per env: its return, its length and, in goal tasks, the goal
+    distance (m) its last step reported (a step whose simulation diverged reports none, so an
+    episode ended by divergence keeps the distance of the step before); `final_goal_distances`
+    is None when no step of any episode reported one (a task without a goal)."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    final_goal_distances: np.ndarray | None = None
+
+    def goal_distance_stats(self, mode: str) -> dict[str, float]:
+        """`goal_distance_columns(mode)` and their values; empty without goal distances."""
+        d = self.final_goal_distances
+        if d is None:
+            return {}
+        values = (d.mean(), d.std(), np.median(d), d.max())
+        return {name: float(v) for name, v in zip(goal_distance_columns(mode), values,
+                                                   strict=True)}
+
+
 def evaluate_episodes(agent, envs: list, mode: str, seeds: list[int]) -> tuple[float, float]:
     """Mean return and length of one episode per env (`run_episodes`)."""
-    returns, lengths = run_episodes(agent, envs, mode, seeds)
-    return float(returns.mean()), float(lengths.mean())
+    episodes = run_episodes(agent, envs, mode, seeds)
+    return float(episodes.returns.mean()), float(episodes.lengths.mean())
 
 
-def run_episodes(agent, envs: list, mode: str,
-                 seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Return and length of one episode per env, the episodes side by side: one batched
-    policy call per step rather than one per episode and step, since a small network's call
-    costs about the same at batch 1 as at batch 10 (on a GPU, kernel launches set its time)."""
+def run_episodes(agent, envs: list, mode: str, seeds: list[int]) -> EpisodeResults:
+    """One episode per env, the episodes side by side: one batched policy call per step rather
+    than one per episode and step, since a small network's call costs about the same at batch 1
+    as at batch 10 (on a GPU, kernel launches set its time)."""
     obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(envs, seeds, strict=True)])
     returns, lengths = np.zeros(len(envs)), np.zeros(len(envs), dtype=int)
+    # NaN until an episode's step reports a distance: an episode whose every step lacked it
+    # (a simulation that diverged at once) makes the statistics NaN rather than silently
+    # leaving that episode out.
+    goal_distances = np.full(len(envs), np.nan)
+    reported = False
     running = np.ones(len(envs), dtype=bool)
     while running.any():
         indices = np.flatnonzero(running)
         actions = agent.act(obs[indices], mode)
         for index, action in zip(indices, actions, strict=True):
-            obs[index], reward, terminated, truncated, _ = envs[index].step(action)
+            obs[index], reward, terminated, truncated, info = envs[index].step(action)
             returns[index] += float(reward)
             lengths[index] += 1
             running[index] = not (terminated or truncated)
-    return returns, lengths
+            if GOAL_DISTANCE_INFO in info:
+                goal_distances[index] = float(info[GOAL_DISTANCE_INFO])
+                reported = True
+    return EpisodeResults(returns, lengths, goal_distances if reported else None)
 
 
 def _crossed(before: int, after: int, interval: int) -> bool:

@@ -96,7 +96,10 @@ def test_eval_csv_has_stable_columns_and_both_modes(short_run):
         'env_steps', 'updates', 'wall_time_s', 'return_deploy', 'return_best_of_n',
         'length_deploy', 'length_best_of_n', 'return_deploy_std', 'return_deploy_min',
         'return_deploy_max', 'return_best_of_n_std', 'return_best_of_n_min',
-        'return_best_of_n_max']
+        'return_best_of_n_max', 'final_goal_distance_deploy', 'final_goal_distance_deploy_std',
+        'final_goal_distance_deploy_median', 'final_goal_distance_deploy_max',
+        'final_goal_distance_best_of_n', 'final_goal_distance_best_of_n_std',
+        'final_goal_distance_best_of_n_median', 'final_goal_distance_best_of_n_max']
     assert [int(r['env_steps']) for r in rows] == [150, 300]
     assert [int(r['updates']) for r in rows] == [51, 201]
     for row in rows:
