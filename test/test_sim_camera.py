@@ -50,7 +50,7 @@ class CameraClient:
         self.infos: list[CameraInfo] = []
         self.command_pub = self.node.create_publisher(Float64MultiArray, f'{self.ns}/commands',
                                                       LOCKSTEP_QOS)
-        self.node.create_subscription(
+        self.transition_sub = self.node.create_subscription(
             Float64MultiArray, f'{self.ns}/transition',
             lambda m: self.transitions.append(messages.decode_transition(m)), LOCKSTEP_QOS)
         if images:
@@ -59,8 +59,11 @@ class CameraClient:
             self.node.create_subscription(CameraInfo, f'{self.ns}/camera/camera_info',
                                           self.infos.append, qos)
         self.reset_client = self.node.create_client(Trigger, f'{self.ns}/mujoco_sim/reset')
+        # Our transition reader matched too: a reset's transition published before that is lost
+        # (VOLATILE), which a loaded machine showed once.
         assert spin_until(executor, lambda: (
             self.command_pub.get_subscription_count() > 0
+            and self.transition_sub.get_publisher_count() > 0
             and self.reset_client.service_is_ready()), 10.0), 'sim not found'
 
     def subscribe_images(self, qos) -> None:
