@@ -221,6 +221,9 @@ class TrainerNode(Node):
                 values['last_eval_env_steps'] = last_eval.get('env_steps')
                 values['last_eval_return_deploy'] = last_eval.get('return_deploy')
                 values['last_eval_return_best_of_n'] = last_eval.get('return_best_of_n')
+                if last_eval.get('final_goal_distance_deploy') is not None:
+                    values['last_eval_final_goal_distance_deploy_m'] = last_eval[
+                        'final_goal_distance_deploy']
             status = messages.diagnostic_status(
                 f'{self.get_name()}: training', self.level, self.message, self._hostname,
                 {k: _format(v) for k, v in values.items()})
@@ -474,7 +477,10 @@ class TrainingSession:
         lines = [
             f'training finished: {result.env_steps} env steps, {result.updates} updates, '
             f'deploy-mode return (NFE = 1) {_format(result.final_return_deploy)}, best-of-N '
-            f'{_format(result.final_return_best_of_n)}',
+            f'{_format(result.final_return_best_of_n)}'
+            + ('' if result.final_goal_distance_deploy is None else
+               f', final goal distance {100 * result.final_goal_distance_deploy:.2f} cm (deploy, '
+               'mean over the evaluation episodes)'),
             f'policy: {result.policy}',
             f'checkpoint: {result.checkpoint}',
             f'learning curve: {result.curve}',

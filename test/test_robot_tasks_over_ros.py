@@ -156,6 +156,11 @@ def test_short_training_run_of_a_task_file_over_ros(tmp_path):
         run.stop()
     assert code == 0, run.output[-5000:]
     assert 'training finished: 300 env steps, 101 updates' in run.output
+    # A goal task's closing line says how close the arm ended, as eval.csv records it.
+    import re
+
+    finished = next(line for line in run.output.splitlines() if 'training finished' in line)
+    assert re.search(r'final goal distance \d+\.\d\d cm \(deploy', finished), finished
     for name in ('policy.onnx', 'checkpoints/final.pt', 'eval.csv'):
         assert (out / name).is_file(), f'{name} missing:\n{run.output[-3000:]}'
     from fpmd_core.runtime import OnnxPolicy
