@@ -31,6 +31,7 @@ from .files import remove_stale_temp_files
 from .logger import ProgressLine, RunLogger, goal_distance_columns, plot_learning_curve
 from .memory import retain_freed_memory
 from .replay import ReplayBuffer
+from .robots.terms import GOAL_DISTANCE_INFO
 from .tasks import (
     env_from_config,
     get_env_state,
@@ -322,9 +323,6 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
     return [10_000 + seed * 1000 + i for i in range(episodes)]
 
 
-GOAL_DISTANCE_INFO = "goal_distance"
-"""The step-info key of a goal task's distance (m) from the commanded site to its goal (robot
-tasks with a goal_position command, fpmd_core/robots/env.py)."""
 
 
 @dataclass

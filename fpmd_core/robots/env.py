@@ -27,7 +27,13 @@ import numpy as np
 
 from .model import RobotModel, build_robot
 from .schema import RobotTask, load_task
-from .terms import COMMAND_RANGES, OBSERVATION_TERMS, REWARD_TERMS, compose_observation
+from .terms import (
+    COMMAND_RANGES,
+    GOAL_DISTANCE_INFO,
+    OBSERVATION_TERMS,
+    REWARD_TERMS,
+    compose_observation,
+)
 
 _DIVERGED = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
              mujoco.mjtWarning.mjWARN_BADQACC)
@@ -277,7 +283,7 @@ class RobotEnv(gym.Env):
                 info[f"reward/{term.term}"] = value
                 reward += value
             if task.command.kind == "goal_position":
-                info["goal_distance"] = self.goal_distance()
+                info[GOAL_DISTANCE_INFO] = self.goal_distance()
         terminated = not stable or self._terminated()
         resample = round(task.command.resample_seconds / task.control_period)
         if resample and self.steps % resample == 0:

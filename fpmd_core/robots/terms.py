@@ -20,6 +20,9 @@ COMMAND_KINDS = ("none", "goal_position", "velocity")
 COMMAND_RANGES = {"goal_position": ("x", "y", "z"), "velocity": ("vx", "vy", "yaw_rate")}
 """The command fields each command kind needs, in the command vector's order."""
 INTEGRATORS = ("euler", "rk4", "implicit", "implicitfast")
+GOAL_DISTANCE_INFO = "goal_distance"
+"""The step-info key of a goal task's distance (m) from the commanded site to its goal (robot
+tasks with a goal_position command); the trainer's evaluation reads it."""
 
 
 @dataclass(frozen=True)
