@@ -95,9 +95,11 @@ def validate_robot_metadata(meta: dict, source: str) -> None:
     if robot["version"] != METADATA_VERSION:
         raise PolicyError(f"{source}: metadata robot.version {robot['version']}, expected "
                           f"{METADATA_VERSION}")
-    if not _SHA256.match(robot["task_file_sha256"]):
-        raise PolicyError(f"{source}: metadata robot.task_file_sha256 is "
-                          f"{robot['task_file_sha256']!r}, expected 64 hex digits")
+    for key in ("task_file_sha256", "model_sha256"):  # model_sha256: newer policies only
+        if (key in robot or key == "task_file_sha256") and not (
+                isinstance(robot[key], str) and _SHA256.match(robot[key])):
+            raise PolicyError(f"{source}: metadata robot.{key} is {robot[key]!r}, expected 64 "
+                              "hex digits")
     if robot["control_mode"] not in ("position", "effort"):
         raise PolicyError(f"{source}: metadata robot.control_mode is "
                           f"{robot['control_mode']!r}, expected position or effort")

@@ -284,27 +284,20 @@ def env_from_metadata(meta: dict, max_episode_steps: int = 0,
 
 def robot_task_file(meta: dict) -> str:
     """The task file a robot policy was trained on (its metadata's `robot.task_file`, else its
-    `task` looked up as make_env does), checked against the sha256 recorded at training: a
-    file that changed since would build another task than the policy knows (TaskFileError)."""
-    import hashlib
-
+    `task` looked up as make_env does), checked with its model against the sha256 recorded at
+    training (`robots.metadata.check_task_files`): a file that changed since would build another
+    task than the policy knows (TaskFileError)."""
     from .robots import TaskFileError
+    from .robots.metadata import check_task_files
     from .robots.schema import resolve_task_path
 
     robot = meta["robot"]
     recorded = Path(robot["task_file"])
     path = recorded if recorded.is_file() else resolve_task_path(str(meta["task"]))
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as err:
-        raise TaskFileError(f"task file {meta['task']!r}: cannot read it ({err.strerror}); "
-                            f"the policy was trained on {recorded}") from None
-    if digest != robot["task_file_sha256"]:
-        raise TaskFileError(
-            f"task file {path}: changed since the policy was trained on it (sha256 "
-            f"{digest[:12]}..., the policy's metadata robot.task_file_sha256 says "
-            f"{robot['task_file_sha256'][:12]}...); expected the same file: restore it, or "
-            "retrain on the new one")
+    if not path.is_file():
+        raise TaskFileError(f"task file {meta['task']!r}: not found; the policy was trained on "
+                            f"{recorded}")
+    check_task_files(path, robot)
     return str(path)
 
 

@@ -86,8 +86,13 @@ def test_site_terms_use_the_task_files_kinematics_and_refuse_a_changed_file(tmp_
     task_file = tmp_path / 'arm_reach.yaml'
     meta = robot_metadata(task_file)
     RobotObserver(meta)  # the metadata's own path
+    model = tmp_path / 'arm3.xml'
+    model.write_text(model.read_text().replace('</mujoco>', '<!-- edited --></mujoco>'))
+    with pytest.raises(ObserverError, match=r'model .*arm3.xml of task file .*changed since'):
+        RobotObserver(meta)
+    shutil.copy(SIM / 'arm3.xml', model)
     task_file.write_text(task_file.read_text() + '\n# edited\n')
-    with pytest.raises(ObserverError, match='differs from the policy.s task_file_sha256'):
+    with pytest.raises(ObserverError, match='task file .* changed since the policy was trained'):
         RobotObserver(meta)
     with pytest.raises(ObserverError, match='not found'):
         RobotObserver(meta, task_file=tmp_path / 'missing.yaml')

@@ -14,7 +14,7 @@ from pathlib import Path
 import gymnasium as gym
 
 from .env import RobotEnv
-from .schema import RobotTask, load_task
+from .schema import RobotTask, TaskFileError, load_task
 from .terms import COMMAND_RANGES, OBSERVATION_TERMS
 
 METADATA_VERSION = 1
@@ -23,6 +23,33 @@ METADATA_VERSION = 1
 def _robot_env(env: gym.Env) -> RobotEnv | None:
     inner = env.unwrapped
     return inner if isinstance(inner, RobotEnv) else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def check_task_files(path: Path, robot: dict) -> None:
+    """TaskFileError unless the task file at `path`, and its model, are the files a policy was
+    trained on (`robot`: its metadata; `model_sha256` is checked when recorded: policies
+    exported before it existed carry only the task file's digest). Any edit of either, a comment
+    included, makes another file: the policy knows the old robot."""
+    recorded = robot["task_file_sha256"]
+    digest = _sha256(path)
+    if digest != recorded:
+        raise TaskFileError(
+            f"task file {path}: changed since the policy was trained on it (sha256 "
+            f"{digest[:12]}..., the policy's metadata robot.task_file_sha256 says "
+            f"{recorded[:12]}...); expected the same file: restore it, or retrain on the new one")
+    if robot.get("model_sha256"):
+        model = load_task(path).model_path
+        digest = _sha256(model)
+        if digest != robot["model_sha256"]:
+            raise TaskFileError(
+                f"model {model} of task file {path}: changed since the policy was trained on it "
+                f"(sha256 {digest[:12]}..., the policy's metadata robot.model_sha256 says "
+                f"{robot['model_sha256'][:12]}...); expected the same file: restore it, or "
+                "retrain on the new one")
 
 
 def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
@@ -56,9 +83,9 @@ def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
         "version": METADATA_VERSION,
         "name": task.name,
         "task_file": task.path,
-        "task_file_sha256": (hashlib.sha256(Path(task.path).read_bytes()).hexdigest()
-                             if Path(task.path).is_file() else ""),
+        "task_file_sha256": _sha256(Path(task.path)),
         "model": str(task.model_path),
+        "model_sha256": _sha256(task.model_path),
         "control_mode": act.mode,
         "control_period": task.control_period,
         "physics_timestep": task.control_period / task.substeps,

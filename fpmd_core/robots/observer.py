@@ -17,7 +17,6 @@ A policy that uses them is refused with the term's name.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import mujoco
@@ -42,20 +41,17 @@ class _Kinematics:
     """Site positions of a fixed-base robot at given joint positions (MuJoCo forward
     kinematics of the task file's model, the simulation's own)."""
 
-    def __init__(self, task_file: Path, expected_sha256: str, joint_names: list[str]):
+    def __init__(self, task_file: Path, robot_meta: dict, joint_names: list[str]):
         if not task_file.is_file():
             raise ObserverError(
                 f"task file {task_file}: not found; the observation has site terms, which need "
                 "the robot's model for forward kinematics (set the path of the task file the "
                 "policy was trained on)")
-        digest = hashlib.sha256(task_file.read_bytes()).hexdigest()
-        if expected_sha256 and digest != expected_sha256:
-            raise ObserverError(
-                f"task file {task_file}: sha256 {digest[:12]}... differs from the policy's "
-                f"task_file_sha256 {expected_sha256[:12]}...: the file changed since training")
-        from .model import build_robot  # here: only policies with site terms need the model
+        from .metadata import check_task_files  # here: only policies with site terms need it
+        from .model import build_robot
 
         try:
+            check_task_files(task_file, robot_meta)
             robot = build_robot(load_task(task_file))
         except TaskFileError as error:
             raise ObserverError(str(error)) from None
@@ -169,8 +165,7 @@ class RobotObserver:
                     "base position in the world, which joint states and an IMU do not give; "
                     "publish the observation vector instead")
             path = Path(task_file) if task_file else Path(robot["task_file"])
-            self._kinematics = _Kinematics(path, robot.get("task_file_sha256", ""),
-                                           self.joint_names)
+            self._kinematics = _Kinematics(path, robot, self.joint_names)
 
     def readings(self, joint_pos, joint_vel, command, last_action, base_quat=None,
                  base_ang_vel=None) -> RobotReadings:
