@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import mujoco
@@ -266,13 +265,14 @@ def env_from_config(task, normalized_actions: bool = True) -> gym.Env:
 
 
 def env_from_metadata(meta: dict, max_episode_steps: int = 0,
-                      normalized_actions: bool = False) -> gym.Env:
+                      normalized_actions: bool = False, task_file: str | None = None) -> gym.Env:
     """The env an exported policy was trained on, from its metadata (task, action repeat and,
     for pixel policies, image size, camera and frame stack); env units by default, as a
-    deployed policy acts."""
+    deployed policy acts. `task_file`: a robot policy's task file, if not where its metadata
+    says (`robot_task_file`)."""
     task_id = str(meta["task"])
     if meta.get("robot"):
-        task_id = robot_task_file(meta)
+        task_id = robot_task_file(meta, task_file)
     shape = meta.get("obs_shape") or [meta["obs_dim"]]
     pixels = None
     if len(shape) == 3:
@@ -282,22 +282,14 @@ def env_from_metadata(meta: dict, max_episode_steps: int = 0,
                     action_repeat=int(meta.get("action_repeat", 1)), pixels=pixels)
 
 
-def robot_task_file(meta: dict) -> str:
-    """The task file a robot policy was trained on (its metadata's `robot.task_file`, else its
-    `task` looked up as make_env does), checked with its model against the sha256 recorded at
-    training (`robots.metadata.check_task_files`): a file that changed since would build another
-    task than the policy knows (TaskFileError)."""
-    from .robots import TaskFileError
-    from .robots.metadata import check_task_files
-    from .robots.schema import resolve_task_path
+def robot_task_file(meta: dict, task_file: str | None = None) -> str:
+    """The task file a robot policy was trained on (`robots.metadata.locate_task_file`: the
+    given `task_file`, its metadata's `robot.task_file`, or that file looked up as a task id),
+    checked with its model against the sha256 recorded at training: a file that changed since
+    would build another task than the policy knows (TaskFileError)."""
+    from .robots.metadata import locate_task_file
 
-    robot = meta["robot"]
-    recorded = Path(robot["task_file"])
-    path = recorded if recorded.is_file() else resolve_task_path(str(meta["task"]))
-    if not path.is_file():
-        raise TaskFileError(f"task file {meta['task']!r}: not found; the policy was trained on "
-                            f"{recorded}")
-    check_task_files(path, robot)
+    path = locate_task_file(meta["robot"], task_file)
     return str(path)
 
 

@@ -211,6 +211,10 @@ DEPLOY_ARGUMENTS = (
         'Namespace of the controller and of the sim (their relative topics live in it).')),
     LaunchArgument('use_sim_time', 'false', (
         'true: the controller follows /clock (with sim:=true the sim publishes it).')),
+    LaunchArgument('task_file', '', (
+        'Robot policies: the task file they were trained on, where it is not at the path '
+        'their metadata recorded (nor, as sim/<name>.yaml, in the working directory, the '
+        'checkout or the installed package); checked against the recorded sha256.')),
 )
 
 
@@ -558,19 +562,21 @@ def policy_metadata(path: str) -> dict[str, Any]:
                                  f'{error}') from None
 
 
-def rehearsal_sim_parameters(meta: dict[str, Any]) -> dict[str, Any]:
+def rehearsal_sim_parameters(meta: dict[str, Any], task_file: str = '') -> dict[str, Any]:
     """The sim that shows a policy what it was trained on: its task and action repeat, and for
     a pixel policy the camera, image size and rendering it was trained with. A robot policy's
-    task file is the one it was trained on (its metadata's path and sha256), else refused."""
+    task file is the one it was trained on (``task_file``, else its metadata's path, checked
+    against the recorded sha256), else refused."""
     task = str(meta['task'])
     if meta.get('robot'):
         from fpmd_core.robots import TaskFileError
         from fpmd_core.tasks import robot_task_file
 
         try:
-            task = robot_task_file(meta)
+            task = robot_task_file(meta, task_file or None)
         except TaskFileError as error:
-            raise GraphArgumentError('policy', str(error)) from None
+            raise GraphArgumentError('task_file' if task_file else 'policy', str(error)) \
+                from None
     params: dict[str, Any] = {'task': task,
                               'action_repeat': int(meta.get('action_repeat', 1))}
     shape = meta.get('obs_shape') or [meta['obs_dim']]
@@ -624,6 +630,9 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     if not _TOPIC.match(image_topic):
         raise GraphArgumentError('image_topic', f'{image_topic!r}; expected a ROS topic name '
                                  'such as camera/image_raw')
+    task_file = _text(values, 'task_file')
+    if task_file:
+        task_file = str(Path(task_file).expanduser().absolute())
 
     if meta is None:
         meta = policy_metadata(policy) if sim or observation_mode == 'image' else {}
@@ -639,7 +648,7 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     remap_commands = [('commands', command_topic)]
     nodes = []
     if sim:
-        sim_parameters = {**rehearsal_sim_parameters(meta), 'mode': 'realtime',
+        sim_parameters = {**rehearsal_sim_parameters(meta, task_file), 'mode': 'realtime',
                           'publish_clock': use_sim_time}
         if sim_episodes is not None:
             sim_parameters |= {'realtime_factor': float(sim_episodes.realtime_factor),
@@ -657,13 +666,17 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
         # The controller follows the command the sim has in force (sampled per episode, or
         # what someone published to the sim's goal / cmd_vel), as the sim's rewards do.
         controller_remaps += [(topic, f'{SIM_NODE_NAME}/{topic}') for topic in ('goal', 'cmd_vel')]
-    nodes.append(NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME, namespace, {
+    controller_parameters = {
         'policy': policy,
         'observation_mode': observation_mode,
         'control_rate_hz': control_rate_hz,
         'trigger': trigger,
         'use_sim_time': use_sim_time,
-    }, remappings=controller_remaps, lifecycle=True))
+    }
+    if task_file:
+        controller_parameters['task_file'] = task_file
+    nodes.append(NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME, namespace,
+                          controller_parameters, remappings=controller_remaps, lifecycle=True))
     return nodes
 
 

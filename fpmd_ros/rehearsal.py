@@ -135,6 +135,8 @@ class Plan:
     measured_observation: bool = False
     """The controller builds a robot policy's observation from topics (joint_states mode):
     without the task file's training noise, so the in-process loop leaves it out too."""
+    task_file: str = ''
+    """A robot policy's task file, where given (``task_file``)."""
 
     @property
     def sim(self):
@@ -182,7 +184,8 @@ def make_plan(args: dict[str, Any]) -> Plan:
     controller = next(s for s in specs if s.name == CONTROLLER_NODE_NAME)
     task = str(meta['task'])
     model_rate_hz = interface.model_rate_hz(meta)
-    env = env_from_metadata(meta, max_episode_steps)
+    env = env_from_metadata(meta, max_episode_steps,
+                            task_file=controller.parameters.get('task_file'))
     limit = task_spec(env, task).max_episode_steps
     env.close()
     if not timeout_s:
@@ -190,24 +193,27 @@ def make_plan(args: dict[str, Any]) -> Plan:
     return Plan(specs, controller.parameters['policy'], task, episodes, realtime_factor, seed,
                 max_episode_steps, min_ratio, timeout_s, model_rate_hz,
                 controller.parameters['trigger'],
-                bool(meta.get('robot')) and values['observation_mode'] == 'joint_states')
+                bool(meta.get('robot')) and values['observation_mode'] == 'joint_states',
+                str(controller.parameters.get('task_file', '')))
 
 
 # --- in-process deploy-mode evaluation -----------------------------------------------------------
 
-def in_process_env(meta: dict, max_episode_steps: int, measured_observation: bool):
+def in_process_env(meta: dict, max_episode_steps: int, measured_observation: bool,
+                   task_file: str = ''):
     """The policy's env for the in-process loop; ``measured_observation``: a robot policy's
     observation without training noise, as its controller computes it from topics."""
     from fpmd_core.tasks import env_from_metadata
 
-    env = env_from_metadata(meta, max_episode_steps)
+    env = env_from_metadata(meta, max_episode_steps, task_file=task_file or None)
     if measured_observation:
         env.unwrapped.observation_noise = False
     return env
 
 
 def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0,
-                        measured_observation: bool = False) -> list[Episode]:
+                        measured_observation: bool = False, task_file: str = ''
+                        ) -> list[Episode]:
     """``policy`` (env units) stepping the task in-process, one episode per seed, the action
     clipped to the bounds as ``policy_controller`` does; a pixel policy sees the frames of the
     camera it was trained with (``measured_observation``: see :func:`in_process_env`)."""
@@ -215,7 +221,7 @@ def evaluate_in_process(policy, task: str, seeds, max_episode_steps: int = 0,
     high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
     if policy.metadata['task'] != task:
         raise ValueError(f'policy task {policy.metadata["task"]!r}, expected {task!r}')
-    env = in_process_env(policy.metadata, max_episode_steps, measured_observation)
+    env = in_process_env(policy.metadata, max_episode_steps, measured_observation, task_file)
     results = []
     try:
         for seed in seeds:
@@ -325,7 +331,8 @@ def compare_steps(applied, policy_actions: np.ndarray, tolerance: np.ndarray
 
 
 def analyse_closed_loop(policy, episodes: list[Episode], applied, max_episode_steps: int = 0,
-                        measured_observation: bool = False) -> list[EpisodeAnalysis]:
+                        measured_observation: bool = False, task_file: str = ''
+                        ) -> list[EpisodeAnalysis]:
     """For each closed-loop episode (``episodes``, with ``applied``: the sim's applied commands
     of its steps 0.. as recorded), replays the applied actions in-process and compares them step
     by step with the policy's (:func:`compare_steps`). Until the first difference the closed
@@ -335,7 +342,7 @@ def analyse_closed_loop(policy, episodes: list[Episode], applied, max_episode_st
     low = np.asarray(policy.metadata['action_low'], dtype=np.float64)
     high = np.asarray(policy.metadata['action_high'], dtype=np.float64)
     tolerance = ACTION_TOLERANCE * np.maximum(high - low, 1.0)
-    env = in_process_env(policy.metadata, max_episode_steps, measured_observation)
+    env = in_process_env(policy.metadata, max_episode_steps, measured_observation, task_file)
     results = []
     try:
         for episode, commands in zip(episodes, applied, strict=True):
@@ -748,9 +755,10 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = load_policy(plan.policy)
     reference = evaluate_in_process(policy, plan.task, [e.seed for e in loop.episodes],
-                                    plan.max_episode_steps, plan.measured_observation)
+                                    plan.max_episode_steps, plan.measured_observation,
+                                    plan.task_file)
     analyses = analyse_closed_loop(policy, loop.episodes, loop.applied, plan.max_episode_steps,
-                                   plan.measured_observation)
+                                   plan.measured_observation, plan.task_file)
     text, ok = report(plan, loop, reference, policy.model_hash,
                       str(policy.metadata.get('algorithm', '')), analyses)
     print(text, flush=True)

@@ -151,3 +151,21 @@ def test_observation_noise_off_is_the_measured_observation_with_the_same_random_
         clean_obs, *_ = clean.step(action)
         np.testing.assert_array_equal(noisy.data.qpos, clean.data.qpos)
         np.testing.assert_array_equal(noisy.command, clean.command)
+
+
+def test_a_task_file_gone_from_its_recorded_path_is_found_as_a_task_id(tmp_path):
+    """A deploy machine with another layout: the recorded /…/sim/arm_reach.yaml is missing, so
+    sim/arm_reach.yaml is looked up as a task id (here: this checkout's, the same bytes)."""
+    from fpmd_core.robots import TaskFileError
+    from fpmd_core.robots.metadata import locate_task_file
+
+    own = tmp_path / 'sim'
+    own.mkdir()
+    for name in ('arm_reach.yaml', 'arm3.xml'):
+        shutil.copy(SIM / name, own / name)
+    meta = robot_metadata(own / 'arm_reach.yaml')
+    shutil.rmtree(own)
+    assert locate_task_file(meta).resolve() == (SIM / 'arm_reach.yaml').resolve()
+    assert RobotObserver(meta).obs_dim == meta['obs_dim']
+    with pytest.raises(TaskFileError, match='missing.yaml: not found; the policy was trained on'):
+        locate_task_file(meta, tmp_path / 'missing.yaml')

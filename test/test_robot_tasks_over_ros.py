@@ -227,3 +227,31 @@ def test_rehearsal_refuses_a_task_file_changed_since_training(tmp_path):
                        'changed since the policy was trained on it') as caught:
         rehearsal.make_plan({'policy': str(policy)})
     assert caught.value.argument == 'policy'
+
+
+def test_deploy_task_file_argument_for_a_policy_whose_task_file_moved(tmp_path):
+    """A policy trained on a task file that is gone from its recorded path (and from every
+    place a task id is looked up): deploy's task_file names the copy, for the sim, the
+    controller's kinematics and the rehearsal's in-process loop; a wrong copy is refused
+    naming the argument."""
+    from runner_helpers import export_untrained_policy
+
+    from fpmd_ros import rehearsal
+
+    trained = tmp_path / 'trained'
+    trained.mkdir()
+    for name in ('arm_reach.yaml', 'arm3.xml'):
+        shutil.copy(os.path.join(REPO_ROOT, 'sim', name), trained / name)
+    policy = export_untrained_policy(tmp_path / 'arm.onnx', str(trained / 'arm_reach.yaml'))
+    moved = tmp_path / 'moved'
+    trained.rename(moved)
+    with pytest.raises(GraphArgumentError, match="argument 'policy': task file .* not found"):
+        rehearsal.make_plan({'policy': str(policy)})
+    plan = rehearsal.make_plan({'policy': str(policy),
+                                'task_file': str(moved / 'arm_reach.yaml')})
+    assert plan.sim.parameters['task'] == str(moved / 'arm_reach.yaml')
+    assert plan.controller.parameters['task_file'] == str(moved / 'arm_reach.yaml')
+    assert plan.task_file == str(moved / 'arm_reach.yaml')
+    (moved / 'arm_reach.yaml').write_text((moved / 'arm_reach.yaml').read_text() + '# x\n')
+    with pytest.raises(GraphArgumentError, match="argument 'task_file': task file .* changed"):
+        rehearsal.make_plan({'policy': str(policy), 'task_file': str(moved / 'arm_reach.yaml')})

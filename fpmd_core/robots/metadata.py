@@ -29,6 +29,28 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
+def locate_task_file(robot: dict, task_file: str | Path | None = None) -> Path:
+    """The task file of a robot policy (`robot`: its metadata), checked with its model against
+    the digests recorded at training (`check_task_files`), or TaskFileError. `task_file`: where
+    the user says it is. Else the path recorded at training, and where that is not a file (a
+    deploy machine with another layout), its last two parts (`sim/arm_reach.yaml`) looked up as
+    a task id is: the working directory, the checkout, the installed package's share folder."""
+    from .schema import resolve_task_path
+
+    recorded = Path(robot["task_file"])
+    if task_file:
+        path = Path(task_file)
+    elif recorded.is_file():
+        path = recorded
+    else:
+        path = resolve_task_path(str(Path(recorded.parent.name) / recorded.name))
+    if not path.is_file():
+        raise TaskFileError(f"task file {path}: not found; the policy was trained on "
+                            f"{recorded}: give the path of that file (or a copy of it)")
+    check_task_files(path, robot)
+    return path
+
+
 def check_task_files(path: Path, robot: dict) -> None:
     """TaskFileError unless the task file at `path`, and its model, are the files a policy was
     trained on (`robot`: its metadata; `model_sha256` is checked when recorded: policies

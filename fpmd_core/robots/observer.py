@@ -41,29 +41,27 @@ class _Kinematics:
     """Site positions of a fixed-base robot at given joint positions (MuJoCo forward
     kinematics of the task file's model, the simulation's own)."""
 
-    def __init__(self, task_file: Path, robot_meta: dict, joint_names: list[str]):
-        if not task_file.is_file():
-            raise ObserverError(
-                f"task file {task_file}: not found; the observation has site terms, which need "
-                "the robot's model for forward kinematics (set the path of the task file the "
-                "policy was trained on)")
-        from .metadata import check_task_files  # here: only policies with site terms need it
+    def __init__(self, task_file: str | Path | None, robot_meta: dict,
+                 joint_names: list[str]):
+        from .metadata import locate_task_file  # here: only policies with site terms need it
         from .model import build_robot
 
         try:
-            check_task_files(task_file, robot_meta)
-            robot = build_robot(load_task(task_file))
+            path = locate_task_file(robot_meta, task_file)
+            robot = build_robot(load_task(path))
         except TaskFileError as error:
-            raise ObserverError(str(error)) from None
+            raise ObserverError(
+                f"{error} (the observation's site terms need the robot's model for forward "
+                "kinematics)") from None
         model = robot.model
         names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, int(j))
                  for j in robot.joint_ids]
         if names != list(joint_names):
-            raise ObserverError(f"task file {task_file}: actuated joints {names} differ from the "
+            raise ObserverError(f"task file {path}: actuated joints {names} differ from the "
                                 f"policy's joint_names {list(joint_names)}")
         if model.nq != len(robot.qpos_adr):
             raise ObserverError(
-                f"task file {task_file}: the model has joints that are not actuated (nq "
+                f"task file {path}: the model has joints that are not actuated (nq "
                 f"{model.nq}, {len(robot.qpos_adr)} actuated); site positions need every joint "
                 "measured")
         self.model, self.data = model, mujoco.MjData(model)
@@ -164,8 +162,7 @@ class RobotObserver:
                     f"observation term {kinematic[0]!r} of a floating-base robot needs the "
                     "base position in the world, which joint states and an IMU do not give; "
                     "publish the observation vector instead")
-            path = Path(task_file) if task_file else Path(robot["task_file"])
-            self._kinematics = _Kinematics(path, robot, self.joint_names)
+            self._kinematics = _Kinematics(task_file, robot, self.joint_names)
 
     def readings(self, joint_pos, joint_vel, command, last_action, base_quat=None,
                  base_ang_vel=None) -> RobotReadings:

@@ -65,7 +65,9 @@ PARAMETERS = {
     'task_file': ('', _descriptor(
         'joint_states mode with a robot policy whose observation has site terms (e.g. '
         'goal_offset): the task file for forward kinematics. Empty: the path in the policy\'s '
-        'metadata. Its sha256 must equal the metadata\'s.', ParameterType.PARAMETER_STRING,
+        'metadata, else that file looked up as sim/<name>.yaml (working directory, checkout, '
+        'installed package). Its sha256 and its model\'s must equal the metadata\'s.',
+        ParameterType.PARAMETER_STRING,
         constraints='the task file the policy was trained on; ' + _UNCONFIGURED_ONLY)),
     'command_timeout_s': (0.5, _descriptor(
         'joint_states mode with a velocity-command robot policy: a cmd_vel older than this '
