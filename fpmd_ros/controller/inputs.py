@@ -111,7 +111,7 @@ class Input:
     def diagnostic_values(self) -> dict:
         return {}
 
-    notes: list[str] = []  # warnings for the node to log (an input appends, the node drains)
+    notes: Sequence[str] = ()  # warnings for the node to log (an input appends, the node drains)
 
     def auxiliary_inputs(self) -> list[tuple[str, type, str, object]]:
         """Further topics the observation needs besides ``topic``: (topic, message type, QoS
