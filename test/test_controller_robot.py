@@ -293,7 +293,7 @@ def test_controller_node_builds_the_robot_observation_from_topics(ros_context, r
     meta = reference.metadata
     node = PolicyController(context=ros_context, parameter_overrides=[
         Parameter('policy', value=str(path)), Parameter('observation_mode', value='joint_states'),
-        Parameter('trigger', value='observation'), Parameter('state_timeout_s', value=5.0)])
+        Parameter('trigger', value='observation'), Parameter('state_timeout_s', value=30.0)])
     ros_executor.add_node(node)
     probe = rclpy.create_node('robot_probe', context=ros_context)
     ros_executor.add_node(probe)
@@ -315,23 +315,30 @@ def test_controller_node_builds_the_robot_observation_from_topics(ros_context, r
     observer = RobotObserver(meta['robot'])
     low, high = np.asarray(meta['action_low']), np.asarray(meta['action_high'])
 
-    def control_step(goal, stamp_ns):
+    def control_step(goal, stamp_ns, last_action):
+        """Send a goal (until the controller has it), then a state; the observation the
+        controller published for it, checked against RobotObserver's, and the command."""
+        source = node.loop.source
+        received = source.command.received
         goals.publish(goal_msg(goal))
-        spin_until(ros_executor, lambda: False, timeout_s=0.3)  # the goal arrives first
+        assert spin_until(ros_executor, lambda: source.command.received > received)
         count = len(observations)
-        joints.publish(joint_states_of(robot, stamp_ns))
-        assert spin_until(ros_executor, lambda: len(observations) > count
-                          and len(commands) > count)
-        return observations[-1], commands[-1]
+        for _ in range(3):  # the input is best-effort: a lost state is sent again
+            joints.publish(joint_states_of(robot, stamp_ns))
+            if spin_until(ros_executor, lambda: len(observations) > count, timeout_s=3.0):
+                break
+        expected = observer.observe(robot.joint_pos, robot.joint_vel, goal, last_action)
+        np.testing.assert_allclose(observations[-1], expected, rtol=0, atol=1e-6)
+        # Until the state arrived the watchdog published safe actions; the policy's command
+        # for it is the last one then (fresh input stops the watchdog for state_timeout_s).
+        command = np.clip(reference(expected), low, high)
+        assert spin_until(ros_executor, lambda: bool(commands) and np.allclose(
+            commands[-1], command, atol=1e-5), timeout_s=3.0), (commands[-3:], command)
+        return command
 
     first_goal, second_goal = [0.3, 0.1, 0.2], [0.2, -0.15, 0.3]
-    obs, command = control_step(first_goal, 1_000)
-    expected = observer.observe(robot.joint_pos, robot.joint_vel, first_goal, np.zeros(3))
-    np.testing.assert_allclose(obs, expected, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(command, np.clip(reference(expected), low, high), atol=1e-5)
-    obs2, command2 = control_step(second_goal, 2_000)
+    command = control_step(first_goal, 1_000, np.zeros(3))
     last_action = (command - (low + high) / 2) / ((high - low) / 2)
-    expected2 = observer.observe(robot.joint_pos, robot.joint_vel, second_goal, last_action)
-    np.testing.assert_allclose(obs2, expected2, rtol=0, atol=1e-6)
+    command2 = control_step(second_goal, 2_000, last_action)
     assert not np.allclose(command2, command, atol=1e-4), 'a new goal changes the targets'
     node.trigger_deactivate()
