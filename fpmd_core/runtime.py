@@ -95,9 +95,9 @@ def validate_robot_metadata(meta: dict, source: str) -> None:
     if robot["version"] != METADATA_VERSION:
         raise PolicyError(f"{source}: metadata robot.version {robot['version']}, expected "
                           f"{METADATA_VERSION}")
-    for key in ("task_file_sha256", "model_sha256"):  # model_sha256: newer policies only
-        if (key in robot or key == "task_file_sha256") and not (
-                isinstance(robot[key], str) and _SHA256.match(robot[key])):
+    # task_file_sha256 is required (checked above); model_sha256 only in newer policies.
+    for key in ("task_file_sha256", "model_sha256"):
+        if key in robot and not (isinstance(robot[key], str) and _SHA256.match(robot[key])):
             raise PolicyError(f"{source}: metadata robot.{key} is {robot[key]!r}, expected 64 "
                               "hex digits")
     if robot["control_mode"] not in ("position", "effort"):

@@ -41,9 +41,11 @@ from fpmd_ros.interface import (
     CONTROLLER_NODE_NAME,
     OBSERVATION_MODES,
     PACKAGE,
+    ROBOT_COMMAND_TOPICS,
     SIM_NODE_NAME,
     TRAINER_NODE_NAME,
     TRIGGERS,
+    builds_robot_observation,
     model_rate_hz,
 )
 
@@ -662,10 +664,11 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     controller_remaps = list(remap_commands)
     if observation_mode == 'image':
         controller_remaps.append(('image_raw', image_topic))
-    if sim and observation_mode == 'joint_states' and meta.get('robot'):
+    if sim and builds_robot_observation(observation_mode, meta):
         # The controller follows the command the sim has in force (sampled per episode, or
         # what someone published to the sim's goal / cmd_vel), as the sim's rewards do.
-        controller_remaps += [(topic, f'{SIM_NODE_NAME}/{topic}') for topic in ('goal', 'cmd_vel')]
+        controller_remaps += [(topic, f'{SIM_NODE_NAME}/{topic}')
+                              for topic in ROBOT_COMMAND_TOPICS.values()]
     controller_parameters = {
         'policy': policy,
         'observation_mode': observation_mode,

@@ -15,6 +15,17 @@ CONTROLLER_NODE_NAME = 'policy_controller'
 OBSERVATION_MODES = ('observation', 'joint_states', 'image')
 TRIGGERS = ('timer', 'observation')
 
+# Robot task files: the topic of each command kind (mujoco_sim publishes the command in force on
+# ``~/<topic>`` and takes overrides on ``<topic>``; policy_controller follows ``<topic>``).
+ROBOT_COMMAND_TOPICS = {'goal_position': 'goal', 'velocity': 'cmd_vel'}
+
+
+def builds_robot_observation(observation_mode: str, meta: dict) -> bool:
+    """Whether policy_controller builds the observation from a robot's topics (joint_states,
+    imu, goal / cmd_vel) as the policy's metadata describes it: a robot policy in joint_states
+    mode."""
+    return observation_mode == 'joint_states' and bool(meta.get('robot'))
+
 
 def model_rate_hz(meta: dict) -> float:
     """The control rate a policy was trained at: 1 / its metadata's ``control_period_s``."""

@@ -67,13 +67,15 @@ process) and raises ``ValueError`` naming the problem.
 from __future__ import annotations
 
 import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from geometry_msgs.msg import PointStamped, Twist
 from sensor_msgs.msg import CameraInfo, Image, Imu, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension, MultiArrayLayout
+
+from fpmd_ros.interface import ROBOT_COMMAND_TOPICS
 
 TRANSITION_LABELS = ('observation', 'reward', 'terminated', 'truncated', 'step', 'episode',
                      'stamp')
@@ -513,6 +515,26 @@ def decode_twist(msg: Twist) -> np.ndarray:
     linear.z, angular.x and angular.y are ignored: a planar base command has no such axes."""
     return _require_finite('cmd_vel', [('linear.x', msg.linear.x), ('linear.y', msg.linear.y),
                                        ('angular.z', msg.angular.z)])
+
+
+@dataclass(frozen=True)
+class RobotCommandMessage:
+    """How one command kind travels: its topic (fpmd_ros.interface.ROBOT_COMMAND_TOPICS), message
+    type, ``encode(stamp_ns, values)`` and ``decode(msg) -> values`` (ValueError)."""
+
+    topic: str
+    msg_type: type
+    encode: Callable
+    decode: Callable
+
+
+ROBOT_COMMAND_MESSAGES = {
+    'goal_position': RobotCommandMessage(ROBOT_COMMAND_TOPICS['goal_position'], PointStamped,
+                                         point_stamped, decode_goal),
+    'velocity': RobotCommandMessage(ROBOT_COMMAND_TOPICS['velocity'], Twist,
+                                    lambda stamp_ns, values: twist(values), decode_twist),
+}
+"""Per command kind of a robot task file (mujoco_sim and policy_controller share it)."""
 
 
 # --- controller inputs (policy_controller) -------------------------------------------------------

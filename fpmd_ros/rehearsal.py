@@ -193,7 +193,7 @@ def make_plan(args: dict[str, Any]) -> Plan:
     return Plan(specs, controller.parameters['policy'], task, episodes, realtime_factor, seed,
                 max_episode_steps, min_ratio, timeout_s, model_rate_hz,
                 controller.parameters['trigger'],
-                bool(meta.get('robot')) and values['observation_mode'] == 'joint_states',
+                interface.builds_robot_observation(values['observation_mode'], meta),
                 str(controller.parameters.get('task_file', '')))
 
 

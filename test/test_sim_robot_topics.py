@@ -48,7 +48,7 @@ class RobotTopics:
         self.goal_pub = node.create_publisher(PointStamped, f'{ns}/goal', ROBOT_COMMAND_QOS)
         self.cmd_vel_pub = node.create_publisher(Twist, f'{ns}/cmd_vel', ROBOT_COMMAND_QOS)
         # The sim publishes only to matched readers: wait until its writers see ours.
-        writers = [w for w in (sim.node._imu_pub, sim.node._goal_pub, sim.node._cmd_vel_pub)
+        writers = [w for w in (sim.node._imu_pub, sim.node._command_pub)
                    if w is not None]
         assert spin_until(client.executor, lambda: all(
             w.get_subscription_count() >= 1 for w in writers), 10.0)

@@ -143,9 +143,16 @@ class RobotObserver:
         self.joint_names = list(robot["joint_names"])
         self.joints = len(self.joint_names)
         self.default_pos = np.asarray(robot["default_joint_pos"], dtype=np.float64)
-        self.command_kind = robot["command"]["kind"]
         self.command_site = robot["command"].get("site", "")
         self.obs_dim = int(robot["obs_dim"])
+        # The env's normalisation of an action (RobotEnv: target = default + scale * action, or
+        # torque = limit * action), from the exact values rather than the float32 bounds.
+        if robot["control_mode"] == "position":
+            self._action_center = self.default_pos
+            self._action_half = np.asarray(robot["action_scale"], dtype=np.float64)
+        else:
+            self._action_center = np.zeros(self.joints)
+            self._action_half = np.asarray(robot["effort_limit"], dtype=np.float64)
         names = [t.term for t in self.terms]
         unmeasured = [n for n in names if n not in MEASURED_TERMS]
         if unmeasured:
@@ -164,10 +171,11 @@ class RobotObserver:
                     "publish the observation vector instead")
             self._kinematics = _Kinematics(task_file, robot, self.joint_names)
 
-    def readings(self, joint_pos, joint_vel, command, last_action, base_quat=None,
-                 base_ang_vel=None) -> RobotReadings:
-        return RobotReadings(self, joint_pos, joint_vel, command, last_action, base_quat,
-                             base_ang_vel)
+    def normalized_action(self, command) -> np.ndarray:
+        """A command in env units (what the robot was sent) as the [-1, 1] action the
+        `last_action` term shows, as RobotEnv normalises it."""
+        return np.clip((np.asarray(command, dtype=np.float64) - self._action_center)
+                       / self._action_half, -1.0, 1.0)
 
     def observe(self, joint_pos, joint_vel, command, last_action, base_quat=None,
                 base_ang_vel=None) -> np.ndarray:
@@ -175,6 +183,6 @@ class RobotObserver:
         missing or non-finite reading. `joint_pos` are absolute joint positions (rad) in the
         metadata's joint order, `base_quat` the base orientation (w, x, y, z) in the world
         frame, `base_ang_vel` in the base frame, `last_action` normalised to [-1, 1]."""
-        readings = self.readings(joint_pos, joint_vel, command, last_action, base_quat,
+        readings = RobotReadings(self, joint_pos, joint_vel, command, last_action, base_quat,
                                  base_ang_vel)
         return compose_observation(readings, self.terms, self.scales, self.clip)

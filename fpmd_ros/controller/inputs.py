@@ -14,7 +14,7 @@ from std_msgs.msg import Float32MultiArray
 
 from fpmd_ros import messages
 from fpmd_ros.controller.rules import ConfigureError
-from fpmd_ros.interface import OBSERVATION_MODES
+from fpmd_ros.interface import OBSERVATION_MODES, builds_robot_observation
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def make_input(mode: str, meta: dict, joint_names, exclude_positions, task_file:
             "'image'")
     if mode == 'observation':
         return VectorInput(meta)
-    if mode == 'joint_states' and 'robot' in meta:
+    if builds_robot_observation(mode, meta):
         from fpmd_ros.controller.robot_input import RobotInput
 
         if exclude_positions:

@@ -238,7 +238,7 @@ class PolicyController(LifecycleNode):
 
         self._command_pub = self.create_publisher(Float64MultiArray, 'commands', COMMAND_QOS)
         self._action_pub = self.create_publisher(JointState, '~/action', ACTION_QOS)
-        if not source.episode_starts or 'robot' in meta:  # vector observations
+        if self._param('observation_mode') != 'image':  # vector observations
             self._observation_pub = self.create_publisher(Float32MultiArray, '~/observation',
                                                           ACTION_QOS)
         self._diagnostics_pub = self.create_publisher(

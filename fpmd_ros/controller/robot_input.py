@@ -25,15 +25,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from geometry_msgs.msg import PointStamped, Twist
 from sensor_msgs.msg import Imu, JointState
 
 from fpmd_ros import messages
 from fpmd_ros.controller.inputs import Input, InputStale, InputWaiting
 from fpmd_ros.controller.rules import ConfigureError
-
-COMMAND_TOPICS = {'goal_position': ('goal', PointStamped, messages.decode_goal),
-                  'velocity': ('cmd_vel', Twist, messages.decode_twist)}
 
 
 class CommandInput:
@@ -41,7 +37,8 @@ class CommandInput:
 
     def __init__(self, command: dict, timeout_ns: int):
         self.kind = command['kind']
-        self.topic, self.msg_type, self._decode = COMMAND_TOPICS[self.kind]
+        codec = messages.ROBOT_COMMAND_MESSAGES[self.kind]
+        self.topic, self.msg_type, self._decode = codec.topic, codec.msg_type, codec.decode
         ranges = command['ranges']
         self.fields = list(command['fields'])
         self.low = np.array([ranges[f][0] for f in self.fields], dtype=np.float64)
@@ -130,17 +127,9 @@ class RobotInput(Input):
             raise ConfigureError(
                 f"parameter 'joint_names' has {len(self.joints)} names; this robot policy "
                 f"needs {len(model_joints)}, in its order: {', '.join(model_joints)}")
-        # The env's own normalisation of the action (RobotEnv), from the exact values rather
-        # than from the float32 action bounds.
-        if robot['control_mode'] == 'position':
-            self._center = np.asarray(robot['default_joint_pos'], dtype=np.float64)
-            self._half = np.asarray(robot['action_scale'], dtype=np.float64)
-        else:
-            self._center = np.zeros(len(model_joints))
-            self._half = np.asarray(robot['effort_limit'], dtype=np.float64)
         kind = robot['command']['kind']
         self.command = (CommandInput(robot['command'], int(command_timeout_s * 1e9))
-                        if kind in COMMAND_TOPICS else None)
+                        if kind in messages.ROBOT_COMMAND_MESSAGES else None)
         self.notes: list[str] = []
         self._imu: tuple[object, int] | None = None  # (newest message, its arrival)
         self.reset()
@@ -174,7 +163,7 @@ class RobotInput(Input):
             self.notes.append(note)
 
     def commanded(self, action: np.ndarray) -> None:
-        self._last_action = np.clip((np.asarray(action) - self._center) / self._half, -1.0, 1.0)
+        self._last_action = self.observer.normalized_action(action)
 
     # --- the observation -----------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from geometry_msgs.msg import PointStamped, Twist
 from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
@@ -237,24 +236,18 @@ class MujocoSimNode(Node):
         subscription that overrides it (the kind of command the task has, if any)."""
         inner = self._env.unwrapped
         self._robot = inner if isinstance(inner, RobotEnv) else None
-        self._imu_pub = self._goal_pub = self._cmd_vel_pub = None
+        self._imu_pub = self._command_pub = None
         self.rejected_overrides = 0
         self.command_overrides = 0  # accepted goal / cmd_vel messages
         if self._robot is None:
             return
         if self._robot.robot.floating:
             self._imu_pub = self.create_publisher(Imu, 'imu', STATE_QOS)
-        kind = self._robot.task.command.kind
-        if kind == 'goal_position':
-            self._goal_pub = self.create_publisher(PointStamped, '~/goal', STATE_QOS)
-            self.create_subscription(
-                PointStamped, 'goal', lambda msg: self._on_override('goal', msg),
-                ROBOT_COMMAND_QOS)
-        elif kind == 'velocity':
-            self._cmd_vel_pub = self.create_publisher(Twist, '~/cmd_vel', STATE_QOS)
-            self.create_subscription(
-                Twist, 'cmd_vel', lambda msg: self._on_override('cmd_vel', msg),
-                ROBOT_COMMAND_QOS)
+        self._command_message = messages.ROBOT_COMMAND_MESSAGES.get(self._robot.task.command.kind)
+        if self._command_message is not None:
+            topic, msg_type = self._command_message.topic, self._command_message.msg_type
+            self._command_pub = self.create_publisher(msg_type, f'~/{topic}', STATE_QOS)
+            self.create_subscription(msg_type, topic, self._on_override, ROBOT_COMMAND_QOS)
 
     def _setup_camera(self, model, width: int, height: int, qos: QoSProfile) -> None:
         # The camera lives in a thread of its own, where it is made, renders and is closed: an
@@ -416,10 +409,8 @@ class MujocoSimNode(Node):
         with the stamp of its joint_states and before them, so a controller acting on
         joint_states already has both."""
         stamp, robot = self.state_stamp_ns, self._robot
-        if self._goal_pub is not None and self._goal_pub.get_subscription_count():
-            self._goal_pub.publish(messages.point_stamped(stamp, robot.command))
-        if self._cmd_vel_pub is not None and self._cmd_vel_pub.get_subscription_count():
-            self._cmd_vel_pub.publish(messages.twist(robot.command))
+        if self._command_pub is not None and self._command_pub.get_subscription_count():
+            self._command_pub.publish(self._command_message.encode(stamp, robot.command))
         if self._imu_pub is not None and self._imu_pub.get_subscription_count():
             self._imu_pub.publish(messages.imu_message(stamp, robot.base_body_name,
                                                        *robot.imu()))
@@ -442,12 +433,12 @@ class MujocoSimNode(Node):
             self._held_action, self._held_since_ns = action, time.monotonic_ns()
             self._held_steps = 0
 
-    def _on_override(self, topic: str, msg) -> None:
+    def _on_override(self, msg) -> None:
         """A goal or cmd_vel: the command in force until the episode ends; a bad one changes
         nothing."""
-        decode = messages.decode_goal if topic == 'goal' else messages.decode_twist
+        topic = self._command_message.topic
         try:
-            command = decode(msg)
+            command = self._command_message.decode(msg)
         except ValueError as error:
             self.rejected_overrides += 1
             self.get_logger().warning(f'rejected {topic} ({error}); the command in force stays',
