@@ -94,7 +94,15 @@ class AgentConfig:
     alpha_lr: float = 7e-3
     """Adam learning rate of log alpha."""
     alpha_interval: int = 250
-    """Gradient steps between two temperature updates."""
+    """Gradient steps between two temperature updates (`alpha_schedule` entropy)."""
+    alpha_schedule: str = "entropy"
+    """FPMD-R, FPMD-M, DPMD: `entropy` (the paper's: one Adam step on log alpha toward the target
+    entropy every `alpha_interval` gradient steps) or `budget` (log alpha moves linearly from
+    alpha_init to the target-entropy temperature over `alpha_anneal_fraction` of the run's
+    gradient steps, then stays; docs/algorithm.md)."""
+    alpha_anneal_fraction: float = 1.0
+    """`alpha_schedule` budget: the fraction of the run's gradient steps that alpha anneals
+    over."""
     target_entropy_scale: float = 1.5
     """H_target = -target_entropy_scale * action_dim."""
     q_stat_rate: float = 0.001
@@ -384,6 +392,15 @@ def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     a, t, k = cfg.agent, cfg.trainer, cfg.task
     _require(a.algo in ALGORITHMS, f"agent.algo: expected one of {ALGORITHMS}, got {a.algo!r}")
+    _require(a.alpha_schedule in ("entropy", "budget"),
+             f"agent.alpha_schedule: expected 'entropy' or 'budget', got {a.alpha_schedule!r}")
+    _require(0.0 < a.alpha_anneal_fraction <= 1.0,
+             f"agent.alpha_anneal_fraction: expected a value in (0, 1], "
+             f"got {a.alpha_anneal_fraction}")
+    # The budget schedule ends at the temperature whose exploration noise has the target entropy.
+    _require(a.alpha_schedule != "budget" or a.explore_noise > 0,
+             f"agent.explore_noise: expected a positive number with agent.alpha_schedule "
+             f"'budget', got {a.explore_noise}")
     _require(a.weight_form in ("normalized", "released"),
              f"agent.weight_form: expected 'normalized' or 'released', got {a.weight_form!r}")
     _require(t.device in ("auto", "cpu", "cuda"),
@@ -436,6 +453,15 @@ def validate(cfg: Config) -> None:
              "nothing and exports an untrained policy")
     _require(a.batch_size <= t.replay_size,
              f"agent.batch_size: expected <= trainer.replay_size ({t.replay_size})")
+
+
+def gradient_steps_of_run(cfg: Config) -> int:
+    """The gradient steps a run of `cfg` takes: `updates_per_step` after every vector step (of
+    `num_envs` env steps) that ends at or beyond the warm-up, until `total_steps`."""
+    t, envs = cfg.trainer, cfg.task.num_envs
+    vector_steps = -(-t.total_steps // envs)
+    first_learning_step = max(-(-t.warmup_steps // envs), 1)
+    return t.updates_per_step * max(vector_steps - first_learning_step + 1, 0)
 
 
 def training_steps(agent: AgentConfig) -> int:

@@ -3,7 +3,8 @@
     for each vector step:
         a ~ uniform during warm-up, else best-of-N from the EMA policy + exploration noise
         step all envs; store (s, a, r, s', terminated) (s' = final obs at episode ends)
-        updates_per_step gradient steps (critic; actor, Polyak every 2; alpha every 250)
+        updates_per_step gradient steps (critic; actor, Polyak every 2; alpha every 250,
+        or every step on its `budget` schedule)
         evaluate in deploy mode (NFE = 1) and best-of-N; checkpoint; log
     export the one-step policy to ONNX; plot the learning curve
 
@@ -25,7 +26,14 @@ import torch
 
 from .agents import NonFiniteLossError, make_agent
 from .checkpoint import CheckpointError, load_agent_state, load_checkpoint, save_checkpoint
-from .config import RESOLVED_CONFIG_NAME, Config, ConfigError, config_from_dict, save_config
+from .config import (
+    RESOLVED_CONFIG_NAME,
+    Config,
+    ConfigError,
+    config_from_dict,
+    gradient_steps_of_run,
+    save_config,
+)
 from .export import export_onnx
 from .files import remove_stale_temp_files
 from .logger import ProgressLine, RunLogger, goal_distance_columns, plot_learning_curve
@@ -98,7 +106,8 @@ class Trainer:
         if self.envs.num_envs != cfg.task.num_envs:
             raise ValueError(f"task.num_envs is {cfg.task.num_envs} but the vector env has "
                              f"{self.envs.num_envs}")
-        self.agent = make_agent(self.spec.obs_shape, self.spec.act_dim, cfg.agent, self.device)
+        self.agent = make_agent(self.spec.obs_shape, self.spec.act_dim, cfg.agent, self.device,
+                                gradient_steps_of_run(cfg))
         self.replay = ReplayBuffer(tc.replay_size, self.spec.obs_shape, self.spec.act_dim,
                                    tc.seed + 1)
         self.rng = np.random.default_rng(tc.seed + 2)  # warm-up actions

@@ -5,6 +5,7 @@ temporary files of a killed writer are removed by the next write."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import subprocess
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from fpmd_core.agents.fpmd import budget_alpha, target_entropy_alpha
 from fpmd_core.checkpoint import DIGEST_KEY, CheckpointError, load_checkpoint, save_checkpoint
-from fpmd_core.config import make_config
+from fpmd_core.config import gradient_steps_of_run, make_config
 from fpmd_core.export import deploy_graph
 from fpmd_core.runtime import CheckpointPolicy, ObservationError, PolicyError, load_policy
 from fpmd_core.trainer import Trainer
@@ -107,6 +109,27 @@ def test_checkpoint_policy_validates_noise(uninterrupted):
         policy(obs, np.array([[np.nan], [0.0]], np.float32))
     with pytest.raises(ObservationError, match='noise: expected shape'):
         policy(obs, np.zeros((2, 3), np.float32))
+
+
+def test_budget_temperature_spans_the_run_and_resumes_on_its_schedule(tmp_path):
+    """`alpha_schedule` budget: the trainer gives the agent the run's gradient steps, alpha
+    reaches the target-entropy temperature at the run's last step, and a resumed run follows the
+    same schedule exactly."""
+    budget = {'agent.alpha_schedule': 'budget', 'agent.alpha_init': 3.0}
+    full = Trainer(tiny_config(tmp_path / 'full', 'fpmd_m', **budget))
+    full_result = full.run()
+    assert full.agent.gradient_steps == gradient_steps_of_run(full.cfg)
+    assert full.agent.alpha.item() == pytest.approx(target_entropy_alpha(1.5, 0.1), rel=1e-6)
+    half = load_checkpoint(full_result.output_dir / 'checkpoints' / f'step_{HALF}.pt')
+    half_steps = half['agent']['counters']['gradient_steps']
+    half_alpha = math.exp(half['agent']['modules']['log_alpha'].item())
+    assert 0 < half_steps < full.agent.gradient_steps
+    assert half_alpha == pytest.approx(budget_alpha(half_steps, full.agent.gradient_steps, 3.0,
+                                                    target_entropy_alpha(1.5, 0.1)), rel=1e-6)
+    resumed = Trainer(tiny_config(tmp_path / 'resumed', 'fpmd_m', **budget),
+                      resume=full_result.output_dir / 'checkpoints' / f'step_{HALF}.pt')
+    resumed.run()
+    assert_same_state(params(resumed.agent), params(full.agent))
 
 
 @pytest.mark.parametrize('algo', ['fpmd_r', 'sac'])

@@ -19,6 +19,7 @@ from fpmd_core.config import (
     TaskConfig,
     TrainerConfig,
     config_from_dict,
+    gradient_steps_of_run,
     make_config,
     parse_override,
     training_steps,
@@ -131,6 +132,11 @@ def test_wrong_types_are_refused_not_coerced(key, value, message):
     # the running std of Q needs two samples: batch 1 made every FPMD actor loss NaN
     ('agent.batch_size', 1, 'agent.batch_size: expected an integer >= 2, got 1'),
     ('trainer.progress_interval_s', -1, 'trainer.progress_interval_s: expected a number >= 0'),
+    ('agent.alpha_schedule', 'linear',
+     "agent.alpha_schedule: expected 'entropy' or 'budget', got 'linear'"),
+    ('agent.alpha_anneal_fraction', 0.0,
+     r'agent.alpha_anneal_fraction: expected a value in \(0, 1\], got 0.0'),
+    ('agent.alpha_anneal_fraction', 1.5, r'agent.alpha_anneal_fraction: expected a value in'),
 ])
 def test_out_of_range_values_are_refused(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -244,6 +250,25 @@ def test_round_trip_and_hash():
     bad['agent']['particles'] = 'many'
     with pytest.raises(ConfigError, match='agent.particles: expected int'):
         config_from_dict(bad)
+
+
+def test_budget_alpha_needs_exploration_noise():
+    with pytest.raises(ConfigError, match="agent.explore_noise: expected a positive number with "
+                                          "agent.alpha_schedule 'budget', got 0.0"):
+        make_config(overrides={'agent.alpha_schedule': 'budget', 'agent.explore_noise': 0.0})
+
+
+@pytest.mark.parametrize(('envs', 'updates', 'total', 'warmup', 'expected'), [
+    (1, 1, 25_000, 2_000, 23_001),  # env steps 2000 .. 25000 each end a learning vector step
+    (2, 2, 100, 40, 62),  # the trainer's count in test_core_trainer_outputs
+    (3, 1, 100, 10, 31),  # vector steps end at 3, 6, ..., 102: 12 .. 102
+    (1, 1, 100, 0, 100),
+    (2, 0, 100, 10, 0),
+])
+def test_gradient_steps_of_run(envs, updates, total, warmup, expected):
+    cfg = make_config(overrides={'task.num_envs': envs, 'trainer.updates_per_step': updates,
+                                 'trainer.total_steps': total, 'trainer.warmup_steps': warmup})
+    assert gradient_steps_of_run(cfg) == expected
 
 
 def test_training_steps_per_algorithm():

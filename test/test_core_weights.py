@@ -12,8 +12,10 @@ import torch
 from fpmd_core.agents import MirrorDescentAgent
 from fpmd_core.agents.fpmd import (
     actor_learning_rate,
+    budget_alpha,
     exploration_entropy,
     mirror_descent_weights,
+    target_entropy_alpha,
 )
 from fpmd_core.config import make_config
 
@@ -23,12 +25,12 @@ OBS_DIM = 4
 pytestmark = pytest.mark.usefixtures('seeded_one_thread_torch')
 
 
-def make_agent(act_dim: int = 2, **agent):
+def make_agent(act_dim: int = 2, gradient_budget: int = 0, **agent):
     overrides = {'agent.algo': 'fpmd_r', 'agent.hidden': 32, 'agent.layers': 2,
                  'agent.particles': 4, 'agent.flow_steps': 2, 'agent.batch_size': 16}
     overrides.update({f'agent.{k}': v for k, v in agent.items()})
     cfg = make_config('cpu', overrides=overrides)
-    return MirrorDescentAgent(OBS_DIM, act_dim, cfg.agent, torch.device('cpu'))
+    return MirrorDescentAgent(OBS_DIM, act_dim, cfg.agent, torch.device('cpu'), gradient_budget)
 
 
 def make_batch(n: int = 16, act_dim: int = 2) -> dict:
@@ -177,6 +179,56 @@ def test_temperature_converges_to_the_closed_form_fixed_point(act_dim):
     # ... and settles on alpha* without overshooting it
     assert alphas.min() > fixed_point * (1 - 1e-3)
     assert alphas[-1] == pytest.approx(fixed_point, rel=1e-3)
+
+
+# --- the budget temperature schedule --------------------------------------------------------
+
+@pytest.mark.parametrize(('scale', 'noise'), [(1.5, 0.1), (1.0, 0.1), (1.5, 0.2)])
+@pytest.mark.parametrize('act_dim', [1, 3])
+def test_target_entropy_alpha_is_the_entropy_rules_fixed_point(scale, noise, act_dim):
+    """The budget schedule ends where the paper's rule settles: H(alpha*) = -scale * d."""
+    alpha = target_entropy_alpha(scale, noise)
+    entropy = exploration_entropy(torch.tensor(alpha, dtype=torch.float64), act_dim, noise)
+    assert entropy.item() == pytest.approx(-scale * act_dim, rel=1e-9)
+    if (scale, noise) == (1.5, 0.1):
+        assert alpha == pytest.approx(0.54, abs=0.005)
+
+
+def test_budget_alpha_closed_form():
+    """log alpha is linear in the gradient step from log alpha_init to log alpha_final, which it
+    keeps after `anneal_steps`."""
+    init, final, steps = 5.0, 0.54, 1000
+    alphas = np.array([budget_alpha(k, steps, init, final) for k in range(0, 1501)])
+    assert alphas[0] == pytest.approx(init, rel=1e-12)
+    assert alphas[500] == pytest.approx(math.sqrt(init * final), rel=1e-12)  # geometric mean
+    assert alphas[250] == pytest.approx(init ** 0.75 * final ** 0.25, rel=1e-12)
+    np.testing.assert_allclose(alphas[1000:], final, rtol=1e-12)
+    np.testing.assert_allclose(np.diff(np.log(alphas[:1001])), math.log(final / init) / steps,
+                               rtol=1e-6)
+    # the other way too: an alpha_init below alpha* rises to it
+    assert budget_alpha(steps, steps, 0.1, final) == pytest.approx(final, rel=1e-12)
+
+
+def test_budget_schedule_sets_alpha_every_gradient_step_from_the_closed_form():
+    agent = make_agent(gradient_budget=10, alpha_schedule='budget', alpha_anneal_fraction=0.5,
+                       alpha_init=4.0, alpha_interval=3)
+    final = target_entropy_alpha(1.5, 0.1)
+    assert agent.alpha_anneal_steps == 5
+    batch = make_batch()
+    for step in range(1, 8):
+        metrics = agent.update(batch)
+        expected = budget_alpha(step, 5, 4.0, final)
+        assert metrics['alpha'] == pytest.approx(expected, rel=1e-12)
+        assert agent.alpha.item() == pytest.approx(expected, rel=1e-6)
+    assert agent.alpha.item() == pytest.approx(final, rel=1e-6)  # from step 5 on
+    assert agent.alpha_optimizer.state_dict()['state'] == {}  # the entropy rule took no step
+
+
+def test_budget_schedule_without_the_runs_length_is_an_error():
+    agent = make_agent(alpha_schedule='budget')  # made to act, not to train
+    agent.act(np.zeros((1, OBS_DIM), np.float32), 'deploy')
+    with pytest.raises(ValueError, match="alpha_schedule 'budget'.*gradient_budget"):
+        agent.update(make_batch())
 
 
 def test_sac_agent_is_not_affected_by_mirror_descent_temperature():

@@ -27,6 +27,20 @@ def exploration_entropy(alpha: torch.Tensor, act_dim: int, explore_noise: float)
     return 0.5 * act_dim * torch.log(2 * math.pi * math.e * (explore_noise * alpha) ** 2)
 
 
+def target_entropy_alpha(target_entropy_scale: float, explore_noise: float) -> float:
+    """The alpha whose exploration noise has the target entropy -scale * d: from
+    0.5 d log(2 pi e (explore_noise * alpha)^2) = -scale * d (d cancels)."""
+    return math.exp(-target_entropy_scale) / (math.sqrt(2 * math.pi * math.e) * explore_noise)
+
+
+def budget_alpha(gradient_step: int, anneal_steps: int, alpha_init: float,
+                 alpha_final: float) -> float:
+    """log alpha linear from log alpha_init (step 0) to log alpha_final (step `anneal_steps`),
+    then constant: the `budget` temperature schedule."""
+    progress = min(gradient_step / max(anneal_steps, 1), 1.0)
+    return math.exp((1.0 - progress) * math.log(alpha_init) + progress * math.log(alpha_final))
+
+
 def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
                            alpha: torch.Tensor, clip: float, form: str) -> torch.Tensor:
     """w = exp(clip((Q - mu) / sigma, -c, c) / lambda); `released` keeps Q - mu / sigma."""
@@ -37,7 +51,10 @@ def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.T
 class MirrorDescentAgent(Agent):
     POLICIES = {"fpmd_r": FlowPolicy, "fpmd_m": MeanFlowPolicy, "dpmd": DiffusionPolicy}
 
-    def __init__(self, obs_shape, act_dim: int, cfg, device: torch.device):
+    def __init__(self, obs_shape, act_dim: int, cfg, device: torch.device,
+                 gradient_budget: int = 0):
+        """`gradient_budget`: the run's gradient steps (`config.gradient_steps_of_run`), which
+        the `budget` temperature schedule anneals over; an agent that only acts needs none."""
         super().__init__(obs_shape, act_dim, cfg, device)
         self.algo = cfg.algo
         extra = {"steps": cfg.diffusion_steps} if cfg.algo == "dpmd" else {}
@@ -51,6 +68,7 @@ class MirrorDescentAgent(Agent):
         self.register_buffer("q_std", torch.tensor(1.0))
         self.steps = training_steps(cfg)
         self.target_entropy = -cfg.target_entropy_scale * act_dim
+        self.alpha_anneal_steps = math.ceil(cfg.alpha_anneal_fraction * gradient_budget)
         self.to(device)
 
     # --- sampling ------------------------------------------------------------------------
@@ -74,7 +92,7 @@ class MirrorDescentAgent(Agent):
         """One gradient step, in the released code's order: critic (`critic_steps` Adam steps
         with one gradient); the mirror-descent weights from the running Q statistics, then the
         statistics' EMA step (every gradient step); every `actor_interval`: actor and Polyak;
-        every `alpha_interval`: temperature."""
+        every `alpha_interval`: temperature (`budget` schedule: every step, its closed form)."""
         cfg = self.cfg
         batch = self.encode_batch(batch)
         next_actions = self._sample(self.policy, batch["next_obs"], explore=True)
@@ -87,7 +105,9 @@ class MirrorDescentAgent(Agent):
             metrics |= self.update_actor(batch["next_obs"], next_actions, weights)
             polyak(self.critic.target, self.critic.online, cfg.tau)
             polyak(self.ema_policy, self.policy, cfg.tau)
-        if self.gradient_steps % cfg.alpha_interval == 0:
+        if cfg.alpha_schedule == "budget":
+            metrics |= self.anneal_temperature()
+        elif self.gradient_steps % cfg.alpha_interval == 0:
             metrics |= self.update_temperature()
         return metrics
 
@@ -131,6 +151,19 @@ class MirrorDescentAgent(Agent):
         loss.backward()
         self.alpha_optimizer.step()
         return {"alpha": self.alpha.item()}
+
+    @torch.no_grad()
+    def anneal_temperature(self) -> dict[str, float]:
+        """alpha = `budget_alpha` at this gradient step: from alpha_init to the target-entropy
+        temperature over `alpha_anneal_steps`."""
+        if self.alpha_anneal_steps <= 0:
+            raise ValueError("agent.alpha_schedule 'budget' anneals over the run's gradient "
+                             "steps: this agent was made without a gradient_budget")
+        cfg = self.cfg
+        alpha = budget_alpha(self.gradient_steps, self.alpha_anneal_steps, cfg.alpha_init,
+                             target_entropy_alpha(cfg.target_entropy_scale, cfg.explore_noise))
+        self.log_alpha.fill_(math.log(alpha))
+        return {"alpha": alpha}
 
     @torch.no_grad()
     def one_step_error(self, obs: torch.Tensor) -> float | None:
