@@ -12,8 +12,9 @@ an interrupted benchmark resumes by running the same command again: an unfinishe
 started with the same settings resumes from its newest checkpoint
 (``checkpoints/step_<env steps>.pt``, every ``--checkpoint-interval`` env steps; the trainer's
 resume is exact, and run.json's ``resumed`` lists each resume's command), any other unfinished
-run dir is cleared and its run started over. A run that finished keeps only its final
-checkpoint. ``--algos sb3_sac`` adds stable-baselines3 SAC with its defaults (bench/sb3_run.py,
+run dir is cleared and its run started over. A run of ours whose resolved configuration
+(its config.yaml) is not what the profile and overrides give now, because a profile changed
+since, runs again, finished or not. A run that finished keeps only its final checkpoint. ``--algos sb3_sac`` adds stable-baselines3 SAC with its defaults (bench/sb3_run.py,
 evaluated with the same protocol; an unfinished one always starts over).
 
 Evaluation protocol (the trainer's): every ``trainer.eval_interval`` env steps and at the end,
@@ -55,7 +56,14 @@ import numpy as np
 
 from bench.common import REPO, child_env, command_line, json_text
 from bench.machine import machine
-from fpmd_core.config import make_config
+from fpmd_core.config import (
+    RESOLVED_CONFIG_NAME,
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_file,
+    make_config,
+)
 
 TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 ALGOS = ("fpmd_r", "fpmd_m", "sac", "dpmd")
@@ -120,13 +128,35 @@ def newest_checkpoint(directory: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def next_action(directory: Path, algo: str, total_steps: int,
-                overrides: list[str]) -> tuple[str, Path | None, str]:
+def changed_fields(directory: Path, config: Config) -> str | None:
+    """The fields whose value in the run's resolved configuration (config.yaml) differs from
+    `config` (a profile changed since it ran), as text; None when they agree or it has none."""
+    path = directory / RESOLVED_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        ran = config_from_dict(load_file(path)).to_dict()
+    except ConfigError as err:
+        return f"its {RESOLVED_CONFIG_NAME} no longer reads: {err}"
+    wanted = config.to_dict()
+    changed = [f"{section}.{name}: {ran[section][name]!r} -> {value!r}"
+               for section, fields in wanted.items() for name, value in fields.items()
+               if ran[section][name] != value]
+    return "; ".join(changed) or None
+
+
+def next_action(directory: Path, algo: str, total_steps: int, overrides: list[str],
+                config: Config | None = None) -> tuple[str, Path | None, str]:
     """What a run needs, from its dir on disk: ("finished" | "start" | "resume" | "restart",
     the checkpoint to resume from, why). A run of ours resumes from its newest checkpoint
     (the trainer's resume is exact) when it was started with the same settings (`overrides`,
-    which include the output dir and total steps); anything else unfinished starts over."""
+    which include the output dir and total steps); anything else unfinished starts over. A
+    run of ours whose resolved configuration is not `config` (its profile changed since) runs
+    again, finished or not."""
+    changed = changed_fields(directory, config) if config and algo != SB3_SAC else None
     if finished(directory, total_steps):
+        if changed:
+            return "restart", None, f"it ran with another configuration ({changed})"
         return "finished", None, "its eval.csv reaches the total steps"
     info_path = directory / "run.json"
     if not info_path.is_file():
@@ -139,6 +169,8 @@ def next_action(directory: Path, algo: str, total_steps: int,
         return "restart", None, "its run.json is unreadable"
     if info.get("overrides") != overrides:
         return "restart", None, "it was started with other settings"
+    if changed:
+        return "restart", None, f"it was started with another configuration ({changed})"
     newest = newest_checkpoint(directory)
     if newest is None:
         return "restart", None, "it has no checkpoint yet"
@@ -184,11 +216,18 @@ def run_command(args, run: Run, overrides: list[str]) -> tuple[list[str], str]:
     return command, args.profile
 
 
+def run_action(args, run: Run) -> tuple[str, Path | None, str]:
+    """`next_action` of `run` under this invocation's profile and overrides."""
+    overrides = run_overrides(args, run)
+    return next_action(run.directory, run.algo, run.total_steps, overrides,
+                       make_config(args.profile, overrides=overrides))
+
+
 def start_run(args, run: Run) -> tuple[subprocess.Popen, float]:
     """Start `run` (resumed from its newest checkpoint where `next_action` says so)."""
     directory = run.directory
     overrides = run_overrides(args, run)
-    action, checkpoint, why = next_action(directory, run.algo, run.total_steps, overrides)
+    action, checkpoint, why = run_action(args, run)
     command, profile = run_command(args, run, overrides)
     if action == "resume":
         print(f"  {directory}: unfinished, resumed {why}", flush=True)
@@ -201,7 +240,7 @@ def start_run(args, run: Run) -> tuple[subprocess.Popen, float]:
         log_mode = "a"
     else:
         if directory.exists():
-            print(f"  {directory}: unfinished, cleared and started over: {why}", flush=True)
+            print(f"  {directory}: cleared and started over: {why}", flush=True)
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         info = {"task": run.task, "algo": run.algo, "seed": run.seed, "profile": profile,
@@ -235,7 +274,7 @@ def run_all(args, groups: list[list[Run]]) -> None:
     (the runs of a pair then share the machine's load); a group waits until it fits in the
     free slots, and one larger than --jobs runs alone."""
     total = sum(len(group) for group in groups)
-    todo = [[run for run in group if not finished(run.directory, run.total_steps)]
+    todo = [[run for run in group if run_action(args, run)[0] != "finished"]
             for group in groups]
     todo = [group for group in todo if group]
     left = sum(len(group) for group in todo)

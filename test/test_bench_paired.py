@@ -15,6 +15,7 @@ from bench import bench_learning, bench_paired_sb3
 from bench.bench_learning import SB3_SAC, next_action
 from bench.bench_paired_sb3 import normalised, scores, seed_noise
 from bench.common import REPO, child_env
+from fpmd_core.config import make_config, parse_override, save_config
 from fpmd_core.trainer import evaluation_seeds
 
 TASK = 'InvertedPendulum-v5'
@@ -144,6 +145,33 @@ def test_next_action_skips_finished_runs_resumes_from_the_newest_checkpoint_or_r
     unreadable = started_run(tmp_path, 'unreadable', checkpoints=(400,))
     (unreadable / 'run.json').write_text('{')
     assert next_action(unreadable, 'fpmd_m', 600, OVERRIDES)[0] == 'restart'
+
+
+def test_a_run_of_another_configuration_runs_again_finished_or_not(tmp_path):
+    """A profile that changed between sittings (same overrides, other resolved fields) must not
+    let old runs count as new ones, nor resume into the new configuration."""
+    overrides = dict(parse_override(item) for item in OVERRIDES) | {'trainer.warmup_steps': 100}
+    wanted = make_config('cpu', overrides=overrides)
+    old = make_config('cpu', overrides=overrides | {
+        'agent.hidden': 64, 'agent.reward_scale': 0.5})
+    same_finished = started_run(tmp_path, 'same', evaluated=(200, 400, 600))
+    save_config(wanted, same_finished / 'config.yaml')
+    assert next_action(same_finished, 'fpmd_m', 600, OVERRIDES, wanted)[0] == 'finished'
+
+    old_finished = started_run(tmp_path, 'old_finished', evaluated=(200, 400, 600))
+    save_config(old, old_finished / 'config.yaml')
+    action, _, why = next_action(old_finished, 'fpmd_m', 600, OVERRIDES, wanted)
+    assert action == 'restart'
+    assert 'agent.hidden: 64 -> 128' in why and 'agent.reward_scale: 0.5 -> 0.2' in why
+    old_unfinished = started_run(tmp_path, 'old_unfinished', checkpoints=(400,))
+    save_config(old, old_unfinished / 'config.yaml')
+    assert next_action(old_unfinished, 'fpmd_m', 600, OVERRIDES, wanted)[:2] == ('restart', None)
+    # SB3 runs follow SB3's defaults, not our profile: a finished one stays finished
+    sb3 = started_run(tmp_path, 'sb3_finished', evaluated=(200, 400, 600))
+    save_config(old, sb3 / 'config.yaml')
+    assert next_action(sb3, SB3_SAC, 600, OVERRIDES, wanted)[0] == 'finished'
+    (old_finished / 'config.yaml').write_text('agent:\n  no_such_field: 1\n')
+    assert 'no longer reads' in next_action(old_finished, 'fpmd_m', 600, OVERRIDES, wanted)[2]
 
 
 def test_a_resumed_runs_wall_time_adds_the_earlier_sittings():
