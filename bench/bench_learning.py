@@ -14,8 +14,9 @@ started with the same settings resumes from its newest checkpoint
 resume is exact, and run.json's ``resumed`` lists each resume's command), any other unfinished
 run dir is cleared and its run started over. A run of ours whose resolved configuration
 (its config.yaml) is not what the profile and overrides give now, because a profile changed
-since, runs again, finished or not. A run that finished keeps only its final checkpoint. ``--algos sb3_sac`` adds stable-baselines3 SAC with its defaults (bench/sb3_run.py,
-evaluated with the same protocol; an unfinished one always starts over).
+since, runs again, finished or not. A run that finished keeps only its final checkpoint.
+``--algos sb3_sac`` adds stable-baselines3 SAC with its defaults (bench/sb3_run.py, evaluated
+with the same protocol; an unfinished one always starts over).
 
 Evaluation protocol (the trainer's): every ``trainer.eval_interval`` env steps and at the end,
 ``trainer.eval_episodes`` episodes (seeds fixed per episode index) in deploy mode (EMA policy, one
@@ -128,6 +129,10 @@ def newest_checkpoint(directory: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
+WHERE_IT_RAN = {("trainer", "output_dir"), ("trainer", "progress")}
+"""Fields that do not change what a run computes: a finished run moved to another dir counts."""
+
+
 def changed_fields(directory: Path, config: Config) -> str | None:
     """The fields whose value in the run's resolved configuration (config.yaml) differs from
     `config` (a profile changed since it ran), as text; None when they agree or it has none."""
@@ -141,7 +146,7 @@ def changed_fields(directory: Path, config: Config) -> str | None:
     wanted = config.to_dict()
     changed = [f"{section}.{name}: {ran[section][name]!r} -> {value!r}"
                for section, fields in wanted.items() for name, value in fields.items()
-               if ran[section][name] != value]
+               if ran[section][name] != value and (section, name) not in WHERE_IT_RAN]
     return "; ".join(changed) or None
 
 
