@@ -194,7 +194,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {},
     # A 2-core CPU budget. Deviations from the paper, each for cost or small-budget stability:
     # fewer particles and flow steps (best-of-N sampling dominates CPU time), one env, a short
-    # warm-up, smaller nets, bounded flow outputs and gradient clipping (the prototype's MeanFlow
+    # warm-up, shallower nets, bounded flow outputs and gradient clipping (the prototype's MeanFlow
     # loss diverged without a bound). Not MeanFlow's adaptive loss weighting: it is mode-seeking
     # (test_core_modes). One critic Adam step per gradient step, not the released two: the
     # measured CPU runs and config/train_sim.yaml's critic_lr 1e-3 were tuned with one, and two
@@ -202,11 +202,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     # keeps the paper's pace (alpha_interval 250): 20 annealed alpha to its floor by 15k steps and
     # FPMD-R's samples then shrank to one action per state and it collapsed (docs/benchmarks.md,
     # "Why FPMD-R collapsed with the old alpha pace"); with 250 FPMD-R and FPMD-M both solve
-    # InvertedPendulum in 25k steps.
+    # InvertedPendulum in 25k steps. Networks 2x256 and reward scale 1, stable-baselines3's SAC
+    # defaults: with the earlier 2x128 and the paper's 0.2, FPMD-M and SAC trailed SB3 SAC on
+    # Walker2d at 25k steps (docs/benchmarks.md, "Paired with stable-baselines3 SAC").
     "cpu": {
         "task.num_envs": 1,
-        "agent.hidden": 128,
+        "agent.hidden": 256,
         "agent.layers": 2,
+        "agent.reward_scale": 1.0,
         "agent.particles": 4,
         "agent.flow_steps": 4,
         "agent.lr_decay_start": 10**9,

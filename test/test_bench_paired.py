@@ -163,7 +163,7 @@ def test_a_run_of_another_configuration_runs_again_finished_or_not(tmp_path):
     save_config(old, old_finished / 'config.yaml')
     action, _, why = next_action(old_finished, 'fpmd_m', 600, OVERRIDES, wanted)
     assert action == 'restart'
-    assert 'agent.hidden: 64 -> 128' in why and 'agent.reward_scale: 0.5 -> 0.2' in why
+    assert 'agent.hidden: 64 -> 256' in why and 'agent.reward_scale: 0.5 -> 1.0' in why
     old_unfinished = started_run(tmp_path, 'old_unfinished', checkpoints=(400,))
     save_config(old, old_unfinished / 'config.yaml')
     assert next_action(old_unfinished, 'fpmd_m', 600, OVERRIDES, wanted)[:2] == ('restart', None)

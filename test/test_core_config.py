@@ -70,6 +70,9 @@ def test_cpu_profile_then_overrides():
     assert cpu.agent.particles < paper.agent.particles
     assert cpu.agent.flow_steps < paper.agent.flow_steps
     assert cpu.trainer.warmup_steps < paper.trainer.warmup_steps
+    # stable-baselines3 SAC's network and reward scale (docs/algorithm.md, Profiles)
+    assert (cpu.agent.hidden, cpu.agent.layers, cpu.agent.reward_scale) == (256, 2, 1.0)
+    assert cpu.agent.alpha_schedule == paper.agent.alpha_schedule == 'entropy'
     cfg = make_config('cpu', overrides={'agent.particles': 3, 'trainer.warmup_steps': 10})
     assert (cfg.agent.particles, cfg.trainer.warmup_steps) == (3, 10)
     assert cfg.agent.flow_steps == cpu.agent.flow_steps
@@ -352,5 +355,5 @@ def test_saved_config_reads_back_equal_whatever_the_profile(tmp_path):
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     again = make_config(file=path)
     assert again == cfg
-    assert again.agent.hidden == 128  # a cpu-profile value, read from the file without a profile
+    assert again.agent.hidden == 256  # a cpu-profile value, read from the file without a profile
     assert not list(path.parent.glob("*.tmp"))
