@@ -129,8 +129,11 @@ def newest_checkpoint(directory: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-WHERE_IT_RAN = {("trainer", "output_dir"), ("trainer", "progress")}
-"""Fields that do not change what a run computes: a finished run moved to another dir counts."""
+WHERE_IT_RAN = {("trainer", "output_dir"), ("trainer", "progress"),
+                ("trainer", "progress_interval_s"), ("trainer", "checkpoint_interval")}
+"""Fields that do not change what a run computes (checkpoints draw no random numbers: a resumed
+run equals an uninterrupted one): a finished run moved to another dir, or made by a benchmark
+that checkpoints more often, counts."""
 
 
 def changed_fields(directory: Path, config: Config) -> str | None:

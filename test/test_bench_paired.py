@@ -155,7 +155,8 @@ def test_a_run_of_another_configuration_runs_again_finished_or_not(tmp_path):
     old = make_config('cpu', overrides=overrides | {
         'agent.hidden': 64, 'agent.reward_scale': 0.5})
     same_finished = started_run(tmp_path, 'same', evaluated=(200, 400, 600))
-    moved = make_config('cpu', overrides=overrides | {'trainer.output_dir': '/elsewhere'})
+    moved = make_config('cpu', overrides=overrides | {'trainer.output_dir': '/elsewhere',
+                                                      'trainer.checkpoint_interval': 777})
     save_config(moved, same_finished / 'config.yaml')  # where it ran changes nothing
     assert next_action(same_finished, 'fpmd_m', 600, OVERRIDES, wanted)[0] == 'finished'
 
