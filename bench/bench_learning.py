@@ -129,8 +129,8 @@ def newest_checkpoint(directory: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-WHERE_IT_RAN = {("trainer", "output_dir"), ("trainer", "progress"),
-                ("trainer", "progress_interval_s"), ("trainer", "checkpoint_interval")}
+RESULT_NEUTRAL_FIELDS = {("trainer", "output_dir"), ("trainer", "progress"),
+                         ("trainer", "progress_interval_s"), ("trainer", "checkpoint_interval")}
 """Fields that do not change what a run computes (checkpoints draw no random numbers: a resumed
 run equals an uninterrupted one): a finished run moved to another dir, or made by a benchmark
 that checkpoints more often, counts."""
@@ -149,7 +149,7 @@ def changed_fields(directory: Path, config: Config) -> str | None:
     wanted = config.to_dict()
     changed = [f"{section}.{name}: {ran[section][name]!r} -> {value!r}"
                for section, fields in wanted.items() for name, value in fields.items()
-               if ran[section][name] != value and (section, name) not in WHERE_IT_RAN]
+               if ran[section][name] != value and (section, name) not in RESULT_NEUTRAL_FIELDS]
     return "; ".join(changed) or None
 
 
