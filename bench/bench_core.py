@@ -29,7 +29,7 @@ import torch
 from bench.common import command_line
 from bench.machine import machine
 from fpmd_core.agents import make_agent
-from fpmd_core.config import make_config
+from fpmd_core.config import gradient_steps_of_run, make_config
 from fpmd_core.export import export_onnx
 from fpmd_core.runtime import OnnxPolicy
 from fpmd_core.tasks import make_env, task_spec
@@ -109,7 +109,8 @@ def main() -> None:
         cfg = make_config(profile, overrides={**overrides, "task.id": args.task})
         configs[name] = {k: getattr(cfg.agent, k) for k in
                          ("hidden", "layers", "batch_size", "particles", "flow_steps")}
-        agents[name] = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, device)
+        agents[name] = make_agent(spec.obs_dim, spec.act_dim, cfg.agent, device,
+                                  gradient_steps_of_run(cfg))
         policies[name] = OnnxPolicy(export_onnx(agents[name], spec, cfg, tmp / f"{name}.onnx"))
     rates = {name: [] for name in chosen}
     latencies = {name: [] for name in chosen}

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fpmd_core.agents import make_agent
-from fpmd_core.config import make_config
+from fpmd_core.config import gradient_steps_of_run, make_config
 from fpmd_core.memory import retain_freed_memory
 from fpmd_core.replay import ReplayBuffer
 
@@ -107,7 +107,8 @@ class OursRunner:
             "agent.batch_size": batch_size, "trainer.seed": seed})
         obs_dim, act_dim = transitions["obs"].shape[1], transitions["actions"].shape[1]
         torch.manual_seed(seed)
-        self.agent = make_agent(obs_dim, act_dim, cfg.agent, torch.device("cpu"))
+        self.agent = make_agent(obs_dim, act_dim, cfg.agent, torch.device("cpu"),
+                                gradient_steps_of_run(cfg))
         count = len(transitions["rewards"])
         self.replay = ReplayBuffer(count, obs_dim, act_dim, seed)
         self.replay.add(transitions["obs"], transitions["actions"], transitions["rewards"],

@@ -198,13 +198,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     # loss diverged without a bound). Not MeanFlow's adaptive loss weighting: it is mode-seeking
     # (test_core_modes). One critic Adam step per gradient step, not the released two: the
     # measured CPU runs and config/train_sim.yaml's critic_lr 1e-3 were tuned with one, and two
-    # steps with one gradient roughly double the critic's step size. Temperature annealing
+    # steps with one gradient roughly double the critic's step size. The `entropy` temperature
     # keeps the paper's pace (alpha_interval 250): 20 annealed alpha to its floor by 15k steps and
     # FPMD-R's samples then shrank to one action per state and it collapsed (docs/benchmarks.md,
     # "Why FPMD-R collapsed with the old alpha pace"); with 250 FPMD-R and FPMD-M both solve
-    # InvertedPendulum in 25k steps. Networks 2x256 and reward scale 1, stable-baselines3's SAC
-    # defaults: with the earlier 2x128 and the paper's 0.2, FPMD-M and SAC trailed SB3 SAC on
-    # Walker2d at 25k steps (docs/benchmarks.md, "Paired with stable-baselines3 SAC").
+    # InvertedPendulum in 25k steps. FPMD-M uses the `budget` schedule (ALGORITHM_PROFILES).
+    # Networks 2x256 and reward scale 1, stable-baselines3's SAC defaults: with the earlier
+    # 2x128 and the paper's 0.2, FPMD-M and SAC trailed SB3 SAC on Walker2d at 25k steps
+    # (docs/benchmarks.md, "Paired with stable-baselines3 SAC").
     "cpu": {
         "task.num_envs": 1,
         "agent.hidden": 256,
@@ -229,6 +230,18 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Entries of a profile for one algorithm, applied after the profile's own (a config file and
+# overrides still win). `cpu` FPMD-M anneals alpha over the run's own length: at the paper's pace
+# alpha is still 2.9 at 25k env steps and the policy barely improves on its samples
+# (InvertedDoublePendulum 1626 against SB3 SAC's 9360; with `budget` 9355-9360 in 3 seeds).
+# FPMD-R keeps the paper's pace: at the floor `budget` reaches at the end, its samples collapse to
+# one action per state (InvertedDoublePendulum 117-275 at 25k after 620-3050 at 20k).
+# docs/benchmarks.md, "The `cpu` profile at a robot's budget".
+ALGORITHM_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {"fpmd_m": {"agent.alpha_schedule": "budget"}},
+}
+
+
 # The paper's visual setting (DrQ-v2 conventions), on top of `paper` or `cpu`.
 _PIXELS = {"task.pixels": True, "task.action_repeat": 2, "task.frame_stack": 3,
            "agent.reward_scale": 1.0}
@@ -236,6 +249,7 @@ PROFILES["paper_pixels"] = dict(_PIXELS)
 # CPU: a replay of 100k pixel transitions takes 12.7 GB (2 stacks of 84x84x9 each).
 PROFILES["cpu_pixels"] = PROFILES["cpu"] | _PIXELS | {"trainer.replay_size": 50_000,
                                                      "agent.batch_size": 128}
+ALGORITHM_PROFILES["cpu_pixels"] = ALGORITHM_PROFILES["cpu"]
 
 
 _EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -325,7 +339,8 @@ def make_config(
     overrides: dict[str, Any] | list[str] | None = None,
 ) -> Config:
     """Paper defaults, then the profile (the argument, else the file's `profile:`, else
-    paper), then the config file's fields, then overrides."""
+    paper) with its entries for the run's algorithm (`ALGORITHM_PROFILES`), then the config
+    file's fields, then overrides."""
     cfg = Config()
     file_data: dict[str, Any] = {}
     if file is not None:
@@ -333,13 +348,16 @@ def make_config(
     profile = profile or file_data.get("profile", "paper")
     if profile not in PROFILES:
         raise ConfigError(f"profile: expected one of {sorted(PROFILES)}, got {profile!r}")
-    for key, value in PROFILES[profile].items():
-        set_field(cfg, key, value)
-    for key, value in _flatten(file_data, f"{file}: ").items():
-        set_field(cfg, key, value)
+    file_fields = _flatten(file_data, f"{file}: ")
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
-    for key, value in (overrides or {}).items():
+    overrides = overrides or {}
+    algo = overrides.get("agent.algo", file_fields.get("agent.algo", cfg.agent.algo))
+    algorithm_entries = ALGORITHM_PROFILES.get(profile, {}).get(algo, {}) \
+        if isinstance(algo, str) else {}
+    for key, value in (PROFILES[profile] | algorithm_entries).items():
+        set_field(cfg, key, value)
+    for key, value in (file_fields | overrides).items():
         set_field(cfg, key, value)
     validate(cfg)
     return cfg

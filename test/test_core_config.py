@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,8 @@ from fpmd_core.config import (
     parse_override,
     training_steps,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_papers():
@@ -72,11 +75,39 @@ def test_cpu_profile_then_overrides():
     assert cpu.trainer.warmup_steps < paper.trainer.warmup_steps
     # stable-baselines3 SAC's network and reward scale (docs/algorithm.md, Profiles)
     assert (cpu.agent.hidden, cpu.agent.layers, cpu.agent.reward_scale) == (256, 2, 1.0)
-    assert cpu.agent.alpha_schedule == paper.agent.alpha_schedule == 'entropy'
+    assert cpu.agent.alpha_schedule == paper.agent.alpha_schedule == 'entropy'  # FPMD-R's
     cfg = make_config('cpu', overrides={'agent.particles': 3, 'trainer.warmup_steps': 10})
     assert (cfg.agent.particles, cfg.trainer.warmup_steps) == (3, 10)
     assert cfg.agent.flow_steps == cpu.agent.flow_steps
     assert make_config('cpu', overrides=['agent.particles=3']).agent.particles == 3
+
+
+def test_cpu_fpmd_m_anneals_alpha_over_the_budget_and_the_others_keep_the_papers_pace(tmp_path):
+    """`ALGORITHM_PROFILES`: the profile's entries for the run's algorithm, from an override or
+    the config file; a file field or an override still wins over them."""
+    def schedule(profile, **kwargs):
+        return make_config(profile, **kwargs).agent.alpha_schedule
+
+    for profile in ('cpu', 'cpu_pixels'):
+        assert schedule(profile, overrides={'agent.algo': 'fpmd_m'}) == 'budget'
+        for algo in ('fpmd_r', 'dpmd', 'sac'):
+            assert schedule(profile, overrides={'agent.algo': algo}) == 'entropy', algo
+    assert schedule('paper', overrides={'agent.algo': 'fpmd_m'}) == 'entropy'
+    assert schedule('cpu', overrides=['agent.algo=fpmd_m', 'agent.alpha_schedule=entropy']) \
+        == 'entropy'
+    run_file = tmp_path / 'run.yaml'
+    run_file.write_text('profile: cpu\nagent:\n  algo: fpmd_m\n')
+    assert schedule(None, file=run_file) == 'budget'
+    assert schedule(None, file=run_file, overrides={'agent.algo': 'fpmd_r'}) == 'entropy'
+    # cpu FPMD-M, and the file's own field wins (docs/benchmarks.md: InvertedPendulum)
+    assert schedule(None, file=REPO / 'config' / 'train_sim.yaml') == 'entropy'
+    assert schedule(None, file=REPO / 'config' / 'train_sim.yaml',
+                    overrides={'task.id': 'Hopper-v5'}) == 'entropy'
+    cpu_m = make_config('cpu', overrides={'agent.algo': 'fpmd_m'})
+    cpu_r = make_config('cpu', overrides={'agent.algo': 'fpmd_r'})
+    differing = {f'agent.{f.name}' for f in dataclasses.fields(AgentConfig)
+                 if getattr(cpu_m.agent, f.name) != getattr(cpu_r.agent, f.name)}
+    assert differing == {'agent.algo'} | set(config.ALGORITHM_PROFILES['cpu']['fpmd_m'])
 
 
 def test_ints_are_accepted_for_floats_and_become_floats():

@@ -31,7 +31,7 @@ def agent_after_updates(algo: str, seed: int, updates: int = 4):
         'agent.flow_steps': 2, 'agent.diffusion_steps': 3, 'agent.alpha_interval': 2,
         'agent.batch_size': 16})
     torch.manual_seed(seed)
-    agent = make_agent(OBS_DIM, ACT_DIM, cfg.agent, torch.device('cpu'))
+    agent = make_agent(OBS_DIM, ACT_DIM, cfg.agent, torch.device('cpu'), gradient_budget=updates)
     initial = {k: v.clone() for k, v in agent.state_dict().items()}
     data = np.random.default_rng(seed)
     for _ in range(updates):

@@ -141,7 +141,8 @@ def test_random_shift_moves_each_image_by_at_most_pad_with_replicated_edges():
 def test_updates_train_the_encoder_only_through_the_critic(algo):
     torch.manual_seed(0)
     cfg = pixel_config(algo)
-    agent = make_agent((SIZE, SIZE, 9), 1, cfg.agent, torch.device('cpu'))
+    updates = 2 * cfg.agent.actor_interval
+    agent = make_agent((SIZE, SIZE, 9), 1, cfg.agent, torch.device('cpu'), gradient_budget=updates)
     rng = np.random.default_rng(0)
     batch = {
         'obs': torch.as_tensor(rng.integers(0, 256, (8, SIZE, SIZE, 9), dtype=np.uint8)),
@@ -158,7 +159,7 @@ def test_updates_train_the_encoder_only_through_the_critic(algo):
     for group in agent.critic.optimizer.param_groups:
         group['lr'] = 0.0
     encoder, policy = snapshot(agent.encoder), snapshot(agent.policy)
-    for _ in range(2 * cfg.agent.actor_interval):
+    for _ in range(updates):
         agent.update(batch)
     assert all(torch.equal(a, b) for a, b in zip(encoder, snapshot(agent.encoder), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(policy, snapshot(agent.policy),
