@@ -232,8 +232,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 # Entries of a profile for one algorithm, applied after the profile's own (a config file and
 # overrides still win). `cpu` FPMD-M anneals alpha over the run's own length: at the paper's pace
-# alpha is still 2.9 at 25k env steps and the policy barely improves on its samples
-# (InvertedDoublePendulum 1626 against SB3 SAC's 9360; with `budget` 9355-9360 in 3 seeds).
+# alpha is still 2.7 at 25k env steps and the policy barely improves on its samples
+# (InvertedDoublePendulum 1045 ± 562 against SB3 SAC's 9360; with `budget` 9358 ± 3, 3 seeds).
 # FPMD-R keeps the paper's pace: at the floor `budget` reaches at the end, its samples collapse to
 # one action per state (InvertedDoublePendulum 117-275 at 25k after 620-3050 at 20k).
 # docs/benchmarks.md, "The `cpu` profile at a robot's budget".

@@ -66,6 +66,11 @@ def deploy_return(agent) -> float:
     return float(total.mean())
 
 
+def gradient_steps(env_steps: int) -> int:
+    """Updates `train` makes: one per vector step from the one that reaches WARMUP on."""
+    return (env_steps - WARMUP) // ENVS + 1
+
+
 def train(algo: str, seed: int, env_steps: int = ENV_STEPS):
     cfg = make_config('cpu', overrides={
         'agent.algo': algo, 'agent.hidden': 64, 'agent.batch_size': 128,
@@ -73,7 +78,7 @@ def train(algo: str, seed: int, env_steps: int = ENV_STEPS):
     }).agent
     torch.manual_seed(seed)
     agent = make_agent(Reach.DIM, Reach.DIM, cfg, torch.device('cpu'),
-                       gradient_budget=(env_steps - WARMUP) // ENVS + 1)
+                       gradient_budget=gradient_steps(env_steps))
     env, replay = Reach(ENVS, seed), ReplayBuffer(env_steps, Reach.DIM, Reach.DIM, seed + 1)
     warmup_actions = np.random.default_rng(seed + 2)
     obs, steps = env.reset(), 0
@@ -98,7 +103,7 @@ pytestmark = pytest.mark.usefixtures('one_thread_torch')
 @pytest.mark.parametrize('algo', ALGORITHMS)
 def test_learns_reach_in_deploy_mode(algo):
     agent = train(algo, seed=0)
-    assert agent.gradient_steps == (ENV_STEPS - WARMUP) // ENVS + 1
+    assert agent.gradient_steps == gradient_steps(ENV_STEPS)
     score = deploy_return(agent)
     assert score >= THRESHOLD, (
         f"{algo}: deploy-mode return {score:.2f} after {ENV_STEPS} env steps; expected >= "
