@@ -110,6 +110,23 @@ def test_cpu_fpmd_m_anneals_alpha_over_the_budget_and_the_others_keep_the_papers
     assert differing == {'agent.algo'} | set(config.ALGORITHM_PROFILES['cpu']['fpmd_m'])
 
 
+def test_cpu_fpmd_m_samples_its_training_actions_from_the_full_prior():
+    """`cpu` FPMD-M draws training samples from x0 = 1.0 eps (Ant collapsed with the paper's
+    0.5); the paper and the other algorithms keep 0.5, and so does config/train_sim.yaml, whose
+    runs were measured with it."""
+    def noise_scale(profile, algo, **kwargs):
+        return make_config(profile, overrides={'agent.algo': algo}, **kwargs).agent.noise_scale_init
+
+    for profile in ('cpu', 'cpu_pixels'):
+        assert noise_scale(profile, 'fpmd_m') == 1.0
+        for algo in ('fpmd_r', 'dpmd', 'sac'):
+            assert noise_scale(profile, algo) == 0.5, algo
+    assert noise_scale('paper', 'fpmd_m') == 0.5
+    assert make_config(file=REPO / 'config' / 'train_sim.yaml').agent.noise_scale_init == 0.5
+    assert make_config('cpu', overrides=['agent.algo=fpmd_m', 'agent.noise_scale_init=0.7']) \
+        .agent.noise_scale_init == 0.7
+
+
 def test_ints_are_accepted_for_floats_and_become_floats():
     cfg = make_config(overrides={'agent.gamma': 1, 'agent.alpha_init': 2})
     assert cfg.agent.gamma == 1.0 and type(cfg.agent.gamma) is float
