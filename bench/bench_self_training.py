@@ -29,6 +29,10 @@ ALGOS = ("fpmd_r", "fpmd_m")
 PROBE_STATES = 512
 
 
+def report_interval(updates: int) -> int:
+    return max(updates // 5, 1)
+
+
 def refit_on_own_samples(path: Path, noise_scale: float, updates: int, seed: int) -> list[dict]:
     agent, cfg, env_steps, replay_obs = load_agent(path, torch.device("cpu"), ALGOS)
     agent.train()
@@ -52,7 +56,7 @@ def refit_on_own_samples(path: Path, noise_scale: float, updates: int, seed: int
         actions = sample(agent.policy, obs)
         agent.update_actor(obs, actions, torch.ones(len(obs)))
         polyak(agent.ema_policy, agent.policy, cfg.agent.tau)
-        if update % max(updates // 5, 1) == 0:
+        if update % report_interval(updates) == 0:
             rows.append(measure(update))
     return rows
 
@@ -67,16 +71,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.updates < 1:
         parser.error(f"--updates: expected a positive number, got {args.updates}")
+    if any(scale <= 0 for scale in args.noise_scales):
+        parser.error(f"--noise-scales: expected positive numbers, got {args.noise_scales}")
     results = {}
     for scale in args.noise_scales:
-        if scale <= 0:
-            parser.error(f"--noise-scales: expected positive numbers, got {scale}")
         results[str(scale)] = rows = refit_on_own_samples(args.checkpoint, scale, args.updates,
                                                           args.seed)
         print(f"noise scale {scale}: deploy |a| "
               + " ".join(f"{r['deploy_abs_action']:.2f}" for r in rows)
               + ", sample spread " + " ".join(f"{r['sample_spread']:.2f}" for r in rows)
-              + f" (every {max(args.updates // 5, 1)} updates)", flush=True)
+              + f" (every {report_interval(args.updates)} updates)", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": command_line(), "checkpoint":
