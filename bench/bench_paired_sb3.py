@@ -30,7 +30,10 @@ evaluations, training logs, commands; the random returns; the scores), ``summary
 normalised table with the verdicts and the goal's checks, then each budget's raw table) and one
 PNG per task and budget, ``<task>_<budget>.png``: deploy return, alpha and the one-step error
 (||a(NFE=1) - a(NFE=20)||, FPMD only) against env steps, from train.csv as the trainer logs it.
-``--from-summary`` re-makes summary.md and the plots from summary.json alone.
+These cover every finished run under <out-dir>, whichever sitting's --tasks, --algos and
+--total-steps started it (those only choose the runs to start); ``--aggregate-only`` re-makes
+them without running anything. ``--from-summary`` re-makes summary.md and the plots from
+summary.json alone.
 """
 
 from __future__ import annotations
@@ -317,13 +320,29 @@ def write_outputs(out_dir: Path, summary: dict) -> None:
           f"{', '.join(str(p) for p in pngs)}")
 
 
-def write_aggregate(args, tasks: list[str]) -> None:
+def runs_on_disk(out_dir: Path) -> dict[int, tuple[list[str], list[str]]]:
+    """Budget -> (tasks, algorithms) with a run directory under `out_dir`, whichever sitting
+    started them: the summary is the folder's, not one invocation's."""
+    known = [*OURS, *(algo for algo in learning.ALGOS if algo not in OURS), SB3_SAC]
+    found = {}
+    for directory in out_dir.glob("steps_*"):
+        budget = directory.name.removeprefix("steps_")
+        if not (directory.is_dir() and budget.isdigit()):
+            continue
+        tasks = sorted(p.name for p in directory.iterdir() if p.is_dir())
+        present = {p.name for task in tasks for p in (directory / task).iterdir() if p.is_dir()}
+        found[int(budget)] = (tasks, [algo for algo in known if algo in present])
+    return dict(sorted(found.items()))
+
+
+def write_aggregate(args) -> None:
     previous = learning.read_summary(args.out_dir)
-    algos = [*args.algos, SB3_SAC]
     budgets = {str(b): learning.aggregate(budget_dir(args.out_dir, b), tasks, algos,
                                           args.include_unfinished)
-               for b in args.total_steps}
+               for b, (tasks, algos) in runs_on_disk(args.out_dir).items()}
     budgets = {b: agg for b, agg in budgets.items() if agg["tasks"]}
+    if not budgets:
+        raise SystemExit(f"no finished runs under {args.out_dir}/steps_*/<task>/<algo>/seed_*")
     measured = sorted({task for agg in budgets.values() for task in agg["tasks"]})
     episodes = make_config(args.profile, overrides=args.overrides
                            + ([f"trainer.eval_episodes={args.eval_episodes}"]
@@ -341,19 +360,21 @@ def write_aggregate(args, tasks: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # These three choose the runs to start; the summary covers every run under --out-dir.
     parser.add_argument("--tasks", nargs="+", default=None,
-                        help=f"default {' '.join(TASKS)} (--aggregate-only: those on disk)")
-    parser.add_argument("--algos", nargs="+", default=list(OURS), choices=learning.ALGOS,
-                        help="ours, each paired with SB3 SAC")
-    parser.add_argument("--total-steps", nargs="+", type=int, default=list(BUDGETS),
-                        help="budgets in env steps, each its own runs")
+                        help=f"default {' '.join(TASKS)}")
+    parser.add_argument("--algos", nargs="+", default=None, choices=learning.ALGOS,
+                        help=f"ours, each paired with SB3 SAC; default {' '.join(OURS)}")
+    parser.add_argument("--total-steps", nargs="+", type=int, default=None,
+                        help=f"budgets in env steps, each its own runs; default "
+                             f"{' '.join(map(str, BUDGETS))}")
     learning.add_run_arguments(parser)
     parser.set_defaults(checkpoint_interval=CHECKPOINT_INTERVAL)
     parser.add_argument("--jobs", type=int, default=4,
                         help="runs in parallel (a group of paired runs starts whole)")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results/paired_sb3"))
     parser.add_argument("--aggregate-only", action="store_true",
-                        help="only re-make summary and plots from the run dirs on disk")
+                        help="only re-make summary and plots from every run dir under --out-dir")
     parser.add_argument("--from-summary", action="store_true",
                         help="only re-make summary.md and the plots from summary.json")
     parser.add_argument("--include-unfinished", action="store_true",
@@ -367,20 +388,19 @@ def main() -> None:
         write_outputs(args.out_dir, summary)
         return
     if args.aggregate_only:
-        on_disk = sorted({p.name for b in args.total_steps
-                          for p in budget_dir(args.out_dir, b).glob("*") if p.is_dir()})
-        if not (args.tasks or on_disk):
-            parser.error(f"--aggregate-only: no task directories under {args.out_dir}/steps_*")
-        tasks = args.tasks or on_disk
+        chosen = [flag for flag, value in (("--tasks", args.tasks), ("--algos", args.algos),
+                                           ("--total-steps", args.total_steps)) if value]
+        if chosen:
+            parser.error(f"--aggregate-only summarises every run under --out-dir; "
+                         f"{', '.join(chosen)} only choose the runs to start")
     else:
-        tasks = args.tasks or list(TASKS)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        learning.run_all(args, paired_groups(tasks, args.algos, args.seeds, args.total_steps,
+        learning.run_all(args, paired_groups(args.tasks or list(TASKS), args.algos or list(OURS),
+                                             args.seeds, args.total_steps or list(BUDGETS),
                                              args.out_dir))
         print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    write_aggregate(args, tasks)
-
+    write_aggregate(args)
 
 if __name__ == "__main__":
     main()

@@ -277,3 +277,34 @@ def test_summary_table_and_plots_come_from_the_summary_alone(tmp_path):
     bench_paired_sb3.write_outputs(out_dir, bench_learning.read_summary(out_dir))
     assert (out_dir / 'summary.md').read_text() == table
     assert png.stat().st_size > 0
+
+
+def test_the_summary_covers_every_run_on_disk_whichever_sitting_started_it(tmp_path, monkeypatch,
+                                                                             capsys):
+    """One sitting ran FPMD-M at 300 steps, a later one our SAC at 600: re-aggregating keeps
+    both budgets and both algorithms, as a sitting's own --total-steps and --algos would not."""
+    out_dir = tmp_path / 'paired'
+    for seed in range(2):
+        make_run(out_dir / 'steps_300', 'fpmd_m', seed, [5.0, 10.0 + seed], alpha=5.0)
+        make_run(out_dir / 'steps_300', SB3_SAC, seed, [5.0, 20.0 + seed], alpha=1.0)
+        make_run(out_dir / 'steps_600', 'sac', seed, [5.0, 8.0, 9.0, 30.0 + seed], alpha=1.0)
+        make_run(out_dir / 'steps_600', SB3_SAC, seed, [5.0, 8.0, 9.0, 40.0 + seed], alpha=1.0)
+    (out_dir / 'steps_600' / 'notes.txt').write_text('not a task')
+    assert bench_paired_sb3.runs_on_disk(out_dir) == {300: ([TASK], ['fpmd_m', SB3_SAC]),
+                                                      600: ([TASK], ['sac', SB3_SAC])}
+
+    monkeypatch.setattr(sys, 'argv', ['bench_paired_sb3', '--aggregate-only', '--seeds', '2',
+                                      '--out-dir', str(out_dir)])
+    bench_paired_sb3.main()
+    budgets = json.loads((out_dir / 'summary.json').read_text())['budgets']
+    assert {b: sorted(agg['tasks'][TASK]) for b, agg in budgets.items()} == {
+        '300': ['fpmd_m', SB3_SAC], '600': ['sac', SB3_SAC]}
+    table = (out_dir / 'summary.md').read_text()
+    assert '### 0.3k env steps' in table and '### 0.6k env steps' in table
+
+    # Choosing runs makes no sense without running any: said, not silently ignored.
+    monkeypatch.setattr(sys, 'argv', ['bench_paired_sb3', '--aggregate-only', '--total-steps',
+                                      '300', '--out-dir', str(out_dir)])
+    with pytest.raises(SystemExit):
+        bench_paired_sb3.main()
+    assert '--total-steps only choose the runs to start' in capsys.readouterr().err
