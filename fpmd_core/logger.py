@@ -28,7 +28,7 @@ EVAL_FIELDS = ("env_steps", "updates", "wall_time_s", "return_deploy", "return_b
 TRAIN_FIELDS = ("env_steps", "updates", "loss/critic", "loss/actor", "alpha", "q/mean",
                 "weights/std", "weights/max", "weights/min", "grad_norm/actor", "entropy",
                 "one_step_error", "train/episode_return", "perf/updates_per_s",
-                "perf/env_steps_per_s")
+                "perf/env_steps_per_s", "weights/ess")
 
 
 class RunLogger:

@@ -121,7 +121,7 @@ def test_train_csv_has_stable_columns_and_update_metrics(short_run):
     assert fields == list(TRAIN_FIELDS) == [
         'env_steps', 'updates', 'loss/critic', 'loss/actor', 'alpha', 'q/mean', 'weights/std',
         'weights/max', 'weights/min', 'grad_norm/actor', 'entropy', 'one_step_error',
-        'train/episode_return', 'perf/updates_per_s', 'perf/env_steps_per_s']
+        'train/episode_return', 'perf/updates_per_s', 'perf/env_steps_per_s', 'weights/ess']
     assert [int(r['env_steps']) for r in rows] == [50, 100, 150, 200, 250, 300]
     last = rows[-1]
     for key in ('loss/critic', 'loss/actor', 'alpha', 'weights/std', 'weights/max',
@@ -131,6 +131,7 @@ def test_train_csv_has_stable_columns_and_update_metrics(short_run):
     assert 0 < alpha < 5.0  # annealed from 5 by now (alpha_interval 20)
     bound = math.exp(3 / alpha) * 1.01  # the alpha of the logged actor update may be older
     assert 1 / bound <= float(last['weights/min']) <= float(last['weights/max']) <= bound
+    assert 1 / 32 <= float(last['weights/ess']) <= 1  # between one sample and the whole batch
     assert last['entropy'] == ''  # a SAC-only column stays empty for FPMD
     assert rows[0]['loss/critic'] == ''  # still in warm-up at step 50: no update metrics
 

@@ -13,6 +13,7 @@ from fpmd_core.agents import MirrorDescentAgent
 from fpmd_core.agents.fpmd import (
     actor_learning_rate,
     budget_alpha,
+    effective_sample_fraction,
     exploration_entropy,
     mirror_descent_weights,
     target_entropy_alpha,
@@ -128,6 +129,15 @@ def test_update_actor_reports_the_weights_it_was_given():
     assert metrics['weights/max'] == pytest.approx(4.0)
     assert metrics['weights/min'] == pytest.approx(0.5)
     assert metrics['weights/std'] == pytest.approx(weights.std().item())
+    assert metrics['weights/ess'] == pytest.approx(
+        weights.sum().item() ** 2 / (16 * (weights ** 2).sum().item()))
+
+
+def test_effective_sample_fraction_is_one_for_equal_weights_and_one_over_n_for_one():
+    assert effective_sample_fraction(torch.full((8,), 3.0)) == pytest.approx(1.0)
+    assert effective_sample_fraction(torch.tensor([5.0, 0, 0, 0])) == pytest.approx(0.25)
+    # Two of four samples carrying the step: half the batch.
+    assert effective_sample_fraction(torch.tensor([2.0, 2.0, 0, 0])) == pytest.approx(0.5)
 
 
 # --- temperature ---------------------------------------------------------------------------

@@ -41,6 +41,13 @@ def budget_alpha(gradient_step: int, anneal_steps: int, alpha_init: float,
     return math.exp((1.0 - progress) * math.log(alpha_init) + progress * math.log(alpha_final))
 
 
+def effective_sample_fraction(weights: torch.Tensor) -> float:
+    """(sum w)^2 / (n sum w^2): 1 when every sample of the batch counts alike, 1/n when one
+    carries the actor step. (Q - mu) / sigma is normalised over the batch's states, so as alpha
+    falls the weights favour the states of high value, not only the better actions."""
+    return float(weights.sum() ** 2 / (weights.numel() * (weights ** 2).sum()))
+
+
 def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
                            alpha: torch.Tensor, clip: float, form: str) -> torch.Tensor:
     """w = exp(clip((Q - mu) / sigma, -c, c) / lambda); `released` keeps Q - mu / sigma."""
@@ -140,6 +147,7 @@ class MirrorDescentAgent(Agent):
             group["lr"] = actor_learning_rate(self.actor_updates, cfg)
         return {"loss/actor": loss.item(), "weights/std": weights.std().item(),
                 "weights/max": weights.max().item(), "weights/min": weights.min().item(),
+                "weights/ess": effective_sample_fraction(weights),
                 "grad_norm/actor": grad_norm.item()}
 
     def update_temperature(self) -> dict[str, float]:
