@@ -402,5 +402,6 @@ def main() -> None:
         print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     write_aggregate(args)
 
+
 if __name__ == "__main__":
     main()
