@@ -26,7 +26,7 @@ import torch
 
 from bench.bench_straightness import load_agent
 from bench.common import command_line
-from fpmd_core.agents.fpmd import effective_sample_fraction, mirror_descent_weights
+from fpmd_core.agents.fpmd import effective_sample_fraction, mirror_descent_weights, normalised_q
 
 ALGOS = ("fpmd_r", "fpmd_m")
 
@@ -42,7 +42,7 @@ def weight_spread(path: Path, states: int, actions: int, seed: int) -> dict:
     q = agent.critic.online.min_q(rows, sampled).view(states, actions)
     weights = mirror_descent_weights(q, agent.q_mean, agent.q_std, agent.alpha,
                                      cfg.agent.weight_clip, cfg.agent.weight_form)
-    z = (q - agent.q_mean) / agent.q_std
+    z = normalised_q(q, agent.q_mean, agent.q_std, cfg.agent.weight_form)
     return {
         "checkpoint": str(path), "algo": cfg.agent.algo, "env_steps": env_steps,
         "alpha": agent.alpha.item(), "q_mean": agent.q_mean.item(), "q_std": agent.q_std.item(),

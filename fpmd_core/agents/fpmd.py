@@ -48,11 +48,16 @@ def effective_sample_fraction(weights: torch.Tensor) -> float:
     return float(weights.sum() ** 2 / (weights.numel() * (weights ** 2).sum()))
 
 
+def normalised_q(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
+                 form: str) -> torch.Tensor:
+    """z = (Q - mu) / sigma; `released` keeps the released code's Q - mu / sigma."""
+    return (q - q_mean) / q_std if form == "normalized" else q - q_mean / q_std
+
+
 def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
                            alpha: torch.Tensor, clip: float, form: str) -> torch.Tensor:
-    """w = exp(clip((Q - mu) / sigma, -c, c) / lambda); `released` keeps Q - mu / sigma."""
-    z = (q - q_mean) / q_std if form == "normalized" else q - q_mean / q_std
-    return torch.exp(z.clamp(-clip, clip) / alpha)
+    """w = exp(clip(z, -c, c) / lambda), z = `normalised_q`."""
+    return torch.exp(normalised_q(q, q_mean, q_std, form).clamp(-clip, clip) / alpha)
 
 
 class MirrorDescentAgent(Agent):
