@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ALGORITHMS = ("fpmd_r", "fpmd_m", "dpmd", "sac")
+WEIGHT_FORMS = ("normalized", "released", "advantage")
 
 
 class ConfigError(ValueError):
@@ -110,7 +111,9 @@ class AgentConfig:
     weight_clip: float = 3.0
     """Clip of the normalised Q before the exponential."""
     weight_form: str = "normalized"
-    """normalized: exp(clip((Q-mu)/sigma)/lambda); released: exp(clip(Q-mu/sigma)/lambda)."""
+    """normalized: exp(clip((Q-mu)/sigma)/lambda); released: exp(clip(Q-mu/sigma)/lambda);
+    advantage: exp(clip(A/sigma_A)/lambda), A = Q(s,a) - Q(s, policy's action from x0 = 0),
+    sigma_A its running std (docs/algorithm.md)."""
     p_equal: float = 0.0
     """MeanFlow: probability of r = t in a training sample."""
     adaptive_loss: bool = False
@@ -428,8 +431,9 @@ def validate(cfg: Config) -> None:
     _require(a.alpha_schedule != "budget" or a.explore_noise > 0,
              f"agent.explore_noise: expected a positive number with agent.alpha_schedule "
              f"'budget', got {a.explore_noise}")
-    _require(a.weight_form in ("normalized", "released"),
-             f"agent.weight_form: expected 'normalized' or 'released', got {a.weight_form!r}")
+    _require(a.weight_form in WEIGHT_FORMS,
+             f"agent.weight_form: expected one of {', '.join(WEIGHT_FORMS)}, "
+             f"got {a.weight_form!r}")
     _require(t.device in ("auto", "cpu", "cuda"),
              f"trainer.device: expected auto, cpu or cuda, got {t.device!r}")
     for name, value, low in [

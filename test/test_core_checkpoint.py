@@ -132,15 +132,18 @@ def test_budget_temperature_spans_the_run_and_resumes_on_its_schedule(tmp_path):
     assert_same_state(params(resumed.agent), params(full.agent))
 
 
-@pytest.mark.parametrize('algo', ['fpmd_r', 'sac'])
-def test_resumed_run_equals_uninterrupted_run(algo, uninterrupted, tmp_path):
+@pytest.mark.parametrize('algo, overrides', [
+    ('fpmd_r', {}), ('sac', {}),
+    # its running advantage std is state the checkpoint must carry
+    ('fpmd_m', {'agent.weight_form': 'advantage'})])
+def test_resumed_run_equals_uninterrupted_run(algo, overrides, uninterrupted, tmp_path):
     if algo == 'fpmd_r':
         full, full_result = uninterrupted
     else:
-        full = Trainer(tiny_config(tmp_path / 'full', algo))
+        full = Trainer(tiny_config(tmp_path / 'full', algo, **overrides))
         full_result = full.run()
     half = full_result.output_dir / 'checkpoints' / f'step_{HALF}.pt'
-    resumed = Trainer(tiny_config(tmp_path / 'resumed', algo), resume=half)
+    resumed = Trainer(tiny_config(tmp_path / 'resumed', algo, **overrides), resume=half)
     assert resumed.env_steps == HALF
     result = resumed.run()
     assert result.env_steps == full_result.env_steps == TOTAL

@@ -177,7 +177,8 @@ def test_wrong_types_are_refused_not_coerced(key, value, message):
     ('agent.alpha_lr', -1e-3, 'agent.alpha_lr: expected a positive number'),
     ('agent.explore_noise', -0.1, 'agent.explore_noise: expected a number >= 0'),
     ('agent.algo', 'td3', "agent.algo: expected one of .*, got 'td3'"),
-    ('agent.weight_form', 'other', "agent.weight_form: expected 'normalized' or 'released'"),
+    ('agent.weight_form', 'other',
+     "agent.weight_form: expected one of normalized, released, advantage, got 'other'"),
     ('trainer.device', 'tpu', 'trainer.device: expected auto, cpu or cuda'),
     ('agent.batch_size', 2_000_000, r'agent.batch_size: expected <= trainer.replay_size'),
     # the running std of Q needs two samples: batch 1 made every FPMD actor loss NaN

@@ -12,6 +12,7 @@ import torch
 from fpmd_core.agents import MirrorDescentAgent
 from fpmd_core.agents.fpmd import (
     actor_learning_rate,
+    advantage_weights,
     budget_alpha,
     effective_sample_fraction,
     exploration_entropy,
@@ -100,6 +101,77 @@ def test_weights_use_the_running_q_statistics_before_their_ema_step():
     torch.testing.assert_close(weights, torch.exp(((q - m1) / s1).clamp(-3, 3) / agent.alpha))
     assert agent.q_mean.item() == pytest.approx((1 - rate) * m1 + rate * mean, rel=1e-5)
     assert agent.q_std.item() == pytest.approx((1 - rate) * s1 + rate * std, rel=1e-6)
+
+
+def test_advantage_weights_equal_the_formula_by_hand():
+    q = np.array([-4.0, 0.0, 0.3, 2.0, 9.0])
+    baseline = np.array([-4.5, 1.0, 0.3, 1.0, 1.0])
+    sigma, alpha = 0.5, 0.7
+    expected = np.exp(np.clip((q - baseline) / sigma, -3, 3) / alpha)
+    f64 = dict(dtype=torch.float64)
+    got = advantage_weights(torch.tensor(q), torch.tensor(baseline), torch.tensor(sigma, **f64),
+                            torch.tensor(alpha, **f64), 3.0)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_advantage_weights_ignore_how_valuable_each_state_is():
+    """A per-state offset moves Q(s, a) and the baseline Q(s, a_det) alike: the advantage
+    weights stay, the normalised ones follow the states' values."""
+    q, baseline = torch.tensor([1.0, 1.5, 0.5, 1.2]), torch.tensor([1.2, 1.0, 0.5, 1.0])
+    state_value = torch.tensor([0.0, 5.0, -5.0, 20.0])
+    one, sigma, alpha = torch.tensor(1.0), torch.tensor(0.4), torch.tensor(0.5)
+    torch.testing.assert_close(advantage_weights(q + state_value, baseline + state_value,
+                                                 sigma, alpha, 3.0),
+                               advantage_weights(q, baseline, sigma, alpha, 3.0))
+    normalized = [mirror_descent_weights(x, torch.tensor(0.0), one, alpha, 3.0, 'normalized')
+                  for x in (q, q + state_value)]
+    assert not torch.allclose(*normalized)
+
+
+def test_equal_advantages_give_equal_weights_even_with_zero_spread():
+    baseline = torch.tensor([3.0, -1.0, 7.0])
+    for advantage, sigma in [(0.0, 0.0), (0.0, 1.0), (0.25, 0.5)]:
+        w = advantage_weights(baseline + advantage, baseline, torch.tensor(sigma),
+                              torch.tensor(0.8), 3.0)
+        assert torch.isfinite(w).all()
+        torch.testing.assert_close(w, torch.full_like(w, w[0].item()))
+
+
+def test_advantage_form_compares_with_the_online_policy_action_from_zero_noise():
+    """a_det = the online policy's action from x0 = 0 (training flow steps); sigma_A starts at
+    the first batch's std of A, then moves at rate q_stat_rate before the weights use it; mu and
+    sigma of Q are still tracked."""
+    rate = 0.1
+    agent = make_agent(weight_form='advantage', q_stat_rate=rate)
+    assert agent.advantage_std.item() == 0.0
+    obs, actions = torch.randn(32, OBS_DIM), torch.rand(32, 2) * 2 - 1
+    with torch.no_grad():
+        zeros = torch.zeros(32, 2)
+        a_det = agent.policy.generate(obs, zeros, agent.steps).clamp(-1, 1)
+        q = agent.critic.online.min_q(obs, actions)
+        advantage = q - agent.critic.online.min_q(obs, a_det)
+    first = advantage.std()
+    weights = agent.weights_and_q_statistics(obs, actions)
+    assert agent.advantage_std.item() == pytest.approx(first.item(), rel=1e-6)
+    torch.testing.assert_close(weights, torch.exp((advantage / first).clamp(-3, 3) / agent.alpha))
+    assert agent.q_mean.item() == pytest.approx(rate * q.mean().item(), rel=1e-5)
+    # The next batch: sigma_A moves toward its std first.
+    obs2, actions2 = torch.randn(32, OBS_DIM), torch.rand(32, 2) * 2 - 1
+    with torch.no_grad():
+        a_det2 = agent.policy.generate(obs2, torch.zeros(32, 2), agent.steps).clamp(-1, 1)
+        advantage2 = (agent.critic.online.min_q(obs2, actions2)
+                      - agent.critic.online.min_q(obs2, a_det2))
+    sigma = (1 - rate) * first + rate * advantage2.std()
+    weights = agent.weights_and_q_statistics(obs2, actions2)
+    assert agent.advantage_std.item() == pytest.approx(sigma.item(), rel=1e-5)
+    torch.testing.assert_close(weights,
+                               torch.exp((advantage2 / sigma).clamp(-3, 3) / agent.alpha))
+
+
+def test_only_the_advantage_form_carries_its_running_std():
+    """So checkpoints of the other forms keep exactly their tensors."""
+    assert 'advantage_std' in make_agent(weight_form='advantage').state_dict()
+    assert 'advantage_std' not in make_agent().state_dict()
 
 
 def test_q_statistics_move_on_every_gradient_step_not_only_actor_steps():

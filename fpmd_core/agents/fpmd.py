@@ -20,6 +20,8 @@ from .optim import adam
 from .sampling import sample_actions
 
 ONE_STEP_REFERENCE_STEPS = 20
+# A batch whose samples all equal the policy's action has A = 0 everywhere: z must be 0, not 0/0.
+ADVANTAGE_STD_FLOOR = 1e-8
 
 
 def exploration_entropy(alpha: torch.Tensor, act_dim: int, explore_noise: float) -> torch.Tensor:
@@ -60,6 +62,15 @@ def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.T
     return torch.exp(normalised_q(q, q_mean, q_std, form).clamp(-clip, clip) / alpha)
 
 
+def advantage_weights(q: torch.Tensor, q_baseline: torch.Tensor, advantage_std: torch.Tensor,
+                      alpha: torch.Tensor, clip: float) -> torch.Tensor:
+    """w = exp(clip(A / sigma_A, -c, c) / lambda), A = Q(s, a) - Q(s, a_det): each state's
+    own baseline, so a state's weight says how its sample compares with the policy's action
+    there, not how valuable the state is (`weight_form: advantage`)."""
+    z = (q - q_baseline) / advantage_std.clamp_min(ADVANTAGE_STD_FLOOR)
+    return torch.exp(z.clamp(-clip, clip) / alpha)
+
+
 class MirrorDescentAgent(Agent):
     POLICIES = {"fpmd_r": FlowPolicy, "fpmd_m": MeanFlowPolicy, "dpmd": DiffusionPolicy}
 
@@ -78,6 +89,10 @@ class MirrorDescentAgent(Agent):
         self.alpha_optimizer = adam([self.log_alpha], lr=cfg.alpha_lr)
         self.register_buffer("q_mean", torch.tensor(0.0))
         self.register_buffer("q_std", torch.tensor(1.0))
+        if cfg.weight_form == "advantage":
+            # 0 until the first batch sets it: any other start would scale the first weights.
+            # Only this form has it, so checkpoints of the other forms keep their tensors.
+            self.register_buffer("advantage_std", torch.tensor(0.0))
         self.steps = training_steps(cfg)
         self.target_entropy = -cfg.target_entropy_scale * act_dim
         self.alpha_anneal_steps = math.ceil(cfg.alpha_anneal_fraction * gradient_budget)
@@ -127,14 +142,33 @@ class MirrorDescentAgent(Agent):
     def weights_and_q_statistics(self, obs, actions) -> torch.Tensor:
         """w = exp(clip((Q - mu) / sigma) / alpha) with Q = min(Q1, Q2)(obs, actions) of the
         online critic and the running (mu, sigma) as they were; then (mu, sigma) move toward
-        this batch's mean and std at rate q_stat_rate."""
+        this batch's mean and std at rate q_stat_rate. `weight_form: advantage`: the weights
+        of `advantage_weights` instead, (mu, sigma) still tracked."""
         cfg = self.cfg
         q = self.critic.online.min_q(obs, actions)
-        weights = mirror_descent_weights(q, self.q_mean, self.q_std, self.alpha,
-                                         cfg.weight_clip, cfg.weight_form)
+        if cfg.weight_form == "advantage":
+            weights = self.advantage_weights(obs, q)
+        else:
+            weights = mirror_descent_weights(q, self.q_mean, self.q_std, self.alpha,
+                                             cfg.weight_clip, cfg.weight_form)
         self.q_mean.lerp_(q.mean(), cfg.q_stat_rate)
         self.q_std.lerp_(q.std(), cfg.q_stat_rate)
         return weights
+
+    def advantage_weights(self, obs, q) -> torch.Tensor:
+        """`advantage_weights` against a_det, the online policy's action from x0 = 0 (the
+        policy being trained, with its training flow steps), and sigma_A, the running std of A:
+        set by the first batch, then moving toward each batch's std at rate q_stat_rate before
+        the weights use it."""
+        cfg = self.cfg
+        deterministic = sample_actions(self.policy, None, obs, self.steps, 1, 0.0)
+        advantage = q - self.critic.online.min_q(obs, deterministic)
+        batch_std = advantage.std()
+        self.advantage_std.copy_(torch.where(self.advantage_std > 0,
+                                             self.advantage_std.lerp(batch_std, cfg.q_stat_rate),
+                                             batch_std))
+        return advantage_weights(q, q - advantage, self.advantage_std, self.alpha,
+                                 cfg.weight_clip)
 
     def update_actor(self, obs, actions, weights) -> dict[str, float]:
         """One step on the weighted generative loss of the policy's own samples (obs, actions),
