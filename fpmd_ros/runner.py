@@ -17,7 +17,9 @@ strings quoted, string arrays as ``['a','b']``).
 * Lifecycle nodes are taken through ``configure`` then ``activate`` with their
   ``/<namespace>/<name>/change_state`` service once, at start-up (later transitions, e.g.
   ``ros2 lifecycle set``, are the user's); a refused transition stops the graph (exit code 1),
-  as ``deploy.launch.py`` does.
+  as ``deploy.launch.py`` does. A transition left unanswered for ``REPLY_GRACE_S`` is checked
+  with the node's ``get_state`` (a lost request is sent once more, a lost reply of a done
+  transition counts as done).
 * When a node marked ``ends_launch`` (the trainer) exits, everything stops and the runner exits
   with that node's exit code (0 also after Ctrl-C once the trainer wrote its checkpoint).
   Ctrl-C / SIGTERM stop everything too.
@@ -65,6 +67,11 @@ MODULES = {
 STOP_TIMEOUT_S = 20.0
 KILL_TIMEOUT_S = 5.0
 LIFECYCLE_TIMEOUT_S = 60.0
+# How long a transition may stay unanswered before the runner asks the node for its state.
+REPLY_GRACE_S = 5.0
+# The (start, goal) lifecycle_msgs/State ids of the transitions the runner makes.
+TRANSITION_STATES = {1: (1, 2),  # configure: unconfigured -> inactive
+                     3: (2, 3)}  # activate: inactive -> active
 MAX_RESPAWNS = 10
 POLL_S = 0.1
 
@@ -158,22 +165,63 @@ def child_environment(base: dict | None = None) -> dict:
 # --- lifecycle -----------------------------------------------------------------------------------
 
 class _LifecycleDriver(PrivateParticipant):
-    """Calls ``change_state`` services from a private rclpy context (created on first use)."""
+    """Calls ``change_state`` services from a private rclpy context (created on first use).
 
-    def __init__(self):
+    A node answers a transition within a second or so. Silence for ``reply_grace_s`` means a
+    lost message (Fast DDS can match a service's request side before its reply side), so the
+    driver asks the node's ``get_state``: in the transition's goal state it has done it; back in
+    its start state it never got the request, or refused it unheard, so the request goes once
+    more; in between it is still at work and the driver waits on."""
+
+    def __init__(self, reply_grace_s: float = REPLY_GRACE_S, log=None):
         super().__init__(f'fpmd_runner_{os.getpid()}')
+        self.reply_grace_s = reply_grace_s
+        self.log = log or (lambda message: None)
         self._clients = {}
+
+    def _client(self, service_type, service: str):
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.node.create_client(service_type, service)
+        return client
+
+    def _call(self, client, request):
+        return client.call_async(request)
+
+    def _spin_until_done(self, future, until: float, keep_going) -> str | None:
+        """Spins until `future` is done or `until` passes; a reason only if told to stop."""
+        while not future.done() and time.monotonic() < until:
+            reason = keep_going()
+            if reason:
+                return reason
+            self.executor.spin_once(timeout_sec=POLL_S)
+        return None
+
+    def _state_id(self, node_name: str, deadline: float, keep_going) -> int | None:
+        """The node's lifecycle state id from its ``get_state``, None if it does not answer."""
+        from lifecycle_msgs.srv import GetState
+
+        client = self._client(GetState, f'{node_name}/get_state')
+        if not client.service_is_ready():
+            return None
+        future = self._call(client, GetState.Request())
+        self._spin_until_done(future, min(deadline, time.monotonic() + self.reply_grace_s),
+                              keep_going)
+        if not future.done():
+            future.cancel()
+            return None
+        return future.result().current_state.id if future.exception() is None else None
 
     def change_state(self, node_name: str, transition_id: int, label: str, deadline: float,
                      keep_going) -> str | None:
         """None on success, else why the transition did not happen."""
         from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
+        from lifecycle_msgs.srv import ChangeState, GetState
 
         service = f'{node_name}/change_state'
-        client = self._clients.get(service)
-        if client is None:
-            client = self._clients[service] = self.node.create_client(ChangeState, service)
+        client = self._client(ChangeState, service)
+        # made now, so that it is discovered by the time it may be needed
+        self._client(GetState, f'{node_name}/get_state')
         while not client.service_is_ready():
             reason = keep_going()
             if reason:
@@ -181,13 +229,27 @@ class _LifecycleDriver(PrivateParticipant):
             if time.monotonic() > deadline:
                 return f'service {service} did not appear in time'
             self.executor.spin_once(timeout_sec=POLL_S)
-        future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
-        while not future.done():
-            reason = keep_going()
-            if reason or time.monotonic() > deadline:
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        future = self._call(client, request)
+        reason = self._spin_until_done(
+            future, min(deadline, time.monotonic() + self.reply_grace_s), keep_going)
+        if not future.done() and not reason:
+            start, goal = TRANSITION_STATES[transition_id]
+            state = self._state_id(node_name, deadline, keep_going)
+            if state == goal:
                 future.cancel()
-                return reason or f'{service} ({label}) not answered in time'
-            self.executor.spin_once(timeout_sec=POLL_S)
+                self.log(f'{service} ({label}): no reply, but {node_name} is in the state it '
+                         'leads to')
+                return None
+            if state == start:
+                future.cancel()
+                self.log(f'{service} ({label}): no reply, {node_name} still in the state it '
+                         'starts from; asking once more')
+                future = self._call(client, request)
+            reason = self._spin_until_done(future, deadline, keep_going)
+        if not future.done():
+            future.cancel()
+            return reason or f'{service} ({label}) not answered in time'
         if future.exception() is not None:
             return f'{service} ({label}) failed: {future.exception()!r}'
         if not future.result().success:
@@ -260,7 +322,7 @@ class Runner:
         from lifecycle_msgs.msg import Transition
 
         if self._lifecycle is None:
-            self._lifecycle = _LifecycleDriver()
+            self._lifecycle = _LifecycleDriver(log=self.log)
         name = process.spec.fully_qualified_name
 
         def keep_going() -> str | None:
