@@ -119,6 +119,8 @@ class NodeSpec:
     respawn: bool = False
     respawn_delay_s: float = 0.0
     package: str = PACKAGE
+    parameter_files: list[str] = field(default_factory=list)
+    """ROS 2 parameter files (absolute paths), loaded before ``parameters``."""
 
     @property
     def fully_qualified_name(self) -> str:
@@ -129,7 +131,8 @@ class NodeSpec:
         """Keyword arguments for ``launch_ros.actions.Node`` (or ``LifecycleNode``)."""
         kwargs: dict[str, Any] = {
             'package': self.package, 'executable': self.executable, 'name': self.name,
-            'namespace': self.namespace, 'parameters': [dict(self.parameters)],
+            'namespace': self.namespace,
+            'parameters': [*self.parameter_files, dict(self.parameters)],
             'remappings': list(self.remappings),
         }
         if self.respawn:
@@ -217,7 +220,18 @@ DEPLOY_ARGUMENTS = (
         'Robot policies: the task file they were trained on, where it is not at the path '
         'their metadata recorded (nor, as sim/<name>.yaml, in the working directory, the '
         'checkout or the installed package); checked against the recorded sha256.')),
+    LaunchArgument('params_file', '', (
+        'A ROS 2 parameter file (YAML) with the policy_controller\'s other parameters, e.g. '
+        'state_timeout_s, safe_action, default_action, max_action_delta, joint_names, '
+        'exclude_joint_positions, command_timeout_s, inference_threads, under a top-level key '
+        'policy_controller, its full name or /**, then ros__parameters. The parameters these '
+        'arguments set (policy, observation_mode, control_rate_hz, trigger, use_sim_time, '
+        'task_file) are refused there; empty: none.')),
 )
+# Controller parameters that deploy_graph sets from its arguments of the same names: in a
+# params_file as well, one of the two would silently win.
+ARGUMENT_CONTROLLER_PARAMETERS = ('policy', 'observation_mode', 'control_rate_hz', 'trigger',
+                                  'use_sim_time', 'task_file')
 
 
 # --- argument helpers ------------------------------------------------------------------------
@@ -635,6 +649,11 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     task_file = _text(values, 'task_file')
     if task_file:
         task_file = str(Path(task_file).expanduser().absolute())
+    params_file = _text(values, 'params_file')
+    if params_file:
+        params_file = check_controller_params_file(
+            params_file, NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME,
+                                  namespace).fully_qualified_name)
 
     if meta is None:
         meta = policy_metadata(policy) if sim or observation_mode == 'image' else {}
@@ -679,8 +698,58 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     if task_file:
         controller_parameters['task_file'] = task_file
     nodes.append(NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME, namespace,
-                          controller_parameters, remappings=controller_remaps, lifecycle=True))
+                          controller_parameters, remappings=controller_remaps, lifecycle=True,
+                          parameter_files=[params_file] if params_file else []))
     return nodes
+
+
+def parameter_file_keys(node_fqn: str) -> list[str]:
+    """The top-level keys of a ROS 2 parameter file whose section reaches the node `node_fqn`
+    (its name, with or without the leading slash, and the /** wildcards)."""
+    name = node_fqn.rsplit('/', 1)[-1]
+    keys = [node_fqn, node_fqn.lstrip('/'), '/**', f'/**/{name}']
+    if node_fqn == f'/{name}':
+        keys.append(name)
+    return list(dict.fromkeys(keys))
+
+
+def check_controller_params_file(path: str, node_fqn: str) -> str:
+    """`path` made absolute, once it reads as a ROS 2 parameter file with a section for the
+    controller `node_fqn` (a file whose keys miss the node would set nothing, silently) that
+    sets none of :data:`ARGUMENT_CONTROLLER_PARAMETERS` nor ``autostart``. The node itself
+    refuses unknown names and wrong types when it declares its parameters."""
+    import yaml
+
+    file = Path(path).expanduser().absolute()
+    if not file.is_file():
+        raise GraphArgumentError('params_file', f'file not found: {file}; expected a ROS 2 '
+                                 'parameter file (YAML)')
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GraphArgumentError('params_file', f'{file} does not read as YAML ({first})') \
+            from None
+    keys = parameter_file_keys(node_fqn)
+    sections = [key for key in data if key in keys] if isinstance(data, dict) else []
+    if not sections:
+        raise GraphArgumentError('params_file', f'{file} has no section for {node_fqn}; '
+                                 f'expected a top-level key {" or ".join(keys)} holding '
+                                 'ros__parameters')
+    for key in sections:
+        parameters = data[key].get('ros__parameters') if isinstance(data[key], dict) else None
+        if not isinstance(parameters, dict):
+            raise GraphArgumentError('params_file', f'{file}: {key}: expected ros__parameters: '
+                                     'followed by the parameters')
+        for name in parameters:
+            if name in ARGUMENT_CONTROLLER_PARAMETERS:
+                raise GraphArgumentError('params_file', f'{file} sets {name}, which the '
+                                         f'argument {name}:=... sets; expected it as that '
+                                         'argument', also=(name,))
+            if name == 'autostart':
+                raise GraphArgumentError('params_file', f'{file} sets autostart; expected it '
+                                         'unset: the launch configures and activates the node')
+    return str(file)
 
 
 # --- while the graph runs: one rule for the launch files and the runner --------------------------

@@ -142,6 +142,8 @@ def node_command(spec: NodeSpec, python: str = sys.executable) -> list[str]:
     namespace = spec.namespace.strip('/')
     if namespace:
         command += ['-r', f'__ns:=/{namespace}']
+    for path in spec.parameter_files:
+        command += ['--params-file', path]
     for name, value in spec.parameters.items():
         if isinstance(value, (list, tuple)) and not value:
             continue  # an empty array cannot be typed on the command line: the node's default

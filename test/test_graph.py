@@ -142,7 +142,7 @@ def _assert_node_matches(action, spec: NodeSpec):
     assert kwargs['executable'] == spec.executable
     assert kwargs['name'] == spec.name
     assert kwargs['namespace'] == spec.namespace
-    assert kwargs['parameters'] == [spec.parameters]
+    assert kwargs['parameters'] == [*spec.parameter_files, spec.parameters]
     assert [tuple(r) for r in kwargs['remappings']] == spec.remappings
     assert kwargs.get('respawn', False) == spec.respawn
     if spec.respawn:
@@ -408,6 +408,61 @@ def test_deploy_trigger_argument(policy_file):
     assert (trigger(), trigger(sim='true')) == ('timer', 'observation')
     assert trigger(sim='true', trigger='timer') == 'timer'
     assert trigger(trigger='observation') == 'observation'
+
+
+def test_deploy_params_file_reaches_the_controller_before_the_arguments(fake_launch,
+                                                                       policy_file, tmp_path):
+    params = tmp_path / 'controller.yaml'
+    params.write_text('/lab/r1/policy_controller:\n  ros__parameters:\n'
+                      '    max_action_delta: 0.05\n'
+                      'other_node:\n  ros__parameters:\n    policy: not ours\n')
+    [controller] = _deploy_actions(fake_launch, policy=str(policy_file), namespace='/lab/r1',
+                                   params_file=str(params))
+    assert controller.parameter_files == [str(params)]
+    # launch_ros loads a file entry before the dict: the two share no parameter (below).
+    assert controller.launch_kwargs()['parameters'] == [str(params), controller.parameters]
+    command = runner.node_command(controller, 'p')
+    at = command.index('--params-file')
+    assert command[at + 1] == str(params) and at < command.index('-p')
+    (controller,) = deploy_graph({'policy': str(policy_file)})
+    assert controller.parameter_files == []
+
+
+@pytest.mark.parametrize('key', ['policy_controller', '/policy_controller', '/**',
+                                 '/**/policy_controller'])
+def test_deploy_params_file_keys_that_reach_the_controller(policy_file, tmp_path, key):
+    params = tmp_path / 'p.yaml'
+    params.write_text(f"'{key}':\n  ros__parameters:\n    safe_action: hold\n")
+    (controller,) = deploy_graph({'policy': str(policy_file), 'params_file': str(params)})
+    assert controller.parameter_files == [str(params)]
+
+
+@pytest.mark.parametrize('text, expected', [
+    (None, 'file not found'),
+    ('a: [unclosed\n', 'does not read as YAML'),
+    ('- a list\n', r'no section for /policy_controller; expected a top-level key '
+                   r'/policy_controller or policy_controller or /\*\* or '
+                   r'/\*\*/policy_controller holding ros__parameters'),
+    ('/other/policy_controller:\n  ros__parameters: {x: 1}\n', 'no section for'),
+    ('policy_controller:\n  safe_action: hold\n', 'expected ros__parameters: followed by'),
+    ('/**:\n  ros__parameters:\n    control_rate_hz: 50.0\n',
+     'sets control_rate_hz, which the argument control_rate_hz:=... sets'),
+    ('policy_controller:\n  ros__parameters:\n    autostart: true\n', 'sets autostart'),
+])
+def test_deploy_params_file_errors(policy_file, tmp_path, text, expected):
+    params = tmp_path / 'p.yaml'
+    if text is not None:
+        params.write_text(text)
+    with pytest.raises(GraphArgumentError, match=expected) as caught:
+        deploy_graph({'policy': str(policy_file), 'params_file': str(params)})
+    assert caught.value.argument == 'params_file'
+
+
+def test_argument_controller_parameters_are_the_arguments_deploy_graph_sets(policy_file,
+                                                                           tmp_path):
+    (controller,) = deploy_graph({'policy': str(policy_file), 'task_file': str(tmp_path)})
+    assert set(controller.parameters) == set(graph.ARGUMENT_CONTROLLER_PARAMETERS)
+    assert set(graph.ARGUMENT_CONTROLLER_PARAMETERS) <= {r.name for r in DEPLOY_ARGUMENTS}
 
 
 # --- the specs' parameters exist in the nodes, with the same types ------------------------------

@@ -1,5 +1,6 @@
 """The runner drives the deploy graph: policy_controller (lifecycle: configured, then activated
-through its change_state service) and a realtime mujoco_sim wired to it; Ctrl-C stops both; a
+through its change_state service; parameters from the arguments and a params_file) and a
+realtime mujoco_sim wired to it; Ctrl-C stops both; a
 refused configure stops the graph with exit code 1. Real processes, real DDS."""
 
 from __future__ import annotations
@@ -15,14 +16,30 @@ from fpmd_ros.qos import REALTIME_COMMAND_QOS
 START_TIMEOUT_S = 180.0  # process start-up, imports and policy loading on a loaded host
 
 
+def parameter_values(listener: Listener, node_name: str, names: list[str]) -> list:
+    """The values of `names` on a running node, through its get_parameters service."""
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import GetParameters
+
+    client = listener.node.create_client(GetParameters, f'{node_name}/get_parameters')
+    assert listener.spin_until(client.service_is_ready, 30.0), f'{node_name}/get_parameters'
+    future = client.call_async(GetParameters.Request(names=names))
+    assert listener.spin_until(future.done, 30.0), f'{node_name}/get_parameters not answered'
+    return [value.double_value if value.type == ParameterType.PARAMETER_DOUBLE
+            else value.string_value for value in future.result().values]
+
+
 def test_deploy_with_sim_runs_the_controller_until_ctrl_c(tmp_path):
     policy = export_untrained_policy(tmp_path / 'policy.onnx')
     namespace = f'deploy_p{os.getpid()}'
+    params = tmp_path / 'controller.yaml'
+    params.write_text(f'/{namespace}/policy_controller:\n  ros__parameters:\n'
+                      '    max_action_delta: 0.0125\n    safe_action: hold\n')
     listener = Listener()
     commands = listener.subscribe(Float64MultiArray, f'/{namespace}/robot_commands',
                                   REALTIME_COMMAND_QOS)
     run = RunnerProcess('deploy', f'policy:={policy}', 'sim:=true', f'namespace:={namespace}',
-                        'command_topic:=robot_commands')
+                        'command_topic:=robot_commands', f'params_file:={params}')
     try:
         controller = f'/{namespace}/policy_controller'
         assert run.wait_for_line(f'{controller}: activate done', START_TIMEOUT_S), \
@@ -33,6 +50,10 @@ def test_deploy_with_sim_runs_the_controller_until_ctrl_c(tmp_path):
         # Active: commands flow on the remapped topic, to the sim (same topic, same namespace).
         assert listener.spin_until(lambda: len(commands) >= 5, 60.0), run.output[-5000:]
         assert len(commands[-1].data) == 3  # Hopper: 3 actuators
+        # The params_file reached the controller beside the arguments.
+        assert parameter_values(listener, controller, ['max_action_delta', 'safe_action',
+                                                       'trigger']) == [0.0125, 'hold',
+                                                                       'observation']
         run.proc.send_signal(signal.SIGINT)
         code = run.wait(timeout_s=90)
     finally:
