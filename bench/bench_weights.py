@@ -3,7 +3,9 @@
     python -m bench.bench_weights CHECKPOINT [CHECKPOINT ...] [--states 256] [--actions 16]
 
 The weights are w = exp(clip((Q - mu) / sigma, -c, c) / alpha) with (mu, sigma) the running mean
-and std of Q over the batches, that is over states (`MirrorDescentAgent.weights_and_q_statistics`).
+and std of Q over the batches, that is over states (`MirrorDescentAgent.weights_and_q_statistics`);
+with `agent.weight_form: advantage`, z = (Q - Q(s, a_det)) / sigma_A instead, against each state's
+own baseline.
 From a trainer checkpoint, on `--states` replay states with `--actions` training actions each
 (the online policy's best-of-N samples with exploration noise, as in an update), this reports:
 
@@ -26,7 +28,12 @@ import torch
 
 from bench.bench_straightness import load_agent
 from bench.common import command_line
-from fpmd_core.agents.fpmd import effective_sample_fraction, mirror_descent_weights, normalised_q
+from fpmd_core.agents.fpmd import (
+    advantage_scores,
+    effective_sample_fraction,
+    exp_weights,
+    normalised_q,
+)
 
 ALGOS = ("fpmd_r", "fpmd_m")
 
@@ -40,11 +47,14 @@ def weight_spread(path: Path, states: int, actions: int, seed: int) -> dict:
     rows = batch.repeat_interleave(actions, dim=0)
     sampled = agent._sample(agent.policy, rows, explore=True)
     q = agent.critic.online.min_q(rows, sampled).view(states, actions)
-    weights = mirror_descent_weights(q, agent.q_mean, agent.q_std, agent.alpha,
-                                     cfg.agent.weight_clip, cfg.agent.weight_form)
-    z = normalised_q(q, agent.q_mean, agent.q_std, cfg.agent.weight_form)
+    if cfg.agent.weight_form == "advantage":
+        z = advantage_scores(q, agent.baseline_q(rows).view(states, actions), agent.advantage_std)
+    else:
+        z = normalised_q(q, agent.q_mean, agent.q_std, cfg.agent.weight_form)
+    weights = exp_weights(z, agent.alpha, cfg.agent.weight_clip)
     return {
-        "checkpoint": str(path), "algo": cfg.agent.algo, "env_steps": env_steps,
+        "checkpoint": str(path), "algo": cfg.agent.algo, "weight_form": cfg.agent.weight_form,
+        "env_steps": env_steps,
         "alpha": agent.alpha.item(), "q_mean": agent.q_mean.item(), "q_std": agent.q_std.item(),
         "z_std_across_states": z.mean(dim=1).std().item(),
         "z_std_across_actions_of_a_state": z.std(dim=1).mean().item(),

@@ -17,6 +17,7 @@ from fpmd_core.agents.fpmd import (
     effective_sample_fraction,
     exploration_entropy,
     mirror_descent_weights,
+    normalised_q,
     target_entropy_alpha,
 )
 from fpmd_core.config import make_config
@@ -63,6 +64,13 @@ def test_released_weights_use_q_minus_mu_over_sigma():
     np.testing.assert_allclose(released.numpy(), expected, rtol=1e-12)
     normalized = mirror_descent_weights(q, mu, sigma, alpha, 3.0, 'normalized')
     assert not torch.allclose(released, normalized)
+
+
+def test_normalised_q_refuses_a_form_it_does_not_compute():
+    """`advantage` needs a baseline: falling through to another form's formula would be wrong."""
+    one = torch.tensor(1.0)
+    with pytest.raises(ValueError, match="form 'advantage'; expected normalized or released"):
+        normalised_q(one, one, one, 'advantage')
 
 
 @pytest.mark.parametrize('alpha', [0.5, 5.0])

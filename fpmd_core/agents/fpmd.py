@@ -52,23 +52,37 @@ def effective_sample_fraction(weights: torch.Tensor) -> float:
 
 def normalised_q(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
                  form: str) -> torch.Tensor:
-    """z = (Q - mu) / sigma; `released` keeps the released code's Q - mu / sigma."""
-    return (q - q_mean) / q_std if form == "normalized" else q - q_mean / q_std
+    """z = (Q - mu) / sigma (`normalized`); `released` keeps the released code's Q - mu / sigma."""
+    if form == "normalized":
+        return (q - q_mean) / q_std
+    if form == "released":
+        return q - q_mean / q_std
+    raise ValueError(f"normalised_q: form {form!r}; expected normalized or released")
+
+
+def advantage_scores(q: torch.Tensor, q_baseline: torch.Tensor,
+                     advantage_std: torch.Tensor) -> torch.Tensor:
+    """z = A / sigma_A, A = Q(s, a) - Q(s, a_det): each state's own baseline, so z says how a
+    sample compares with the policy's action in its state, not how valuable the state is
+    (`weight_form: advantage`)."""
+    return (q - q_baseline) / advantage_std.clamp_min(ADVANTAGE_STD_FLOOR)
+
+
+def exp_weights(z: torch.Tensor, alpha: torch.Tensor, clip: float) -> torch.Tensor:
+    """w = exp(clip(z, -c, c) / lambda): the mirror-descent weights of scores z."""
+    return torch.exp(z.clamp(-clip, clip) / alpha)
 
 
 def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
                            alpha: torch.Tensor, clip: float, form: str) -> torch.Tensor:
-    """w = exp(clip(z, -c, c) / lambda), z = `normalised_q`."""
-    return torch.exp(normalised_q(q, q_mean, q_std, form).clamp(-clip, clip) / alpha)
+    """`exp_weights` of z = `normalised_q`."""
+    return exp_weights(normalised_q(q, q_mean, q_std, form), alpha, clip)
 
 
 def advantage_weights(q: torch.Tensor, q_baseline: torch.Tensor, advantage_std: torch.Tensor,
                       alpha: torch.Tensor, clip: float) -> torch.Tensor:
-    """w = exp(clip(A / sigma_A, -c, c) / lambda), A = Q(s, a) - Q(s, a_det): each state's
-    own baseline, so a state's weight says how its sample compares with the policy's action
-    there, not how valuable the state is (`weight_form: advantage`)."""
-    z = (q - q_baseline) / advantage_std.clamp_min(ADVANTAGE_STD_FLOOR)
-    return torch.exp(z.clamp(-clip, clip) / alpha)
+    """`exp_weights` of z = `advantage_scores`."""
+    return exp_weights(advantage_scores(q, q_baseline, advantage_std), alpha, clip)
 
 
 class MirrorDescentAgent(Agent):
@@ -155,20 +169,24 @@ class MirrorDescentAgent(Agent):
         self.q_std.lerp_(q.std(), cfg.q_stat_rate)
         return weights
 
-    def advantage_weights(self, obs, q) -> torch.Tensor:
-        """`advantage_weights` against a_det, the online policy's action from x0 = 0 (the
-        policy being trained, with its training flow steps), and sigma_A, the running std of A:
-        set by the first batch, then moving toward each batch's std at rate q_stat_rate before
-        the weights use it."""
-        cfg = self.cfg
+    def baseline_q(self, obs) -> torch.Tensor:
+        """Q(s, a_det) of the online critic, a_det the online policy's action from x0 = 0 (the
+        policy being trained, with its training flow steps): the advantage form's baseline."""
         deterministic = sample_actions(self.policy, None, obs, self.steps, 1, 0.0)
-        advantage = q - self.critic.online.min_q(obs, deterministic)
-        batch_std = advantage.std()
+        return self.critic.online.min_q(obs, deterministic)
+
+    def advantage_weights(self, obs, q) -> torch.Tensor:
+        """`advantage_weights` against `baseline_q`, with sigma_A, the running std of A: set by
+        the first batch, then moving toward each batch's std at rate q_stat_rate before the
+        weights use it."""
+        q_baseline = self.baseline_q(obs)
+        batch_std = (q - q_baseline).std()
         self.advantage_std.copy_(torch.where(self.advantage_std > 0,
-                                             self.advantage_std.lerp(batch_std, cfg.q_stat_rate),
+                                             self.advantage_std.lerp(batch_std,
+                                                                     self.cfg.q_stat_rate),
                                              batch_std))
-        return advantage_weights(q, q - advantage, self.advantage_std, self.alpha,
-                                 cfg.weight_clip)
+        return advantage_weights(q, q_baseline, self.advantage_std, self.alpha,
+                                 self.cfg.weight_clip)
 
     def update_actor(self, obs, actions, weights) -> dict[str, float]:
         """One step on the weighted generative loss of the policy's own samples (obs, actions),
