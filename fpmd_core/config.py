@@ -247,7 +247,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 # prior, 0.18 -> 0.28 from the full one (bench/bench_self_training.py). docs/benchmarks.md,
 # "FPMD-M's training noise scale".
 ALGORITHM_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "cpu": {"fpmd_m": {"agent.alpha_schedule": "budget", "agent.noise_scale_init": 1.0}},
+    "cpu": {"fpmd_m": {"agent.alpha_schedule": "budget", "agent.noise_scale_init": 1.0,
+                       "agent.weight_form": "advantage"}},
 }
 
 

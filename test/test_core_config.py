@@ -127,6 +127,20 @@ def test_cpu_fpmd_m_samples_its_training_actions_from_the_full_prior():
         .agent.noise_scale_init == 0.7
 
 
+def test_cpu_fpmd_m_weighs_samples_by_their_advantage():
+    """`cpu` FPMD-M compares each sample with its state's own baseline; the paper and the other
+    algorithms keep (Q - mu) / sigma, and so does config/train_sim.yaml, measured with it."""
+    def form(profile, algo):
+        return make_config(profile, overrides={'agent.algo': algo}).agent.weight_form
+
+    for profile in ('cpu', 'cpu_pixels'):
+        assert form(profile, 'fpmd_m') == 'advantage'
+        for algo in ('fpmd_r', 'dpmd'):
+            assert form(profile, algo) == 'normalized', algo
+    assert form('paper', 'fpmd_m') == 'normalized'
+    assert make_config(file=REPO / 'config' / 'train_sim.yaml').agent.weight_form == 'normalized'
+
+
 def test_ints_are_accepted_for_floats_and_become_floats():
     cfg = make_config(overrides={'agent.gamma': 1, 'agent.alpha_init': 2})
     assert cfg.agent.gamma == 1.0 and type(cfg.agent.gamma) is float
