@@ -161,7 +161,7 @@ class MirrorDescentAgent(Agent):
         cfg = self.cfg
         q = self.critic.online.min_q(obs, actions)
         if cfg.weight_form == "advantage":
-            weights = self.advantage_weights(obs, q)
+            weights = self.weights_against_own_action(obs, q)
         else:
             weights = mirror_descent_weights(q, self.q_mean, self.q_std, self.alpha,
                                              cfg.weight_clip, cfg.weight_form)
@@ -175,7 +175,7 @@ class MirrorDescentAgent(Agent):
         deterministic = sample_actions(self.policy, None, obs, self.steps, 1, 0.0)
         return self.critic.online.min_q(obs, deterministic)
 
-    def advantage_weights(self, obs, q) -> torch.Tensor:
+    def weights_against_own_action(self, obs, q) -> torch.Tensor:
         """`advantage_weights` against `baseline_q`, with sigma_A, the running std of A: set by
         the first batch, then moving toward each batch's std at rate q_stat_rate before the
         weights use it."""
