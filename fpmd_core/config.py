@@ -19,6 +19,7 @@ from typing import Any
 
 ALGORITHMS = ("fpmd_r", "fpmd_m", "dpmd", "sac")
 WEIGHT_FORMS = ("normalized", "released", "advantage")
+ACTOR_SAMPLES = ("best_of_n", "policy")
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,10 @@ class AgentConfig:
     """FPMD-M: MeanFlow steps K of training-time sampling."""
     particles: int = 32
     """Best-of-N candidates per state, scored by min(Q1, Q2)."""
+    actor_samples: str = "best_of_n"
+    """FPMD-R, FPMD-M, DPMD: the actor loss's samples at s': best_of_n (released: the TD
+    target's best-of-N samples) or policy (one sample of the online policy with exploration
+    noise, the mirror-descent step's pi_old; docs/algorithm.md)."""
     noise_scale_init: float = 0.5
     """Initial noise x0 = noise_scale_init * eps when sampling in training (DPMD: x_T; its
     per-step noise is the full posterior sigma, as released)."""
@@ -432,6 +437,9 @@ def validate(cfg: Config) -> None:
     _require(a.alpha_schedule != "budget" or a.explore_noise > 0,
              f"agent.explore_noise: expected a positive number with agent.alpha_schedule "
              f"'budget', got {a.explore_noise}")
+    _require(a.actor_samples in ACTOR_SAMPLES,
+             f"agent.actor_samples: expected one of {', '.join(ACTOR_SAMPLES)}, "
+             f"got {a.actor_samples!r}")
     _require(a.weight_form in WEIGHT_FORMS,
              f"agent.weight_form: expected one of {', '.join(WEIGHT_FORMS)}, "
              f"got {a.weight_form!r}")

@@ -135,7 +135,9 @@ def test_budget_temperature_spans_the_run_and_resumes_on_its_schedule(tmp_path):
 @pytest.mark.parametrize('algo, overrides', [
     ('fpmd_r', {}), ('sac', {}),
     # its running advantage std is state the checkpoint must carry
-    ('fpmd_m', {'agent.weight_form': 'advantage'})])
+    ('fpmd_m', {'agent.weight_form': 'advantage'}),
+    # a second sampling call per update moves the random stream a resume must restore
+    ('fpmd_m', {'agent.actor_samples': 'policy'})])
 def test_resumed_run_equals_uninterrupted_run(algo, overrides, uninterrupted, tmp_path):
     if algo == 'fpmd_r':
         full, full_result = uninterrupted

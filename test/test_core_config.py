@@ -193,6 +193,8 @@ def test_wrong_types_are_refused_not_coerced(key, value, message):
     ('agent.algo', 'td3', "agent.algo: expected one of .*, got 'td3'"),
     ('agent.weight_form', 'other',
      "agent.weight_form: expected one of normalized, released, advantage, got 'other'"),
+    ('agent.actor_samples', 'best',
+     "agent.actor_samples: expected one of best_of_n, policy, got 'best'"),
     ('trainer.device', 'tpu', 'trainer.device: expected auto, cpu or cuda'),
     ('agent.batch_size', 2_000_000, r'agent.batch_size: expected <= trainer.replay_size'),
     # the running std of Q needs two samples: batch 1 made every FPMD actor loss NaN

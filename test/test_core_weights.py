@@ -20,6 +20,7 @@ from fpmd_core.agents.fpmd import (
     normalised_q,
     target_entropy_alpha,
 )
+from fpmd_core.agents.sampling import sample_actions
 from fpmd_core.config import make_config
 
 OBS_DIM = 4
@@ -180,6 +181,53 @@ def test_only_the_advantage_form_carries_its_running_std():
     """So checkpoints of the other forms keep exactly their tensors."""
     assert 'advantage_std' in make_agent(weight_form='advantage').state_dict()
     assert 'advantage_std' not in make_agent().state_dict()
+
+
+def test_actor_samples_are_the_td_targets_best_of_n_samples_by_default():
+    agent = make_agent()
+    target_actions = torch.rand(8, 2) * 2 - 1
+    assert agent.actor_samples(torch.randn(8, OBS_DIM), target_actions) is target_actions
+
+
+def test_policy_actor_samples_are_one_online_policy_sample_with_exploration_noise():
+    """pi_old of the mirror-descent step: no best-of-N choice by the critic."""
+    agent = make_agent(actor_samples='policy')
+    obs = torch.randn(64, OBS_DIM)
+    torch.manual_seed(5)
+    got = agent.actor_samples(obs, torch.zeros(64, 2))
+    torch.manual_seed(5)
+    expected = sample_actions(agent.policy, None, obs, agent.steps, 1, agent.cfg.noise_scale_init,
+                              agent.cfg.explore_noise * agent.alpha)
+    torch.testing.assert_close(got, expected)
+
+
+class RecordingAgent(MirrorDescentAgent):
+    """Records the samples the actor step and the weights receive."""
+
+    def actor_samples(self, next_obs, target_actions):
+        self.chosen = super().actor_samples(next_obs, target_actions)
+        self.target_actions = target_actions
+        return self.chosen
+
+    def weights_and_q_statistics(self, obs, actions):
+        self.weighed = actions
+        return super().weights_and_q_statistics(obs, actions)
+
+    def update_actor(self, obs, actions, weights):
+        self.trained_on = actions
+        return super().update_actor(obs, actions, weights)
+
+
+@pytest.mark.parametrize('actor_samples', ['best_of_n', 'policy'])
+def test_update_weighs_and_trains_the_actor_on_its_actor_samples(actor_samples):
+    overrides = {'agent.algo': 'fpmd_m', 'agent.hidden': 32, 'agent.layers': 2,
+                 'agent.particles': 4, 'agent.batch_size': 16, 'agent.actor_interval': 1,
+                 'agent.actor_samples': actor_samples}
+    cfg = make_config('cpu', overrides=overrides)
+    agent = RecordingAgent(OBS_DIM, 2, cfg.agent, torch.device('cpu'), gradient_budget=10)
+    agent.update(make_batch())
+    assert agent.weighed is agent.chosen and agent.trained_on is agent.chosen
+    assert (agent.chosen is agent.target_actions) == (actor_samples == 'best_of_n')
 
 
 def test_q_statistics_move_on_every_gradient_step_not_only_actor_steps():

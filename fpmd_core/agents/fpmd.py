@@ -113,10 +113,11 @@ class MirrorDescentAgent(Agent):
         self.to(device)
 
     # --- sampling ------------------------------------------------------------------------
-    def _sample(self, policy, obs, explore: bool):
+    def _sample(self, policy, obs, explore: bool, particles: int | None = None):
         cfg = self.cfg
         std = cfg.explore_noise * self.alpha if explore else 0.0
-        return sample_actions(policy, self.critic.online, obs, self.steps, cfg.particles,
+        return sample_actions(policy, self.critic.online, obs, self.steps,
+                              cfg.particles if particles is None else particles,
                               cfg.noise_scale_init, std)
 
     def explore(self, obs):
@@ -128,22 +129,32 @@ class MirrorDescentAgent(Agent):
     def deploy_policy(self) -> torch.nn.Module:
         return DeployGenerator(self.ema_policy, self.algo)
 
+    def actor_samples(self, next_obs, target_actions):
+        """The actor loss's samples at s': the TD target's best-of-N samples (released), or
+        with `actor_samples: policy` one sample of the online policy with exploration noise,
+        the pi_old that the mirror-descent step reweighs."""
+        if self.cfg.actor_samples == "best_of_n":
+            return target_actions
+        return self._sample(self.policy, next_obs, explore=True, particles=1)
+
     # --- the update ----------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:
         """One gradient step, in the released code's order: critic (`critic_steps` Adam steps
-        with one gradient); the mirror-descent weights from the running Q statistics, then the
-        statistics' EMA step (every gradient step); every `actor_interval`: actor and Polyak;
-        every `alpha_interval`: temperature (`budget` schedule: every step, its closed form)."""
+        with one gradient); the mirror-descent weights of the actor's samples (`actor_samples`)
+        from the running Q statistics, then the statistics' EMA step (every gradient step);
+        every `actor_interval`: actor and Polyak; every `alpha_interval`: temperature (`budget`
+        schedule: every step, its closed form)."""
         cfg = self.cfg
         batch = self.encode_batch(batch)
         next_actions = self._sample(self.policy, batch["next_obs"], explore=True)
+        actor_actions = self.actor_samples(batch["next_obs"], next_actions)
         metrics = update_critic(self.critic, batch, td_target(self.critic, batch, 0.0,
                                                               next_actions, cfg),
                                 adam_steps=cfg.critic_steps)
-        weights = self.weights_and_q_statistics(batch["next_obs"], next_actions)
+        weights = self.weights_and_q_statistics(batch["next_obs"], actor_actions)
         self.gradient_steps += 1
         if self.gradient_steps % cfg.actor_interval == 0:
-            metrics |= self.update_actor(batch["next_obs"], next_actions, weights)
+            metrics |= self.update_actor(batch["next_obs"], actor_actions, weights)
             polyak(self.critic.target, self.critic.online, cfg.tau)
             polyak(self.ema_policy, self.policy, cfg.tau)
         if cfg.alpha_schedule == "budget":
