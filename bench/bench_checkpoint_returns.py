@@ -5,7 +5,7 @@
 
 The trainer evaluates on `trainer.eval_episodes` episodes (5 in `cpu`): enough for a learning
 curve, too few to compare two runs whose final returns differ by less than a few standard
-deviations of one episode's return (on Reacher 2 to 5, with the target's place). This runs each
+deviations of one episode's return (on Reacher 1.5 to 5, with the target's place). This runs each
 checkpoint's policy on --episodes episodes side by side (`trainer.run_episodes`, the
 trainer's own evaluation), seeds --first-seed onwards (not the trainer's evaluation seeds), in
 deploy mode (NFE = 1 from x0 = 0) or best-of-N, and reports the mean return, its standard error
