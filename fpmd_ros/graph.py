@@ -115,7 +115,7 @@ class NodeSpec:
     lifecycle: bool = False
     """A managed node: configured, then activated, once started."""
     ends_launch: bool = False
-    """The whole graph stops when this node exits (the trainer)."""
+    """The whole graph stops when this node exits (the trainer, the policy_controller)."""
     respawn: bool = False
     respawn_delay_s: float = 0.0
     package: str = PACKAGE
@@ -697,8 +697,11 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     }
     if task_file:
         controller_parameters['task_file'] = task_file
+    # ends_launch: a rehearsal sim left running without its controller would hold the last
+    # command, and the launch would neither end nor report the controller's failure.
     nodes.append(NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME, namespace,
                           controller_parameters, remappings=controller_remaps, lifecycle=True,
+                          ends_launch=True,
                           parameter_files=[params_file] if params_file else []))
     return nodes
 
@@ -768,9 +771,9 @@ def configure_failed(node_name: str, detail: str) -> str:
 
 
 def ending_node_exited(spec: NodeSpec, returncode: int) -> None:
-    """The node that ends the graph (the trainer) exited: exit code 0 (trained, or stopped on
-    request with its checkpoint written) ends the graph cleanly; anything else raises
-    GraphError, so that ``ros2 launch`` returns non-zero as the runner does."""
+    """The node that ends the graph (the trainer, the policy_controller) exited: exit code 0
+    (trained, or stopped on request) ends the graph cleanly; anything else raises GraphError,
+    so that ``ros2 launch`` returns non-zero as the runner does."""
     if returncode != 0:
         raise GraphError(f'{spec.fully_qualified_name} failed (exit code {returncode}); its log '
                          'above says why')

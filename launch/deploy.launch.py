@@ -2,21 +2,31 @@
 
 The ``policy_controller`` lifecycle node, configured and then activated once, on start (with
 ``sim:=true`` also a realtime ``mujoco_sim`` of the policy's task wired to it); if that configure
-fails, the launch ends with the reason (and returns non-zero). Later transitions are the user's
+fails, the launch ends with the reason (and returns non-zero). When the controller exits, the
+launch ends too (non-zero unless the controller stopped cleanly). Later transitions are the user's
 (``ros2 lifecycle set ...``): the launch does not re-activate the node. Thin over
 :mod:`fpmd_ros.graph`, which holds the nodes, parameters, remappings, argument table and the
 start-up rule (``python -m fpmd_ros.runner deploy`` runs the same graph without the ROS 2 CLI).
 """
 
+import functools
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.events import matches_action
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown, matches_action
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
-from fpmd_ros.graph import DEPLOY_ARGUMENTS, configure_outcome, deploy_graph, launch_arguments
+from fpmd_ros.graph import (
+    DEPLOY_ARGUMENTS,
+    configure_outcome,
+    deploy_graph,
+    ending_node_exited,
+    launch_arguments,
+)
 
 
 def _after_configure(context, node, name):
@@ -25,6 +35,16 @@ def _after_configure(context, node, name):
     configure_outcome(name, context.locals.event.goal_state)
     return [EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                         transition_id=Transition.TRANSITION_ACTIVATE))]
+
+
+def _on_controller_exit(spec, event, context):
+    # As train_sim.launch.py's trainer: a failure raises GraphError, so ros2 launch returns 1.
+    ending_node_exited(spec, event.returncode)
+    if context.is_shutdown:
+        # Stopping already (Ctrl-C): a second Shutdown makes launch_ros fail the launch
+        # ("Cannot shutdown a ROS adapter that is not running").
+        return []
+    return [EmitEvent(event=Shutdown(reason=f'{spec.fully_qualified_name} exited'))]
 
 
 def _nodes(context, *args, **kwargs):
@@ -46,6 +66,9 @@ def _nodes(context, *args, **kwargs):
             lifecycle_node_matcher=matches_action(node),
             transition_id=Transition.TRANSITION_CONFIGURE))
         actions += [after_configure, node, configure]
+        if spec.ends_launch:
+            actions.append(RegisterEventHandler(OnProcessExit(
+                target_action=node, on_exit=functools.partial(_on_controller_exit, spec))))
     return actions
 
 

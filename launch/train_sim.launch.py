@@ -27,6 +27,10 @@ def _on_trainer_exit(spec, event, context):
     # A failure raises GraphError here: the launch service logs it, shuts down with it as the
     # reason and returns 1 (it has no other way to return non-zero).
     ending_node_exited(spec, event.returncode)
+    if context.is_shutdown:
+        # Stopping already (Ctrl-C): a second Shutdown makes launch_ros fail the launch
+        # ("Cannot shutdown a ROS adapter that is not running").
+        return []
     return [EmitEvent(event=Shutdown(reason=f'{spec.fully_qualified_name} finished'))]
 
 

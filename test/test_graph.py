@@ -170,17 +170,31 @@ def _train_sim_actions(kinds, **values):
     # (raised in the handler: ros2 launch then returns non-zero).
     handlers = [a for a in actions if isinstance(a, kinds['RegisterEventHandler'])]
     assert len(handlers) == 1 and len(actions) == len(nodes) + 1
-    on_exit = handlers[0].args[0]
-    assert isinstance(on_exit, kinds['OnProcessExit'])
-    trainer_action = nodes[[s.ends_launch for s in specs].index(True)]
-    assert on_exit.kwargs['target_action'] is trainer_action
-    [emit] = on_exit.kwargs['on_exit'](types.SimpleNamespace(returncode=0), context)
-    assert isinstance(emit, kinds['EmitEvent'])
-    assert isinstance(emit.kwargs['event'], kinds['Shutdown'])
-    for code in (1, 3, 130):
-        with pytest.raises(GraphError, match=rf'/trainer failed \(exit code {code}\)'):
-            on_exit.kwargs['on_exit'](types.SimpleNamespace(returncode=code), context)
+    ender = [s.ends_launch for s in specs].index(True)
+    _assert_exit_ends_launch(kinds, handlers[0], nodes[ender], specs[ender], context)
     return specs
+
+
+def _assert_exit_ends_launch(kinds, handler, node, spec, context):
+    """`handler` shuts the launch down when `node` exits: cleanly after exit code 0, else with
+    an error (raised in the handler: ros2 launch then returns non-zero)."""
+    assert isinstance(handler, kinds['RegisterEventHandler'])
+    on_exit = handler.args[0]
+    assert isinstance(on_exit, kinds['OnProcessExit'])
+    assert on_exit.kwargs['target_action'] is node
+    for stopping in (False, True):
+        context.is_shutdown = stopping
+        exited = on_exit.kwargs['on_exit'](types.SimpleNamespace(returncode=0), context)
+        if stopping:  # after Ctrl-C a second Shutdown would fail the launch in launch_ros
+            assert exited == []
+        else:
+            [emit] = exited
+            assert isinstance(emit, kinds['EmitEvent'])
+            assert isinstance(emit.kwargs['event'], kinds['Shutdown'])
+        for code in (1, 2, 130):
+            with pytest.raises(GraphError, match=rf'{spec.fully_qualified_name} failed '
+                               rf'\(exit code {code}\)'):
+                on_exit.kwargs['on_exit'](types.SimpleNamespace(returncode=code), context)
 
 
 def _trainer_config(trainer: NodeSpec):
@@ -309,10 +323,13 @@ def _deploy_actions(kinds, **values):
     for spec, node in zip(specs, nodes, strict=True):
         if not spec.lifecycle:
             continue
-        # [after-configure handler, node, configure]: configure on start; the outcome of that
-        # first configure (once) activates the node or ends the launch.
+        # [after-configure handler, node, configure, exit handler]: configure on start; the
+        # outcome of that first configure (once) activates the node or ends the launch; the
+        # node's exit ends the launch.
         at = actions.index(node)
         handler, configure = actions[at - 1], actions[at + 1]
+        assert spec.ends_launch
+        _assert_exit_ends_launch(kinds, actions[at + 2], node, spec, context)
         assert isinstance(handler, kinds['RegisterEventHandler'])
         transition = handler.args[0]
         assert isinstance(transition, kinds['OnStateTransition'])
@@ -352,7 +369,7 @@ def test_deploy_launch_defaults(fake_launch, policy_file, tmp_path, monkeypatch)
     [controller] = _deploy_actions(fake_launch)
     assert (controller.executable, controller.name, controller.namespace) == (
         'policy_controller', 'policy_controller', '')
-    assert controller.lifecycle and not controller.ends_launch
+    assert controller.lifecycle and controller.ends_launch
     assert controller.parameters == {
         'policy': str(tmp_path / 'runs' / 'fpmd' / 'policy.onnx'),
         'observation_mode': 'observation', 'control_rate_hz': 0.0, 'trigger': 'timer',

@@ -1,11 +1,13 @@
 """The runner drives the deploy graph: policy_controller (lifecycle: configured, then activated
 through its change_state service; parameters from the arguments and a params_file) and a
-realtime mujoco_sim wired to it; Ctrl-C stops both; a
-refused configure stops the graph with exit code 1. Real processes, real DDS."""
+realtime mujoco_sim wired to it; Ctrl-C stops both; a controller that dies stops the sim and
+fails the graph; a refused configure stops the graph with exit code 1. Real processes, real
+DDS."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 from runner_helpers import POLICY_TASK, Listener, RunnerProcess, export_untrained_policy
@@ -63,6 +65,25 @@ def test_deploy_with_sim_runs_the_controller_until_ctrl_c(tmp_path):
     # Stopped in order: the controller first (it publishes its safe action), then the sim.
     stopped_controller = run.output.index(f'{controller} stopped (exit code 0)')
     assert stopped_controller < run.output.index(f'/{namespace}/mujoco_sim stopped (exit code 0)')
+
+
+def test_a_controller_that_dies_stops_the_sim_and_fails_the_graph(tmp_path):
+    """A sim left running alone would hold the controller's last command."""
+    policy = export_untrained_policy(tmp_path / 'policy.onnx')
+    namespace = f'deploy_dies_p{os.getpid()}'
+    run = RunnerProcess('deploy', f'policy:={policy}', 'sim:=true', f'namespace:={namespace}')
+    controller = f'/{namespace}/policy_controller'
+    try:
+        assert run.wait_for_line(f'{controller}: activate done', START_TIMEOUT_S), \
+            run.output[-5000:]
+        pid = int(re.search(rf'started {controller} \(pid (\d+)\)', run.output).group(1))
+        os.kill(pid, signal.SIGKILL)
+        code = run.wait(timeout_s=90)
+    finally:
+        run.stop()
+    assert code == 128 + signal.SIGKILL, run.output[-5000:]
+    assert f'{controller} failed (exit code -9)' in run.output
+    assert f'/{namespace}/mujoco_sim stopped' in run.output
 
 
 def test_refused_configure_stops_the_graph(tmp_path):
