@@ -697,8 +697,8 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     }
     if task_file:
         controller_parameters['task_file'] = task_file
-    # ends_launch: a rehearsal sim left running without its controller would hold the last
-    # command, and the launch would neither end nor report the controller's failure.
+    # ends_launch: a sim left running without its controller would hold the last command, and
+    # the launch would neither end nor report the controller's failure.
     nodes.append(NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME, namespace,
                           controller_parameters, remappings=controller_remaps, lifecycle=True,
                           ends_launch=True,

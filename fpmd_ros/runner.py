@@ -20,9 +20,9 @@ strings quoted, string arrays as ``['a','b']``).
   as ``deploy.launch.py`` does. A transition left unanswered for ``REPLY_GRACE_S`` is checked
   with the node's ``get_state`` (a lost request is sent once more, a lost reply of a done
   transition counts as done).
-* When a node marked ``ends_launch`` (the trainer) exits, everything stops and the runner exits
-  with that node's exit code (0 also after Ctrl-C once the trainer wrote its checkpoint).
-  Ctrl-C / SIGTERM stop everything too.
+* When a node marked ``ends_launch`` (the trainer, the policy_controller) exits, everything
+  stops and the runner exits with that node's exit code (0 also after Ctrl-C once the trainer
+  wrote its checkpoint). Ctrl-C / SIGTERM stop everything too.
 * Stopping: SIGINT first to the nodes that consume the others (``ends_launch`` and lifecycle
   nodes: the trainer writes its checkpoint while the sims still answer), then to the rest;
   SIGTERM after ``stop_timeout_s``, SIGKILL after ``kill_timeout_s`` more. A second Ctrl-C
