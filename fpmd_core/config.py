@@ -251,9 +251,13 @@ PROFILES: dict[str, dict[str, Any]] = {
 # the critic, the 15k-step policy's deploy |a| went 0.18 -> 0.68 in 3k updates from the 0.5-scaled
 # prior, 0.18 -> 0.28 from the full one (bench/bench_self_training.py). docs/benchmarks.md,
 # "FPMD-M's training noise scale".
+# FPMD-M updates its actor (and the target critics and EMA policy) every gradient step, as SAC
+# does, not every second: with every second, its Reacher runs fell late (50k env steps, every
+# seed) and Hopper stayed on its plateau (docs/benchmarks.md, "FPMD-M's actor every gradient
+# step").
 ALGORITHM_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {"fpmd_m": {"agent.alpha_schedule": "budget", "agent.noise_scale_init": 1.0,
-                       "agent.weight_form": "advantage"}},
+                       "agent.weight_form": "advantage", "agent.actor_interval": 1}},
 }
 
 
