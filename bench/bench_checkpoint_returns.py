@@ -15,7 +15,6 @@ and, in goal tasks, the final goal distance.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from bench.bench_straightness import load_agent
-from bench.common import command_line
+from bench.common import write_results
 from fpmd_core.config import ALGORITHMS
 from fpmd_core.tasks import env_from_config
 from fpmd_core.trainer import run_episodes
@@ -83,10 +82,7 @@ def main() -> None:
               + ("" if distance is None else f", final goal distance {distance:.4f} m"),
               flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": command_line(), "results": results},
-                                       indent=2))
-        print(f"written: {args.out}")
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":

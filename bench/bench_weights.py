@@ -21,13 +21,12 @@ one over the batch says a few states carry the actor's step.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from bench.bench_straightness import load_agent
-from bench.common import command_line
+from bench.common import write_results
 from fpmd_core.agents.fpmd import (
     advantage_scores,
     effective_sample_fraction,
@@ -88,10 +87,7 @@ def main() -> None:
               f"batch {row['ess_batch_one_action_per_state']:.3f}, among a state's actions "
               f"{row['ess_among_actions_of_a_state']:.3f}", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": command_line(), "results": results},
-                                       indent=2))
-        print(f"written: {args.out}")
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,13 @@ def command_line() -> str:
     return shlex.join(["python", *script, *sys.argv[1:]])
 
 
+def write_results(path: Path, results: list) -> None:
+    """`results` as JSON at `path` with the command that made them (`command_line`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": command_line(), "results": results}, indent=2))
+    print(f"written: {path}")
+
+
 def json_text(data, indent: int = 2, _level: int = 0) -> str:
     """JSON as json.dumps(indent=2) writes it, but with a list of numbers (or of a few short
     strings) on one line: curves of hundreds of points stay readable and small in a summary."""
