@@ -19,8 +19,9 @@ for the trainer.
 
 The rules for a running graph are here too, so that ``ros2 launch`` and the runner end a graph
 alike: :func:`configure_outcome` (a lifecycle node is activated once, after its start-up configure,
-or the graph ends) and :func:`ending_node_exited` (the trainer's exit code ends the graph cleanly or
-as a failure, :class:`GraphError`).
+or the graph ends), :func:`ending_node_exited` (the trainer's exit code ends the graph cleanly or
+as a failure, :class:`GraphError`) and :func:`ending_node_shutdown_reason` (that rule as ``ros2
+launch`` applies it, also while the launch is stopping already).
 
 This module imports neither rclpy nor launch: the launch files and the runner load it cheaply.
 Nothing here assumes one host: sims listed in ``remote_envs`` run wherever they were started.
@@ -777,6 +778,15 @@ def ending_node_exited(spec: NodeSpec, returncode: int) -> None:
     if returncode != 0:
         raise GraphError(f'{spec.fully_qualified_name} failed (exit code {returncode}); its log '
                          'above says why')
+
+
+def ending_node_shutdown_reason(spec: NodeSpec, returncode: int,
+                                launch_stopping: bool) -> str | None:
+    """:func:`ending_node_exited` as the launch files apply it: the reason to shut the launch
+    down with, or None when the launch is stopping already (Ctrl-C), since a second Shutdown
+    makes launch_ros fail the launch ("Cannot shutdown a ROS adapter that is not running")."""
+    ending_node_exited(spec, returncode)
+    return None if launch_stopping else f'{spec.fully_qualified_name} exited'
 
 
 GRAPHS = {

@@ -24,7 +24,7 @@ from fpmd_ros.graph import (
     DEPLOY_ARGUMENTS,
     configure_outcome,
     deploy_graph,
-    ending_node_exited,
+    ending_node_shutdown_reason,
     launch_arguments,
 )
 
@@ -37,39 +37,39 @@ def _after_configure(context, node, name):
                                         transition_id=Transition.TRANSITION_ACTIVATE))]
 
 
-def _on_controller_exit(spec, event, context):
-    # As train_sim.launch.py's trainer: a failure raises GraphError, so ros2 launch returns 1.
-    ending_node_exited(spec, event.returncode)
-    if context.is_shutdown:
-        # Stopping already (Ctrl-C): a second Shutdown makes launch_ros fail the launch
-        # ("Cannot shutdown a ROS adapter that is not running").
-        return []
-    return [EmitEvent(event=Shutdown(reason=f'{spec.fully_qualified_name} exited'))]
+def _on_ending_node_exit(spec, event, context):
+    # A failure raises GraphError here: the launch service logs it, shuts down with it as the
+    # reason and returns 1 (it has no other way to return non-zero).
+    reason = ending_node_shutdown_reason(spec, event.returncode, context.is_shutdown)
+    return [] if reason is None else [EmitEvent(event=Shutdown(reason=reason))]
 
 
 def _nodes(context, *args, **kwargs):
     values = launch_arguments(context.launch_configurations, DEPLOY_ARGUMENTS)
     actions = []
     for spec in deploy_graph(values):
-        if not spec.lifecycle:
-            actions.append(Node(**spec.launch_kwargs(), output='screen'))
-            continue
-        node = LifecycleNode(**spec.launch_kwargs(), output='screen')
-        # Configure on start; the first configure's outcome activates the node or ends the
-        # launch. handle_once: a later deactivate -> cleanup -> configure by the user must not
-        # be followed by an activation the user did not ask for.
-        after_configure = RegisterEventHandler(OnStateTransition(
-            target_lifecycle_node=node, start_state='configuring', handle_once=True,
-            entities=[OpaqueFunction(function=_after_configure,
-                                     args=[node, spec.fully_qualified_name])]))
-        configure = EmitEvent(event=ChangeState(
-            lifecycle_node_matcher=matches_action(node),
-            transition_id=Transition.TRANSITION_CONFIGURE))
-        actions += [after_configure, node, configure]
+        if spec.lifecycle:
+            node = LifecycleNode(**spec.launch_kwargs(), output='screen')
+            actions += _configured_on_start(node, spec.fully_qualified_name)
+        else:
+            node = Node(**spec.launch_kwargs(), output='screen')
+            actions.append(node)
         if spec.ends_launch:
             actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node, on_exit=functools.partial(_on_controller_exit, spec))))
+                target_action=node, on_exit=functools.partial(_on_ending_node_exit, spec))))
     return actions
+
+
+def _configured_on_start(node, name):
+    """[handler, node, configure]: configure on start; the first configure's outcome activates
+    the node or ends the launch. handle_once: a later deactivate -> cleanup -> configure by the
+    user must not be followed by an activation the user did not ask for."""
+    after_configure = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, start_state='configuring', handle_once=True,
+        entities=[OpaqueFunction(function=_after_configure, args=[node, name])]))
+    configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                            transition_id=Transition.TRANSITION_CONFIGURE))
+    return [after_configure, node, configure]
 
 
 def generate_launch_description():

@@ -17,21 +17,17 @@ from launch_ros.actions import Node
 
 from fpmd_ros.graph import (
     TRAIN_SIM_ARGUMENTS,
-    ending_node_exited,
+    ending_node_shutdown_reason,
     launch_arguments,
     train_sim_graph,
 )
 
 
-def _on_trainer_exit(spec, event, context):
+def _on_ending_node_exit(spec, event, context):
     # A failure raises GraphError here: the launch service logs it, shuts down with it as the
     # reason and returns 1 (it has no other way to return non-zero).
-    ending_node_exited(spec, event.returncode)
-    if context.is_shutdown:
-        # Stopping already (Ctrl-C): a second Shutdown makes launch_ros fail the launch
-        # ("Cannot shutdown a ROS adapter that is not running").
-        return []
-    return [EmitEvent(event=Shutdown(reason=f'{spec.fully_qualified_name} finished'))]
+    reason = ending_node_shutdown_reason(spec, event.returncode, context.is_shutdown)
+    return [] if reason is None else [EmitEvent(event=Shutdown(reason=reason))]
 
 
 def _nodes(context, *args, **kwargs):
@@ -42,7 +38,7 @@ def _nodes(context, *args, **kwargs):
         actions.append(node)
         if spec.ends_launch:
             actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node, on_exit=functools.partial(_on_trainer_exit, spec))))
+                target_action=node, on_exit=functools.partial(_on_ending_node_exit, spec))))
     return actions
 
 

@@ -166,13 +166,22 @@ def _train_sim_actions(kinds, **values):
     assert len(nodes) == len(specs)
     for action, spec in zip(nodes, specs, strict=True):
         _assert_node_matches(action, spec)
-    # The launch ends when the trainer exits: cleanly after exit code 0, else with an error
-    # (raised in the handler: ros2 launch then returns non-zero).
-    handlers = [a for a in actions if isinstance(a, kinds['RegisterEventHandler'])]
-    assert len(handlers) == 1 and len(actions) == len(nodes) + 1
-    ender = [s.ends_launch for s in specs].index(True)
-    _assert_exit_ends_launch(kinds, handlers[0], nodes[ender], specs[ender], context)
+    # The launch ends when the trainer exits, and nothing else is registered.
+    assert len(actions) == len(nodes) + 1
+    _assert_exit_handlers(kinds, actions, nodes, specs, context)
     return specs
+
+
+def _assert_exit_handlers(kinds, actions, nodes, specs, context):
+    """Each node whose spec `ends_launch` has one exit handler that ends the launch, and no
+    other node has one."""
+    for node, spec in zip(nodes, specs, strict=True):
+        handlers = [a for a in actions if isinstance(a, kinds['RegisterEventHandler'])
+                    and isinstance(a.args[0], kinds['OnProcessExit'])
+                    and a.args[0].kwargs['target_action'] is node]
+        assert len(handlers) == spec.ends_launch
+        for handler in handlers:
+            _assert_exit_ends_launch(kinds, handler, node, spec, context)
 
 
 def _assert_exit_ends_launch(kinds, handler, node, spec, context):
@@ -191,6 +200,8 @@ def _assert_exit_ends_launch(kinds, handler, node, spec, context):
             [emit] = exited
             assert isinstance(emit, kinds['EmitEvent'])
             assert isinstance(emit.kwargs['event'], kinds['Shutdown'])
+            assert emit.kwargs['event'].kwargs == {
+                'reason': f'{spec.fully_qualified_name} exited'}
         for code in (1, 2, 130):
             with pytest.raises(GraphError, match=rf'{spec.fully_qualified_name} failed '
                                rf'\(exit code {code}\)'):
@@ -318,18 +329,16 @@ def _deploy_actions(kinds, **values):
     for action, spec in zip(nodes, specs, strict=True):
         _assert_node_matches(action, spec)
         assert isinstance(action, kinds['LifecycleNode']) == spec.lifecycle
+    _assert_exit_handlers(kinds, actions, nodes, specs, context)
     from lifecycle_msgs.msg import Transition
 
     for spec, node in zip(specs, nodes, strict=True):
         if not spec.lifecycle:
             continue
-        # [after-configure handler, node, configure, exit handler]: configure on start; the
-        # outcome of that first configure (once) activates the node or ends the launch; the
-        # node's exit ends the launch.
+        # [after-configure handler, node, configure]: configure on start; the outcome of that
+        # first configure (once) activates the node or ends the launch.
         at = actions.index(node)
         handler, configure = actions[at - 1], actions[at + 1]
-        assert spec.ends_launch
-        _assert_exit_ends_launch(kinds, actions[at + 2], node, spec, context)
         assert isinstance(handler, kinds['RegisterEventHandler'])
         transition = handler.args[0]
         assert isinstance(transition, kinds['OnStateTransition'])
