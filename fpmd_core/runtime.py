@@ -95,11 +95,18 @@ def validate_robot_metadata(meta: dict, source: str) -> None:
     if robot["version"] != METADATA_VERSION:
         raise PolicyError(f"{source}: metadata robot.version {robot['version']}, expected "
                           f"{METADATA_VERSION}")
-    # task_file_sha256 is required (checked above); model_sha256 only in newer policies.
+    # task_file_sha256 is required (checked above); model_sha256 and model_files only in
+    # newer policies.
     for key in ("task_file_sha256", "model_sha256"):
         if key in robot and not (isinstance(robot[key], str) and _SHA256.match(robot[key])):
             raise PolicyError(f"{source}: metadata robot.{key} is {robot[key]!r}, expected 64 "
                               "hex digits")
+    files = robot.get("model_files", {})
+    if not (isinstance(files, dict) and all(
+            isinstance(name, str) and name and isinstance(digest, str) and _SHA256.match(digest)
+            for name, digest in files.items())):
+        raise PolicyError(f"{source}: metadata robot.model_files is {files!r}, expected an object "
+                          "of file paths (relative to the model's folder) to 64 hex digits")
     if robot["control_mode"] not in ("position", "effort"):
         raise PolicyError(f"{source}: metadata robot.control_mode is "
                           f"{robot['control_mode']!r}, expected position or effort")

@@ -4,6 +4,7 @@ from it only from the very file it was trained on (sha256)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -84,10 +85,61 @@ def test_a_missing_task_file_is_refused_by_name(arm_task, tmp_path):
         env_from_metadata(policy.metadata)
 
 
+TETRAHEDRON_OBJ = ('v 0 0 0\nv 0.02 0 0\nv 0 0.02 0\nv 0 0 0.02\n'
+                   'f 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n')
+
+
+@pytest.fixture
+def arm_task_with_assets(arm_task):
+    """The arm whose model includes a file that declares a mesh, which the base shows."""
+    model = arm_task.parent / 'arm3.xml'
+    (arm_task.parent / 'parts').mkdir()
+    (arm_task.parent / 'parts' / 'assets.xml').write_text(
+        '<mujoco><asset><mesh name="cap" file="cap.obj"/></asset></mujoco>\n')
+    (arm_task.parent / 'meshes').mkdir()
+    (arm_task.parent / 'meshes' / 'cap.obj').write_text(TETRAHEDRON_OBJ)
+    text = model.read_text().replace(
+        '<compiler angle="radian"/>',
+        '<compiler angle="radian" meshdir="meshes"/>\n  <include file="parts/assets.xml"/>')
+    text = text.replace('<geom name="base_geom"', '<geom type="mesh" mesh="cap" contype="0" '
+                        'conaffinity="0"/>\n      <geom name="base_geom"')
+    model.write_text(text)
+    return arm_task
+
+
+def test_the_models_includes_and_meshes_are_part_of_the_policys_robot(arm_task_with_assets,
+                                                                     tmp_path):
+    folder = arm_task_with_assets.parent
+    policy = OnnxPolicy(export_arm(arm_task_with_assets, tmp_path / 'arm.onnx'))
+    files = policy.metadata['robot']['model_files']
+    assert files == {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+                     for name in ('meshes/cap.obj', 'parts/assets.xml')}
+    env_from_metadata(policy.metadata).close()  # the same files: accepted
+    mesh = folder / 'meshes' / 'cap.obj'
+    mesh.write_text(TETRAHEDRON_OBJ.replace('0.02', '0.03'))
+    with pytest.raises(TaskFileError, match=r"file meshes/cap.obj of model .*arm3.xml: changed "
+                       r"since the policy was trained on it \(sha256 [0-9a-f]{12}\.\.\., the "
+                       r"policy's metadata robot.model_files\['meshes/cap.obj'\] says"):
+        env_from_metadata(policy.metadata)
+    mesh.write_text(TETRAHEDRON_OBJ)
+    env_from_metadata(policy.metadata).close()
+    (folder / 'parts' / 'assets.xml').unlink()
+    with pytest.raises(TaskFileError, match=r'file parts/assets.xml of model .*arm3.xml: not '
+                       r'found .*the policy was trained with it'):
+        env_from_metadata(policy.metadata)
+
+
+def test_a_model_without_includes_or_assets_records_none(arm_task, tmp_path):
+    assert robot_metadata(arm_task)['model_files'] == {}
+
+
 @pytest.mark.parametrize(('change', 'message'), [
     (lambda r: r.update(joint_names=['a', 'b', 'c']), 'robot.joint_names .* differ from'),
     (lambda r: r.update(kp=[1.0]), r'robot.kp is \[1.0\], expected act_dim=3 numbers'),
     (lambda r: r.update(task_file_sha256='xyz'), 'robot.task_file_sha256 is .xyz., expected 64'),
+    (lambda r: r.update(model_files={'meshes/a.obj': 'xyz'}),
+     r'robot.model_files is .*, expected an object of file paths'),
+    (lambda r: r.update(model_files=['a.obj']), r'robot.model_files is \['),
     (lambda r: r.update(control_period=0.5), 'robot.control_period 0.5'),
     (lambda r: r.update(obs_dim=14), r'robot.observations sizes \[3, 3, 3, 3, 3\] do not sum'),
     (lambda r: r.update(version=7), 'robot.version 7, expected 1'),

@@ -9,11 +9,13 @@ torque = effort_limit * action). Everything here is JSON-serialisable.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import gymnasium as gym
 
 from .env import RobotEnv
+from .model import model_files
 from .schema import RobotTask, TaskFileError, load_task
 from .terms import COMMAND_RANGES, OBSERVATION_TERMS
 
@@ -53,25 +55,40 @@ def locate_task_file(robot: dict, task_file: str | Path | None = None) -> Path:
 
 def check_task_files(path: Path, robot: dict) -> None:
     """TaskFileError unless the task file at `path`, and its model, are the files a policy was
-    trained on (`robot`: its metadata; `model_sha256` is checked when recorded: policies
-    exported before it existed carry only the task file's digest). Any edit of either, a comment
-    included, makes another file: the policy knows the old robot."""
-    recorded = robot["task_file_sha256"]
+    trained on (`robot`: its metadata; `model_sha256` and `model_files`, the model's includes,
+    meshes and textures, are checked when recorded: policies exported before them carry less).
+    Any edit of any of them, a comment included, makes another file: the policy knows the old
+    robot."""
+    _check_unchanged(path, robot["task_file_sha256"], f"task file {path}",
+                     "robot.task_file_sha256")
+    if not robot.get("model_sha256"):
+        return
+    model = load_task(path).model_path
+    _check_unchanged(model, robot["model_sha256"], f"model {model} of task file {path}",
+                     "robot.model_sha256")
+    for name, recorded in robot.get("model_files", {}).items():
+        _check_unchanged(model.parent / name, recorded, f"file {name} of model {model}",
+                         f"robot.model_files[{name!r}]")
+
+
+def _check_unchanged(path: Path, recorded: str, what: str, field: str) -> None:
     digest = _sha256(path)
+    if not digest:
+        raise TaskFileError(f"{what}: not found ({path}); the policy was trained with it "
+                            f"(its metadata {field}): restore it, or retrain without it")
     if digest != recorded:
         raise TaskFileError(
-            f"task file {path}: changed since the policy was trained on it (sha256 "
-            f"{digest[:12]}..., the policy's metadata robot.task_file_sha256 says "
-            f"{recorded[:12]}...); expected the same file: restore it, or retrain on the new one")
-    if robot.get("model_sha256"):
-        model = load_task(path).model_path
-        digest = _sha256(model)
-        if digest != robot["model_sha256"]:
-            raise TaskFileError(
-                f"model {model} of task file {path}: changed since the policy was trained on it "
-                f"(sha256 {digest[:12]}..., the policy's metadata robot.model_sha256 says "
-                f"{robot['model_sha256'][:12]}...); expected the same file: restore it, or "
-                "retrain on the new one")
+            f"{what}: changed since the policy was trained on it (sha256 {digest[:12]}..., the "
+            f"policy's metadata {field} says {recorded[:12]}...); expected the same file: "
+            "restore it, or retrain on the new one")
+
+
+def model_file_digests(model: Path) -> dict[str, str]:
+    """sha256 of each file the model reads besides itself (includes, meshes, textures, ...),
+    by its path relative to the model's folder: a deploy machine may lay the folder out
+    elsewhere."""
+    return {Path(os.path.relpath(file, model.parent)).as_posix(): _sha256(file)
+            for file in model_files(model)}
 
 
 def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
@@ -108,6 +125,7 @@ def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:
         "task_file_sha256": _sha256(Path(task.path)),
         "model": str(task.model_path),
         "model_sha256": _sha256(task.model_path),
+        "model_files": model_file_digests(task.model_path),
         "control_mode": act.mode,
         "control_period": task.control_period,
         "physics_timestep": task.control_period / task.substeps,

@@ -10,7 +10,9 @@ simulation, and a missing one is an error naming the task file field and the mod
 from __future__ import annotations
 
 import difflib
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import mujoco
 import numpy as np
@@ -74,6 +76,55 @@ def load_spec(task: RobotTask) -> mujoco.MjSpec:
         return mujoco.MjSpec.from_file(str(path))
     except Exception as err:  # mujoco raises ValueError with the parser's message
         raise _fail(task, "model", f"MuJoCo cannot load {path}: {err}") from None
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files a model at `path` reads besides itself, as MuJoCo finds them: MJCF includes
+    (nested ones too), and the mesh, height-field, skin and texture files (relative to the
+    compiler's meshdir or texturedir, the file name alone where the model strips paths, as a URDF
+    does). Sorted, each once; a name that resolves to no file (a model that does not compile) is
+    left out: the model's own error says more when the task is built."""
+    spec = mujoco.MjSpec.from_file(str(path))
+    root = path.parent
+    found = set(_includes(path, root))
+
+    def add(name: str, directory: str) -> None:
+        if not name:
+            return
+        if spec.strippath:
+            name = PurePosixPath(name.replace("\\", "/")).name
+        candidate = root / directory / name
+        if candidate.is_file():
+            found.add(candidate.resolve())
+
+    for group in (spec.meshes, spec.hfields, spec.skins):
+        for asset in group:
+            add(asset.file, spec.meshdir)
+    for texture in spec.textures:
+        for name in (texture.file, *texture.cubefiles):
+            add(name, spec.texturedir)
+    return sorted(found)
+
+
+def _includes(path: Path, root: Path) -> list[Path]:
+    """MJCF <include file=...> targets under `path`, recursively; MuJoCo finds a nested one
+    beside the file that includes it or beside the main model file."""
+    if path.suffix.lower() == ".urdf":
+        return []
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError):
+        return []
+    found = []
+    for element in tree.iter("include"):
+        name = element.get("file", "")
+        for base in (path.parent, root):
+            candidate = (base / name).resolve()
+            if name and candidate.is_file():
+                if candidate not in found:
+                    found += [candidate, *_includes(candidate, root)]
+                break
+    return found
 
 
 def edit_spec(task: RobotTask, spec: mujoco.MjSpec) -> mujoco.MjSpec:
