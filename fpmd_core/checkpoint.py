@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .files import write_atomically
+from .files import error_summary, write_atomically
 
 FORMAT = "fpmd_core.checkpoint"
 VERSION = 3
@@ -45,7 +45,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as err:  # torch raises several types for corrupt or truncated files
         raise CheckpointError(
             f"checkpoint {path}: cannot be read (corrupt, truncated or not a checkpoint): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            f"{error_summary(err)}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not an fpmd_core checkpoint "

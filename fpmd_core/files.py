@@ -27,6 +27,13 @@ _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 _UNTAGGED_TEMP_NAME = re.compile(r"^.+\.(pt|onnx)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
+def error_summary(error: BaseException) -> str:
+    """Why a file could not be read, in one line: the error's type and the first line of its
+    message (a YAML or protobuf parser's message runs over many lines)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(handle)` on a temporary file in `path`'s folder, fsync it and rename it to
     `path` (mode FILE_MODE); on any error the temporary file is removed and `path` is left as it

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fpmd_core.config import ALGORITHMS
+from fpmd_core.files import error_summary
 from fpmd_ros.interface import (
     CONTROLLER_NODE_NAME,
     OBSERVATION_MODES,
@@ -731,9 +732,8 @@ def check_controller_params_file(path: str, node_fqn: str) -> str:
     try:
         data = yaml.safe_load(file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GraphArgumentError('params_file', f'{file} does not read as YAML ({first})') \
-            from None
+        raise GraphArgumentError('params_file', f'{file} does not read as YAML '
+                                 f'({error_summary(error)})') from None
     keys = parameter_file_keys(node_fqn)
     sections = [key for key in data if key in keys] if isinstance(data, dict) else []
     if not sections:

@@ -465,7 +465,8 @@ def test_deploy_params_file_keys_that_reach_the_controller(policy_file, tmp_path
 
 @pytest.mark.parametrize('text, expected', [
     (None, 'file not found'),
-    ('a: [unclosed\n', 'does not read as YAML'),
+    # One line of the parser's message, with its type.
+    ('a: [unclosed\n', r'does not read as YAML \(ParserError: [^\n]+\)$'),
     ('- a list\n', r'no section for /policy_controller; expected a top-level key '
                    r'/policy_controller or policy_controller or /\*\* or '
                    r'/\*\*/policy_controller holding ros__parameters'),

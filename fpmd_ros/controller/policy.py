@@ -14,6 +14,7 @@ WARMUP_INFERENCES = 10
 
 def load_checked_policy(path: str, expected_task: str, threads: int):
     """The policy at ``path`` with metadata checked for use by this node, or ConfigureError."""
+    from fpmd_core.files import error_summary
     from fpmd_core.runtime import PolicyError, load_policy
 
     if not path:
@@ -33,8 +34,8 @@ def load_checked_policy(path: str, expected_task: str, threads: int):
         prefix = "parameter 'expected_task': " if expected and ' task is ' in str(error) else ''
         raise ConfigureError(f'{prefix}{error}') from None
     except Exception as error:  # corrupt checkpoint (CheckpointError), unreadable file, ...
-        raise ConfigureError(f"policy {path}: cannot be loaded ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise ConfigureError(f"policy {path}: cannot be loaded ({error_summary(error)})") \
+            from None
     meta = policy.metadata
     low = np.asarray(meta['action_low'], dtype=np.float64)
     high = np.asarray(meta['action_high'], dtype=np.float64)
