@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bench.bench_straightness import load_agent
-from bench.common import write_results
+from bench.common import require_checkpoints, write_results
 from fpmd_core.config import ALGORITHMS
 from fpmd_core.tasks import env_from_config
 from fpmd_core.trainer import run_episodes
@@ -65,9 +65,7 @@ def main() -> None:
                      f"{args.episodes}")
     if args.first_seed < 0:
         parser.error(f"--first-seed: expected at least 0, got {args.first_seed}")
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
-    if missing:
-        parser.error(f"no such checkpoint: {', '.join(missing)}")
+    require_checkpoints(parser, args.checkpoints)
     results = []
     for path in args.checkpoints:
         try:

@@ -26,13 +26,8 @@ from pathlib import Path
 import torch
 
 from bench.bench_straightness import load_agent
-from bench.common import write_results
-from fpmd_core.agents.fpmd import (
-    advantage_scores,
-    effective_sample_fraction,
-    exp_weights,
-    normalised_q,
-)
+from bench.common import require_checkpoints, write_results
+from fpmd_core.agents.fpmd import effective_sample_fraction, exp_weights
 
 ALGOS = ("fpmd_r", "fpmd_m")
 
@@ -44,12 +39,8 @@ def weight_spread(path: Path, states: int, actions: int, seed: int) -> dict:
     features = agent.features(torch.as_tensor(replay_obs[:env_steps], dtype=torch.float32))
     batch = features[torch.randint(0, len(features), (states,))]
     rows = batch.repeat_interleave(actions, dim=0)
-    sampled = agent._sample(agent.policy, rows, explore=True)
-    q = agent.critic.online.min_q(rows, sampled).view(states, actions)
-    if cfg.agent.weight_form == "advantage":
-        z = advantage_scores(q, agent.baseline_q(rows).view(states, actions), agent.advantage_std)
-    else:
-        z = normalised_q(q, agent.q_mean, agent.q_std, cfg.agent.weight_form)
+    q = agent.critic.online.min_q(rows, agent.training_samples(rows))
+    z = agent.mirror_descent_scores(rows, q).view(states, actions)
     weights = exp_weights(z, agent.alpha, cfg.agent.weight_clip)
     return {
         "checkpoint": str(path), "algo": cfg.agent.algo, "weight_form": cfg.agent.weight_form,
@@ -75,9 +66,7 @@ def main() -> None:
     for name in ("states", "actions"):
         if getattr(args, name) < 2:
             parser.error(f"--{name}: expected at least 2, got {getattr(args, name)}")
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
-    if missing:
-        parser.error(f"no such checkpoint: {', '.join(missing)}")
+    require_checkpoints(parser, args.checkpoints)
     results = []
     for path in args.checkpoints:
         results.append(row := weight_spread(path, args.states, args.actions, args.seed))

@@ -30,6 +30,13 @@ def command_line() -> str:
     return shlex.join(["python", *script, *sys.argv[1:]])
 
 
+def require_checkpoints(parser, paths: list[Path]) -> None:
+    """parser.error naming every path in `paths` that is not a file."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"no such checkpoint: {', '.join(missing)}")
+
+
 def write_results(path: Path, results: list) -> None:
     """`results` as JSON at `path` with the command that made them (`command_line`)."""
     path.parent.mkdir(parents=True, exist_ok=True)

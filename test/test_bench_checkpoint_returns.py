@@ -50,3 +50,16 @@ def test_returns_of_the_given_seeds_repeatably_with_their_standard_error(checkpo
 def test_sac_has_no_best_of_n_mode(checkpoints):
     with pytest.raises(ValueError, match='SAC has no best-of-N mode'):
         checkpoint_returns(checkpoints['sac'], EPISODES, 'best_of_n', first_seed=0)
+
+
+def test_missing_checkpoints_are_named_before_any_work(checkpoints, tmp_path, monkeypatch,
+                                                       capsys):
+    from bench import bench_checkpoint_returns
+
+    missing = [tmp_path / 'a.pt', tmp_path / 'b.pt']
+    monkeypatch.setattr('sys.argv', ['bench_checkpoint_returns', str(checkpoints['sac']),
+                                     *map(str, missing)])
+    with pytest.raises(SystemExit) as exit_info:
+        bench_checkpoint_returns.main()
+    assert exit_info.value.code == 2
+    assert f'no such checkpoint: {missing[0]}, {missing[1]}' in capsys.readouterr().err

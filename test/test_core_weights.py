@@ -12,11 +12,11 @@ import torch
 from fpmd_core.agents import MirrorDescentAgent
 from fpmd_core.agents.fpmd import (
     actor_learning_rate,
-    advantage_weights,
+    advantage_scores,
     budget_alpha,
     effective_sample_fraction,
+    exp_weights,
     exploration_entropy,
-    mirror_descent_weights,
     normalised_q,
     target_entropy_alpha,
 )
@@ -44,6 +44,16 @@ def make_batch(n: int = 16, act_dim: int = 2) -> dict:
 
 
 # --- weights -------------------------------------------------------------------------------
+
+def mirror_descent_weights(q, q_mean, q_std, alpha, clip, form):
+    """The weights of `weight_form` normalized or released, as the agent composes them."""
+    return exp_weights(normalised_q(q, q_mean, q_std, form), alpha, clip)
+
+
+def advantage_weights(q, q_baseline, advantage_std, alpha, clip):
+    """The weights of `weight_form: advantage`, as the agent composes them."""
+    return exp_weights(advantage_scores(q, q_baseline, advantage_std), alpha, clip)
+
 
 def test_normalized_weights_equal_the_formula_by_hand():
     q = np.array([-50.0, -3.0, 0.0, 1.5, 2.0, 7.0, 40.0])

@@ -73,18 +73,6 @@ def exp_weights(z: torch.Tensor, alpha: torch.Tensor, clip: float) -> torch.Tens
     return torch.exp(z.clamp(-clip, clip) / alpha)
 
 
-def mirror_descent_weights(q: torch.Tensor, q_mean: torch.Tensor, q_std: torch.Tensor,
-                           alpha: torch.Tensor, clip: float, form: str) -> torch.Tensor:
-    """`exp_weights` of z = `normalised_q`."""
-    return exp_weights(normalised_q(q, q_mean, q_std, form), alpha, clip)
-
-
-def advantage_weights(q: torch.Tensor, q_baseline: torch.Tensor, advantage_std: torch.Tensor,
-                      alpha: torch.Tensor, clip: float) -> torch.Tensor:
-    """`exp_weights` of z = `advantage_scores`."""
-    return exp_weights(advantage_scores(q, q_baseline, advantage_std), alpha, clip)
-
-
 class MirrorDescentAgent(Agent):
     POLICIES = {"fpmd_r": FlowPolicy, "fpmd_m": MeanFlowPolicy, "dpmd": DiffusionPolicy}
 
@@ -129,6 +117,11 @@ class MirrorDescentAgent(Agent):
     def deploy_policy(self) -> torch.nn.Module:
         return DeployGenerator(self.ema_policy, self.algo)
 
+    def training_samples(self, obs):
+        """The online policy's best-of-N samples with exploration noise: the TD target's
+        actions at s', and with `actor_samples: best_of_n` the actor's."""
+        return self._sample(self.policy, obs, explore=True)
+
     def actor_samples(self, next_obs, target_actions):
         """The actor loss's samples at s': the TD target's best-of-N samples (released), or
         with `actor_samples: policy` one sample of the online policy with exploration noise,
@@ -146,7 +139,7 @@ class MirrorDescentAgent(Agent):
         schedule: every step, its closed form)."""
         cfg = self.cfg
         batch = self.encode_batch(batch)
-        next_actions = self._sample(self.policy, batch["next_obs"], explore=True)
+        next_actions = self.training_samples(batch["next_obs"])
         actor_actions = self.actor_samples(batch["next_obs"], next_actions)
         metrics = update_critic(self.critic, batch, td_target(self.critic, batch, 0.0,
                                                               next_actions, cfg),
@@ -165,39 +158,42 @@ class MirrorDescentAgent(Agent):
 
     @torch.no_grad()
     def weights_and_q_statistics(self, obs, actions) -> torch.Tensor:
-        """w = exp(clip((Q - mu) / sigma) / alpha) with Q = min(Q1, Q2)(obs, actions) of the
-        online critic and the running (mu, sigma) as they were; then (mu, sigma) move toward
-        this batch's mean and std at rate q_stat_rate. `weight_form: advantage`: the weights
-        of `advantage_weights` instead, (mu, sigma) still tracked."""
+        """w = exp(clip(z, -c, c) / alpha) of `mirror_descent_scores`, Q = min(Q1, Q2)(obs,
+        actions) of the online critic, with the running (mu, sigma) as they were; then (mu,
+        sigma) move toward this batch's mean and std at rate q_stat_rate. `weight_form:
+        advantage`: sigma_A moves toward this batch's std of A first (the first batch sets
+        it), and the weights use it."""
         cfg = self.cfg
         q = self.critic.online.min_q(obs, actions)
+        q_baseline = None
         if cfg.weight_form == "advantage":
-            weights = self.weights_against_own_action(obs, q)
-        else:
-            weights = mirror_descent_weights(q, self.q_mean, self.q_std, self.alpha,
-                                             cfg.weight_clip, cfg.weight_form)
+            q_baseline = self.baseline_q(obs)
+            batch_std = (q - q_baseline).std()
+            self.advantage_std.copy_(torch.where(
+                self.advantage_std > 0, self.advantage_std.lerp(batch_std, cfg.q_stat_rate),
+                batch_std))
+        weights = exp_weights(self.mirror_descent_scores(obs, q, q_baseline), self.alpha,
+                              cfg.weight_clip)
         self.q_mean.lerp_(q.mean(), cfg.q_stat_rate)
         self.q_std.lerp_(q.std(), cfg.q_stat_rate)
         return weights
+
+    @torch.no_grad()
+    def mirror_descent_scores(self, obs, q, q_baseline=None) -> torch.Tensor:
+        """The scores z of Q values `q` at `obs` that the weights exponentiate, in the
+        configured `weight_form`, from the running statistics as they are: `normalised_q`, or
+        `advantage_scores` against `baseline_q` (`q_baseline` when the caller has it)."""
+        cfg = self.cfg
+        if cfg.weight_form == "advantage":
+            baseline = self.baseline_q(obs) if q_baseline is None else q_baseline
+            return advantage_scores(q, baseline, self.advantage_std)
+        return normalised_q(q, self.q_mean, self.q_std, cfg.weight_form)
 
     def baseline_q(self, obs) -> torch.Tensor:
         """Q(s, a_det) of the online critic, a_det the online policy's action from x0 = 0 (the
         policy being trained, with its training flow steps): the advantage form's baseline."""
         deterministic = sample_actions(self.policy, None, obs, self.steps, 1, 0.0)
         return self.critic.online.min_q(obs, deterministic)
-
-    def weights_against_own_action(self, obs, q) -> torch.Tensor:
-        """`advantage_weights` against `baseline_q`, with sigma_A, the running std of A: set by
-        the first batch, then moving toward each batch's std at rate q_stat_rate before the
-        weights use it."""
-        q_baseline = self.baseline_q(obs)
-        batch_std = (q - q_baseline).std()
-        self.advantage_std.copy_(torch.where(self.advantage_std > 0,
-                                             self.advantage_std.lerp(batch_std,
-                                                                     self.cfg.q_stat_rate),
-                                             batch_std))
-        return advantage_weights(q, q_baseline, self.advantage_std, self.alpha,
-                                 self.cfg.weight_clip)
 
     def update_actor(self, obs, actions, weights) -> dict[str, float]:
         """One step on the weighted generative loss of the policy's own samples (obs, actions),
