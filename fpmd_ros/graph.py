@@ -105,6 +105,12 @@ class LaunchArgument:
     description: str
 
 
+def fully_qualified_name(namespace: str, name: str) -> str:
+    """/namespace/name, or /name in the root namespace."""
+    namespace = namespace.strip('/')
+    return f'/{namespace}/{name}' if namespace else f'/{name}'
+
+
 @dataclass
 class NodeSpec:
     """One node of a graph: what ``launch_ros.actions.Node`` / ``LifecycleNode`` is given."""
@@ -126,8 +132,7 @@ class NodeSpec:
 
     @property
     def fully_qualified_name(self) -> str:
-        namespace = self.namespace.strip('/')
-        return f'/{namespace}/{self.name}' if namespace else f'/{self.name}'
+        return fully_qualified_name(self.namespace, self.name)
 
     def launch_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``launch_ros.actions.Node`` (or ``LifecycleNode``)."""
@@ -654,8 +659,7 @@ def deploy_graph(args: dict[str, Any], *, sim_episodes: SimEpisodes | None = Non
     params_file = _text(values, 'params_file')
     if params_file:
         params_file = check_controller_params_file(
-            params_file, NodeSpec(CONTROLLER_EXECUTABLE, CONTROLLER_NODE_NAME,
-                                  namespace).fully_qualified_name)
+            params_file, fully_qualified_name(namespace, CONTROLLER_NODE_NAME))
 
     if meta is None:
         meta = policy_metadata(policy) if sim or observation_mode == 'image' else {}
