@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     from .checkpoint import CheckpointError
     from .tasks import TaskError
-    from .trainer import Trainer, TrainingDiverged
+    from .trainer import EXIT_DIVERGED, Trainer, TrainingDiverged
 
     notice = profile_notice(args, cfg, torch.cuda.is_available())
     if notice:
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         result = trainer.run()
     except TrainingDiverged as err:
         print(f"{PROG}: training diverged: {err}", file=sys.stderr)
-        return 1
+        return EXIT_DIVERGED
     print(f"policy: {result.policy}\ncheckpoint: {result.checkpoint}\n"
           f"deploy-mode return (NFE = 1): {result.final_return_deploy}")
     if result.final_goal_distance_deploy is not None:

@@ -54,6 +54,10 @@ class TrainingDiverged(RuntimeError):
     """Training stopped on a NaN/Inf loss; the last good checkpoint was kept."""
 
 
+EXIT_DIVERGED = 4
+"""The exit code of a training process (fpmd-train, the trainer node) that diverged."""
+
+
 @dataclass
 class TrainResult:
     output_dir: Path

@@ -75,7 +75,7 @@ from fpmd_ros.node_main import InvalidParameterError, StopFlag, run_node
 from fpmd_ros.qos import DIAGNOSTICS_QOS
 
 NODE_NAME = TRAINER_NODE_NAME
-EXIT_SIMS, EXIT_DIVERGED = 3, 4
+EXIT_SIMS = 3
 DIAGNOSTICS_PERIOD_S = 1.0
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 INTERRUPTED_CHECKPOINT = Path('checkpoints') / 'interrupted.pt'
@@ -404,7 +404,7 @@ class TrainingSession:
         return EXIT_OK
 
     def run(self) -> int:
-        from fpmd_core.trainer import Trainer, TrainingDiverged
+        from fpmd_core.trainer import Trainer
         from fpmd_ros.ros_env import SimError
 
         cfg = self.node.cfg
@@ -432,13 +432,15 @@ class TrainingSession:
                 self.log.fatal(f'cannot start training: {error}')
                 return EXIT_INVALID_PARAMETERS
             self.node.trainer = self.trainer
-            return self._train(SimError, TrainingDiverged)
+            return self._train(SimError)
         except (StopRequested, KeyboardInterrupt):
             return self._stopped()
         finally:
             self._close_envs()
 
-    def _train(self, SimError, TrainingDiverged) -> int:  # noqa: N803 - exception classes
+    def _train(self, SimError) -> int:  # noqa: N803 - an exception class
+        from fpmd_core.trainer import EXIT_DIVERGED, TrainingDiverged
+
         trainer = self.trainer
         while True:
             try:

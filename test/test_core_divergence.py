@@ -111,3 +111,23 @@ def test_check_finite_rejects_nan_and_inf(value):
     with pytest.raises(NonFiniteLossError, match='my_loss'):
         check_finite('my_loss', torch.tensor(value))
     check_finite('fine', torch.tensor(1.0))  # and lets a finite value through
+
+
+def test_fpmd_train_exits_with_the_diverged_code_and_names_the_loss(tmp_path, capsys):
+    """The exit code that docs/training.md gives for a diverged run, from fpmd-train as from the
+    trainer node; a critic learning rate of 1e30 blows up within the first updates."""
+    from fpmd_core.cli import main
+    from fpmd_core.trainer import EXIT_DIVERGED
+
+    sets = {'task.id': 'InvertedPendulum-v5', 'agent.algo': 'sac', 'agent.hidden': 16,
+            'agent.batch_size': 16, 'agent.critic_lr': 1e30, 'trainer.total_steps': 300,
+            'trainer.warmup_steps': 40, 'trainer.eval_interval': 0,
+            'trainer.checkpoint_interval': 0, 'trainer.progress': False,
+            'trainer.torch_threads': 1, 'trainer.output_dir': str(tmp_path)}
+    argv = ['--profile', 'cpu']
+    for key, value in sets.items():
+        argv += ['--set', f'{key}={value}']
+    assert main(argv) == EXIT_DIVERGED == 4
+    err = capsys.readouterr().err
+    assert re.search(r'fpmd-train: training diverged: \w+_loss is (nan|inf)', err), err
+    assert 'last good checkpoint: none written yet' in err
