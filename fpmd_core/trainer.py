@@ -171,7 +171,12 @@ class Trainer:
                     self.on_progress(self)
         except NonFiniteLossError as err:
             logger.close()
-            kept = self.last_checkpoint or "none written yet"
+            kept = "none written yet"
+            if self.last_checkpoint:
+                # Resume is exact: the same configuration diverges again at the same step.
+                kept = (f"{self.last_checkpoint} (a resume from it with the same configuration "
+                        "repeats this divergence: change it first, e.g. a lower agent.critic_lr "
+                        "or agent.actor_lr)")
             raise TrainingDiverged(f"{err} at env step {self.env_steps}; last good checkpoint: "
                                    f"{kept}") from err
         finally:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fpmd_core.agents.fpmd import budget_alpha, target_entropy_alpha
+from fpmd_core.agents.fpmd import actor_learning_rate, budget_alpha, target_entropy_alpha
 from fpmd_core.checkpoint import DIGEST_KEY, CheckpointError, load_checkpoint, save_checkpoint
 from fpmd_core.config import gradient_steps_of_run, make_config
 from fpmd_core.export import deploy_graph
@@ -132,14 +132,19 @@ def test_budget_temperature_spans_the_run_and_resumes_on_its_schedule(tmp_path):
     assert_same_state(params(resumed.agent), params(full.agent))
 
 
+DECAYING_ACTOR_LR = {'agent.lr_decay_start': 10, 'agent.lr_decay_length': 100}
+
+
 @pytest.mark.parametrize('algo, overrides', [
     ('fpmd_r', {}), ('sac', {}),
     # its running advantage std is state the checkpoint must carry
     ('fpmd_m', {'agent.weight_form': 'advantage'}),
     # a second sampling call per update moves the random stream a resume must restore
-    ('fpmd_m', {'agent.actor_samples': 'policy'})])
+    ('fpmd_m', {'agent.actor_samples': 'policy'}),
+    # the actor's learning rate mid-decay at the checkpoint, as the paper profile has it
+    ('fpmd_r', DECAYING_ACTOR_LR)])
 def test_resumed_run_equals_uninterrupted_run(algo, overrides, uninterrupted, tmp_path):
-    if algo == 'fpmd_r':
+    if algo == 'fpmd_r' and not overrides:
         full, full_result = uninterrupted
     else:
         full = Trainer(tiny_config(tmp_path / 'full', algo, **overrides))
@@ -160,6 +165,27 @@ def test_resumed_run_equals_uninterrupted_run(algo, overrides, uninterrupted, tm
             for key, value in state.items():
                 assert torch.equal(torch.as_tensor(ours[index][key]), torch.as_tensor(value)), \
                     f'{name} optimizer {index}.{key}'
+
+
+@pytest.mark.parametrize('algo', ['fpmd_r', 'sac'])
+def test_a_resumed_run_follows_its_configured_learning_rates(algo, tmp_path):
+    """A checkpoint's optimiser state carries the learning rates it was written with; a run
+    resumed with other ones uses its own from the first update (the actor's on its schedule)."""
+    first = Trainer(tiny_config(tmp_path / 'first', algo, **DECAYING_ACTOR_LR)).run()
+    changed = {'agent.critic_lr': 1e-5, 'agent.actor_lr': 2e-5, 'agent.actor_lr_final': 1e-6,
+               'agent.alpha_lr': 3e-5}
+    agent = Trainer(tiny_config(tmp_path / 'resumed', algo, **DECAYING_ACTOR_LR, **changed),
+                    resume=first.output_dir / 'checkpoints' / f'step_{HALF}.pt').agent
+    rates = {name: [group['lr'] for group in optimizer.param_groups]
+             for name, optimizer in agent.optimizers().items()}
+    assert rates['critic'] == [1e-5]
+    if algo == 'sac':  # SAC's temperature steps at the actor's rate
+        assert rates['policy'] == rates['alpha'] == [2e-5]
+    else:
+        assert rates['alpha'] == [3e-5]
+        [actor] = rates['policy']
+        assert actor == actor_learning_rate(agent.actor_updates, agent.cfg)
+        assert 1e-6 < actor < 2e-5  # mid-decay at the checkpoint
 
 
 # --- refused files -------------------------------------------------------------------------

@@ -68,6 +68,7 @@ def test_nan_loss_stops_with_training_diverged_and_keeps_the_last_checkpoint(tmp
     assert re.search(r'critic_loss is (nan|inf)', message), message
     assert 'at env step 101' in message
     assert f'last good checkpoint: {last_good}' in message
+    assert 'a resume from it with the same configuration repeats this divergence' in message
     assert isinstance(info.value.__cause__, NonFiniteLossError)
     # nothing was written after the divergence ...
     assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['step_80.pt']

@@ -79,6 +79,13 @@ class Agent(nn.Module):
         return {"critic": self.critic.optimizer, "policy": self.policy_optimizer,
                 "alpha": self.alpha_optimizer}
 
+    def learning_rates(self) -> dict[str, float]:
+        """Each optimiser's learning rate as the configuration sets it at the current counters;
+        `load_full_state` applies them, so a run resumed with another learning rate follows its
+        configuration (a checkpoint's optimiser state carries the old one)."""
+        cfg = self.cfg
+        return {"critic": cfg.critic_lr, "policy": cfg.actor_lr, "alpha": cfg.alpha_lr}
+
     def full_state(self) -> dict:
         """Everything needed to resume exactly: parameters, buffers, optimisers, counters."""
         return {
@@ -94,3 +101,7 @@ class Agent(nn.Module):
             load_optimizer_state(optimizer, state["optimizers"][name])
         self.gradient_steps = int(state["counters"]["gradient_steps"])
         self.actor_updates = int(state["counters"]["actor_updates"])
+        optimizers = self.optimizers()
+        for name, lr in self.learning_rates().items():
+            for group in optimizers[name].param_groups:
+                group["lr"] = lr

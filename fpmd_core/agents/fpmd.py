@@ -114,6 +114,11 @@ class MirrorDescentAgent(Agent):
     def evaluate(self, obs):
         return self._sample(self.ema_policy, obs, explore=False)
 
+    def learning_rates(self) -> dict[str, float]:
+        """The actor's follows its schedule (`actor_learning_rate`)."""
+        return super().learning_rates() | {
+            "policy": actor_learning_rate(self.actor_updates, self.cfg)}
+
     def deploy_policy(self) -> torch.nn.Module:
         return DeployGenerator(self.ema_policy, self.algo)
 

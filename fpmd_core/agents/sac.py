@@ -24,9 +24,12 @@ class SACAgent(Agent):
                                      self.activation)
         self.policy_optimizer = adam(self.policy.parameters(), lr=cfg.actor_lr)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.sac_alpha_init)))
-        self.alpha_optimizer = adam([self.log_alpha], lr=cfg.actor_lr)
+        self.alpha_optimizer = adam([self.log_alpha], lr=self.learning_rates()["alpha"])
         self.target_entropy = -cfg.sac_target_entropy_scale * act_dim
         self.to(device)
+
+    def learning_rates(self) -> dict[str, float]:
+        return super().learning_rates() | {"alpha": self.cfg.actor_lr}
 
     def explore(self, obs):
         return self.policy.sample(obs)[0]
