@@ -15,13 +15,12 @@ deploy action's mean |a| (EMA policy, x0 = 0, NFE = 1) and the spread of two sam
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from bench.bench_straightness import load_agent
-from bench.common import command_line
+from bench.common import require_checkpoints, write_results
 from fpmd_core.agents.critic import polyak
 from fpmd_core.agents.sampling import sample_actions
 
@@ -73,20 +72,17 @@ def main() -> None:
         parser.error(f"--updates: expected a positive number, got {args.updates}")
     if any(scale <= 0 for scale in args.noise_scales):
         parser.error(f"--noise-scales: expected positive numbers, got {args.noise_scales}")
-    results = {}
+    require_checkpoints(parser, [args.checkpoint])
+    results = []
     for scale in args.noise_scales:
-        results[str(scale)] = rows = refit_on_own_samples(args.checkpoint, scale, args.updates,
-                                                          args.seed)
+        rows = refit_on_own_samples(args.checkpoint, scale, args.updates, args.seed)
+        results.append({"checkpoint": str(args.checkpoint), "noise_scale": scale, "rows": rows})
         print(f"noise scale {scale}: deploy |a| "
               + " ".join(f"{r['deploy_abs_action']:.2f}" for r in rows)
               + ", sample spread " + " ".join(f"{r['sample_spread']:.2f}" for r in rows)
               + f" (every {report_interval(args.updates)} updates)", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": command_line(), "checkpoint":
-                                        str(args.checkpoint), "results": results}, indent=2))
-        print(f"written: {args.out}")
-
+        write_results(args.out, results)
 
 if __name__ == "__main__":
     main()
