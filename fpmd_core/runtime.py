@@ -106,7 +106,8 @@ def validate_robot_metadata(meta: dict, source: str) -> None:
             isinstance(name, str) and name and isinstance(digest, str) and _SHA256.match(digest)
             for name, digest in files.items())):
         raise PolicyError(f"{source}: metadata robot.model_files is {files!r}, expected an object "
-                          "of file paths (relative to the model's folder) to 64 hex digits")
+                          "of file paths (relative to the model's folder, or package:// URIs) to "
+                          "64 hex digits")
     if robot["control_mode"] not in ("position", "effort"):
         raise PolicyError(f"{source}: metadata robot.control_mode is "
                           f"{robot['control_mode']!r}, expected position or effort")

@@ -9,13 +9,13 @@ torque = effort_limit * action). Everything here is JSON-serialisable.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import gymnasium as gym
 
 from .env import RobotEnv
-from .model import model_files
+from .model import locate_model_file, model_files
+from .packages import PackageError
 from .schema import RobotTask, TaskFileError, load_task
 from .terms import COMMAND_RANGES, OBSERVATION_TERMS
 
@@ -67,8 +67,13 @@ def check_task_files(path: Path, robot: dict) -> None:
     _check_unchanged(model, robot["model_sha256"], f"model {model} of task file {path}",
                      "robot.model_sha256")
     for name, recorded in robot.get("model_files", {}).items():
-        _check_unchanged(model.parent / name, recorded, f"file {name} of model {model}",
-                         f"robot.model_files[{name!r}]")
+        what, field = f"file {name} of model {model}", f"robot.model_files[{name!r}]"
+        try:
+            file = locate_model_file(name, model)
+        except PackageError as err:
+            raise TaskFileError(f"{what}: {err} (the policy was trained with it: its metadata "
+                                f"{field})") from None
+        _check_unchanged(file, recorded, what, field)
 
 
 def _check_unchanged(path: Path, recorded: str, what: str, field: str) -> None:
@@ -84,11 +89,10 @@ def _check_unchanged(path: Path, recorded: str, what: str, field: str) -> None:
 
 
 def model_file_digests(model: Path) -> dict[str, str]:
-    """sha256 of each file the model reads besides itself (includes, meshes, textures, ...),
-    by its path relative to the model's folder: a deploy machine may lay the folder out
-    elsewhere."""
-    return {Path(os.path.relpath(file, model.parent)).as_posix(): _sha256(file)
-            for file in model_files(model)}
+    """sha256 of each file the model reads besides itself (includes, meshes, textures, ...), by
+    its `model_files` key: a URI, or its path relative to the model's folder (a deploy machine
+    may lay the folder, and its packages, out elsewhere)."""
+    return {key: _sha256(file) for key, file in model_files(model).items()}
 
 
 def robot_metadata(env_or_task: gym.Env | RobotTask | str | Path) -> dict:

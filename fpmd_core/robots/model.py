@@ -10,6 +10,7 @@ simulation, and a missing one is an error naming the task file field and the mod
 from __future__ import annotations
 
 import difflib
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 import mujoco
 import numpy as np
 
+from .packages import PackageError, asset_files, resolve_package_uris, resolve_uri
 from .schema import RobotTask, TaskFileError
 from .terms import OBSERVATION_TERMS, REWARD_TERMS
 
@@ -73,37 +75,54 @@ def load_spec(task: RobotTask) -> mujoco.MjSpec:
     if not path.is_file():
         raise _fail(task, "model", f"file not found: {path}")
     try:
-        return mujoco.MjSpec.from_file(str(path))
+        return _load_model(path)
+    except PackageError as err:
+        raise _fail(task, "model", f"{path}: {err}") from None
     except Exception as err:  # mujoco raises ValueError with the parser's message
         raise _fail(task, "model", f"MuJoCo cannot load {path}: {err}") from None
 
 
-def model_files(path: Path) -> list[Path]:
-    """The files a model at `path` reads besides itself, as MuJoCo finds them: MJCF includes
-    (nested ones too), and the mesh, height-field, skin and texture files (relative to the
-    compiler's meshdir or texturedir, the file name alone where the model strips paths, as a URDF
-    does). Sorted, each once; a name that resolves to no file (a model that does not compile) is
-    left out: the model's own error says more when the task is built."""
+def _load_model(path: Path) -> mujoco.MjSpec:
+    """The model at `path` with its package:// and file:// asset names resolved to files."""
     spec = mujoco.MjSpec.from_file(str(path))
+    resolve_package_uris(spec, path)
+    return spec
+
+
+def model_files(path: Path) -> dict[str, Path]:
+    """The files a model at `path` reads besides itself, as MuJoCo finds them: MJCF includes
+    (nested ones too), and the mesh, height-field, skin and texture files (package:// URIs as
+    `resolve_package_uris` finds them, other names relative to the compiler's meshdir or
+    texturedir, the file name alone where the model strips paths). Keyed by the URI, else by the
+    path relative to the model's folder (so a deploy machine may keep the folder, and its
+    packages, elsewhere); sorted. A name that resolves to no file (a model that does not compile)
+    is left out: the model's own error says more when the task is built."""
     root = path.parent
-    found = set(_includes(path, root))
+    spec = mujoco.MjSpec.from_file(str(path))
+    found = {_relative(file, root): file for file in _includes(path, root)}
+    for _, kind, name, _ in asset_files(spec):
+        uri_file = None if spec.strippath else resolve_uri(name, path)
+        if uri_file is not None:
+            key, file = name, uri_file
+        else:
+            if spec.strippath:
+                name = PurePosixPath(name.replace("\\", "/")).name
+            directory = spec.texturedir if kind == "texture" else spec.meshdir
+            file = root / directory / name
+            key = _relative(file, root)
+        if file.is_file():
+            found[key] = file.resolve()
+    return dict(sorted(found.items()))
 
-    def add(name: str, directory: str) -> None:
-        if not name:
-            return
-        if spec.strippath:
-            name = PurePosixPath(name.replace("\\", "/")).name
-        candidate = root / directory / name
-        if candidate.is_file():
-            found.add(candidate.resolve())
 
-    for group in (spec.meshes, spec.hfields, spec.skins):
-        for asset in group:
-            add(asset.file, spec.meshdir)
-    for texture in spec.textures:
-        for name in (texture.file, *texture.cubefiles):
-            add(name, spec.texturedir)
-    return sorted(found)
+def locate_model_file(key: str, path: Path) -> Path:
+    """The file a `model_files` key of the model at `path` names on this machine (a URI through
+    `resolve_uri`: PackageError where its package is not found)."""
+    return resolve_uri(key, path) or path.parent / key
+
+
+def _relative(file: Path, root: Path) -> str:
+    return Path(os.path.relpath(file, root)).as_posix()
 
 
 def _includes(path: Path, root: Path) -> list[Path]:
