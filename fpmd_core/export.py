@@ -112,13 +112,21 @@ def export_onnx(agent, spec, cfg: Config, path: str | Path, env_steps: int = 0,
     if noise_input and "noise" not in {i.name for i in model.graph.input}:
         raise ValueError(f"noise_input: the {cfg.agent.algo} deploy action does not use noise; "
                          "export it without a noise input")
-    meta = policy_metadata(cfg, spec, noise_input, env_steps)
+    meta = policy_metadata(cfg, spec, noise_input, env_steps) | {
+        "graph_sha256": graph_digest(model.graph)}
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
     onnx.checker.check_model(model)
     data = model.SerializeToString()
     write_atomically(path, lambda handle: handle.write(data))
     graph.to(agent.device)
     return path
+
+
+def graph_digest(graph) -> str:
+    """sha256 of an ONNX graph (its operators and weights; the metadata lives outside it), so
+    that a weight changed on the way to the robot (a flipped bit, a half-synced copy that still
+    parses) is refused on load rather than run."""
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 def file_hash(path: str | Path) -> str:

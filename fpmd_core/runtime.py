@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import METADATA_FORMAT, METADATA_KEY, file_hash
+from .export import METADATA_FORMAT, METADATA_KEY, file_hash, graph_digest
 
 REQUIRED_METADATA = {
     "format": str, "algorithm": str, "task": str, "obs_dim": int, "obs_terms": list,
@@ -65,6 +65,10 @@ def validate_metadata(meta: object, source: str) -> dict:
             raise PolicyError(f"{source}: pixel metadata obs_shape {shape}, obs_dtype "
                               f"{meta.get('obs_dtype')!r}, frame_stack {k!r}; expected uint8 "
                               "frames (H, W, 3k) with k = frame_stack >= 1")
+    digest = meta.get("graph_sha256", "0" * 64)
+    if not (isinstance(digest, str) and _SHA256.match(digest)):
+        raise PolicyError(f"{source}: metadata graph_sha256 is {digest!r}, expected 64 hex "
+                          "digits")
     if sum(size for _, size in meta["obs_terms"]) != meta["obs_dim"]:
         raise PolicyError(f"{source}: obs_terms sizes do not sum to obs_dim={meta['obs_dim']}")
     if "robot" in meta:
@@ -248,9 +252,24 @@ class OnnxPolicy(_Policy):
         except json.JSONDecodeError:
             raise PolicyError(f"policy {self.path}: metadata is not valid JSON") from None
         self.metadata = validate_metadata(meta, f"policy {self.path}")
+        self._check_digest()
         self._check_graph()
         check_expected(self.metadata, f"policy {self.path}", expected or {})
         self.model_hash = file_hash(self.path)
+
+    def _check_digest(self) -> None:
+        """The graph as exported (policies exported before the digest existed carry none)."""
+        recorded = self.metadata.get("graph_sha256")
+        if recorded is None:
+            return
+        import onnx
+
+        digest = graph_digest(onnx.load(str(self.path), load_external_data=False).graph)
+        if digest != recorded:
+            raise PolicyError(f"policy {self.path}: corrupt: its graph (operators and weights) "
+                              f"has sha256 {digest[:12]}..., its metadata graph_sha256 says "
+                              f"{recorded[:12]}...; copy it again, or export it again from its "
+                              "checkpoint")
 
     def _check_graph(self) -> None:
         inputs = {i.name: i.shape for i in self.session.get_inputs()}

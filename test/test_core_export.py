@@ -13,7 +13,7 @@ import torch
 from fpmd_core.agents import make_agent
 from fpmd_core.checkpoint import CheckpointError
 from fpmd_core.config import make_config
-from fpmd_core.export import METADATA_KEY, deploy_graph, export_onnx
+from fpmd_core.export import METADATA_KEY, deploy_graph, export_onnx, graph_digest
 from fpmd_core.runtime import (
     ObservationError,
     OnnxPolicy,
@@ -215,6 +215,7 @@ def test_metadata_that_is_not_json_is_refused(exported, tmp_path):
     ('obs_terms', [['observation', 5]], 'obs_terms sizes do not sum to obs_dim=4'),
     ('obs_dim', 5, 'metadata obs_shape [4] is not'),
     ('noise_input', True, 'noise input presence'),
+    ('graph_sha256', 'abc', "metadata graph_sha256 is 'abc', expected 64 hex digits"),
 ])
 def test_bad_metadata_field_is_named(exported, tmp_path, field, value, message):
     def change(props):
@@ -242,6 +243,25 @@ def test_corrupt_and_missing_model_files_are_refused(exported, tmp_path):
         OnnxPolicy(truncated)
     with pytest.raises(PolicyError, match='file not found'):
         OnnxPolicy(tmp_path / 'missing.onnx')
+
+
+def test_a_changed_weight_is_refused_by_the_graph_digest(exported, tmp_path):
+    """One flipped bit in one weight still parses and runs; the digest recorded at export
+    refuses it. The same file re-saved unchanged loads."""
+    source = exported['fpmd_r'][2]
+    model = onnx.load(str(source))
+    assert json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])[
+        'graph_sha256'] == graph_digest(model.graph)
+    onnx.save(model, str(tmp_path / 'same.onnx'))
+    OnnxPolicy(tmp_path / 'same.onnx')
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    data = bytearray(weight.raw_data)
+    data[len(data) // 2] ^= 0x01
+    weight.raw_data = bytes(data)
+    onnx.save(model, str(tmp_path / 'flipped.onnx'))
+    with pytest.raises(PolicyError, match=r'flipped.onnx: corrupt: its graph \(operators and '
+                       r'weights\) has sha256 [0-9a-f]{12}\.\.\., its metadata graph_sha256 says'):
+        OnnxPolicy(tmp_path / 'flipped.onnx')
 
 
 @pytest.mark.parametrize(('expected', 'message'), [
