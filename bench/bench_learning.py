@@ -277,10 +277,18 @@ def end_run(run: Run, proc: subprocess.Popen, wall: float) -> None:
             path.unlink()
 
 
+def group_starts(size: int, running: int, jobs: int) -> bool:
+    """Whether the next group of `size` runs starts now, `running` runs going: when it fits in
+    the free slots; one larger than `jobs` never fits, so it starts once a slot is free, sharing
+    the machine with the runs still going for a while rather than leaving slots idle until they
+    end."""
+    return running + size <= jobs or (size > jobs and running < jobs)
+
+
 def run_all(args, groups: list[list[Run]]) -> None:
     """Run every unfinished run, `args.jobs` at a time. The runs of a group start together
     (the runs of a pair then share the machine's load); a group waits until it fits in the
-    free slots, and one larger than --jobs runs alone."""
+    free slots (`group_starts`)."""
     total = sum(len(group) for group in groups)
     todo = [[run for run in group if run_action(args, run)[0] != "finished"]
             for group in groups]
@@ -295,7 +303,7 @@ def run_all(args, groups: list[list[Run]]) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while todo or running:
-            while todo and (not running or len(running) + len(todo[0]) <= args.jobs):
+            while todo and group_starts(len(todo[0]), len(running), args.jobs):
                 for run in todo.pop(0):
                     print(f"start {run.name}", flush=True)
                     running.append((*start_run(args, run), run))

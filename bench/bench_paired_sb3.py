@@ -8,7 +8,8 @@ Every (task, budget, seed) is a group: one run of each of `--algos` (our trainer
 bench/bench_learning.py runs it) and one of SB3 SAC with its defaults (bench/sb3_run.py), all
 evaluated with our protocol (the profile's eval interval and episodes, the same per-episode
 seeds, the deploy action). The runs of a group start together, so a pair shares the machine's
-load; `--jobs` runs at a time, a group waiting until it fits (one larger than --jobs runs alone).
+load; `--jobs` runs at a time, a group waiting until it fits (one larger than --jobs, until a
+slot is free).
 Each budget is its own set of runs (a schedule may depend on the run's length), under
 ``<out-dir>/steps_<budget>/<task>/<algo>/seed_<s>/``.
 

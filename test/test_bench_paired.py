@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench import bench_learning, bench_paired_sb3
-from bench.bench_learning import SB3_SAC, next_action
+from bench.bench_learning import SB3_SAC, group_starts, next_action
 from bench.bench_paired_sb3 import normalised, scores, seed_noise
 from bench.common import REPO, child_env
 from fpmd_core.config import make_config, parse_override, save_config
@@ -119,6 +119,15 @@ def started_run(tmp_path, name, overrides=OVERRIDES, checkpoints=(), evaluated=(
     for steps in checkpoints:
         (directory / 'checkpoints' / f'step_{steps}.pt').write_bytes(b'')
     return directory
+
+
+@pytest.mark.parametrize('size, running, jobs, starts', [
+    (1, 0, 2, True), (2, 0, 2, True), (1, 1, 2, True), (2, 1, 2, False), (1, 2, 2, False),
+    # larger than --jobs: it never fits, so it takes the first free slot rather than idle ones
+    (3, 0, 2, True), (3, 1, 2, True), (3, 2, 2, False), (4, 3, 4, False), (5, 3, 4, True)])
+def test_a_group_starts_when_it_fits_or_when_it_never_can_and_a_slot_is_free(size, running,
+                                                                            jobs, starts):
+    assert group_starts(size, running, jobs) is starts
 
 
 def test_next_action_skips_finished_runs_resumes_from_the_newest_checkpoint_or_restarts(
