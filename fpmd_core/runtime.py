@@ -65,8 +65,8 @@ def validate_metadata(meta: object, source: str) -> dict:
             raise PolicyError(f"{source}: pixel metadata obs_shape {shape}, obs_dtype "
                               f"{meta.get('obs_dtype')!r}, frame_stack {k!r}; expected uint8 "
                               "frames (H, W, 3k) with k = frame_stack >= 1")
-    digest = meta.get("graph_sha256", "0" * 64)
-    if not (isinstance(digest, str) and _SHA256.match(digest)):
+    digest = meta.get("graph_sha256")  # only in policies exported since it was added
+    if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
         raise PolicyError(f"{source}: metadata graph_sha256 is {digest!r}, expected 64 hex "
                           "digits")
     if sum(size for _, size in meta["obs_terms"]) != meta["obs_dim"]:
