@@ -18,7 +18,13 @@ from pathlib import Path, PurePosixPath
 import mujoco
 import numpy as np
 
-from .packages import PackageError, asset_files, resolve_package_uris, resolve_uri
+from .packages import (
+    PackageError,
+    asset_files,
+    asset_uri_file,
+    resolve_package_uris,
+    resolve_uri,
+)
 from .schema import RobotTask, TaskFileError
 from .terms import OBSERVATION_TERMS, REWARD_TERMS
 
@@ -101,7 +107,7 @@ def model_files(path: Path) -> dict[str, Path]:
     spec = mujoco.MjSpec.from_file(str(path))
     found = {_relative(file, root): file for file in _includes(path, root)}
     for _, kind, name, _ in asset_files(spec):
-        uri_file = None if spec.strippath else resolve_uri(name, path)
+        uri_file = asset_uri_file(spec, name, path)
         if uri_file is not None:
             key, file = name, uri_file
         else:

@@ -71,17 +71,22 @@ def resolve_uri(uri: str, model_path: Path,
         "source folder")
 
 
+def asset_uri_file(spec: mujoco.MjSpec, name: str, model_path: Path,
+                   environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The file an asset name of `spec` (loaded from `model_path`) names as a URI
+    (`resolve_uri`), or None: a plain name, or any name of a model that strips paths (compiler
+    ``strippath``), whose bare file name MuJoCo looks up in its meshdir itself."""
+    return None if spec.strippath else resolve_uri(name, model_path, environ)
+
+
 def resolve_package_uris(spec: mujoco.MjSpec, model_path: Path,
                          environ: Mapping[str, str] = os.environ) -> None:
     """Rewrite the ``package://`` and ``file://`` asset file names of `spec` (loaded from
-    `model_path`) to the files they name (PackageError naming the asset otherwise). A model
-    that strips paths (compiler ``strippath``) keeps its names: MuJoCo then looks up the bare
-    file name in its meshdir, the URI's package part ignored."""
-    if spec.strippath:
-        return
+    `model_path`) to the files they name (`asset_uri_file`; PackageError naming the asset
+    otherwise)."""
     for element, kind, name, face in asset_files(spec):
         try:
-            path = resolve_uri(name, model_path, environ)
+            path = asset_uri_file(spec, name, model_path, environ)
         except PackageError as err:
             label = f" {element.name!r}" if element.name else ""
             raise PackageError(f"{kind}{label}: {err}") from None
