@@ -84,5 +84,6 @@ def main() -> None:
     if args.out:
         write_results(args.out, results)
 
+
 if __name__ == "__main__":
     main()
