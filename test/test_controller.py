@@ -393,7 +393,9 @@ def test_out_of_range_and_invalid_parameters_are_refused(make_controller, policy
 
 def test_commands_follow_the_policy_at_the_control_rate(make_controller, policy_path,
                                                         reference):
-    node, probe = active(make_controller, policy_path)
+    # Staleness has its own tests; a generous timeout keeps a feed gap on a loaded machine
+    # (CI saw 0.36 s) from turning a policy command into the safe action here.
+    node, probe = active(make_controller, policy_path, state_timeout_s=5.0)
     feed_a = probe.publish_obs(obs_a())
     want_a = expected_action(reference, obs_a())
     assert probe.spin_until(lambda: probe.commands and np.allclose(probe.commands[-1][1], want_a,
