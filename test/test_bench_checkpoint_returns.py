@@ -43,8 +43,11 @@ def test_returns_of_the_given_seeds_repeatably_with_their_standard_error(checkpo
     if mode == 'deploy':  # deterministic: episode i is seed first_seed + i's, whatever else
         assert checkpoint_returns(checkpoints[algo], EPISODES, mode, first_seed=7) == row
         shifted = checkpoint_returns(checkpoints[algo], EPISODES, mode, first_seed=8)
-        assert shifted['returns'][:-1] == row['returns'][1:]
-        assert shifted['returns'] != row['returns']
+        # The same episodes, up to rounding: the episodes' observations go through the network
+        # as one batch, and a BLAS may round a row differently at another place in the batch
+        # (seen on an Intel Xeon, by 1e-8).
+        assert shifted['returns'][:-1] == pytest.approx(row['returns'][1:], rel=1e-6)
+        assert shifted['returns'][-1] != pytest.approx(row['returns'][-1], rel=1e-3)
 
 
 def test_sac_has_no_best_of_n_mode(checkpoints):
