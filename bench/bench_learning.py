@@ -142,15 +142,62 @@ def changed_fields(directory: Path, config: Config) -> str | None:
     path = directory / RESOLVED_CONFIG_NAME
     if not path.is_file():
         return None
+    return config_changes(load_file(path), config)
+
+
+def config_changes(ran: dict, config: Config) -> str | None:
+    """changed_fields for a resolved configuration as a dict (`ran`), which may leave out the
+    fields that differ between the seeds of one experiment (experiment_config)."""
     try:
-        ran = config_from_dict(load_file(path)).to_dict()
+        ran = config_from_dict(ran).to_dict()
     except ConfigError as err:
         return f"its {RESOLVED_CONFIG_NAME} no longer reads: {err}"
     wanted = config.to_dict()
     changed = [f"{section}.{name}: {ran[section][name]!r} -> {value!r}"
                for section, fields in wanted.items() for name, value in fields.items()
-               if ran[section][name] != value and (section, name) not in RESULT_NEUTRAL_FIELDS]
+               if ran[section][name] != value and (section, name) not in RESULT_NEUTRAL_FIELDS
+               and (section, name) not in PER_SEED_FIELDS]
     return "; ".join(changed) or None
+
+
+PER_SEED_FIELDS = {("trainer", "seed"), ("trainer", "output_dir")}
+
+
+def experiment_config(directory: Path) -> dict | None:
+    """A run's resolved configuration without the fields that differ between its seeds: what
+    the summary keeps, so that a later sitting can tell whether the profile changed since."""
+    path = directory / RESOLVED_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        ran = load_file(path)
+    except ConfigError:
+        return None
+    return {section: {name: value for name, value in fields.items()
+                      if (section, name) not in PER_SEED_FIELDS}
+            for section, fields in ran.items()}
+
+
+def recorded_finished(args, run: Run, entry: dict | None) -> str | None:
+    """Why `run`, which has no run dir, counts as finished because an earlier summary records it
+    (`entry`: its algorithm's entry, or None); None when it must run. The record must be of the
+    same experiment: the same overrides, and where it kept the resolved configuration, the
+    same configuration as this invocation's (a profile may have changed since)."""
+    if not entry or run.seed not in entry.get("seeds", []) or run.directory.exists():
+        return None
+    if entry.get("total_steps") != run.total_steps:
+        return None
+    run_sets = run_overrides(args, run)
+    if entry.get("overrides") != overrides({"overrides": run_sets}):
+        return None
+    if entry.get("config") and run.algo != SB3_SAC:
+        changed = config_changes(entry["config"], make_config(args.profile, overrides=run_sets))
+        if changed:
+            print(f"  {run.name}: the summary's run ran with another configuration "
+                  f"({changed}); it runs again", flush=True)
+            return None
+        return "the summary records it, with this configuration"
+    return "the summary records it, with these overrides"
 
 
 def next_action(directory: Path, algo: str, total_steps: int, overrides: list[str],
@@ -285,12 +332,14 @@ def group_starts(size: int, running: int, jobs: int) -> bool:
     return running + size <= jobs or (size > jobs and running < jobs)
 
 
-def run_all(args, groups: list[list[Run]]) -> None:
+def run_all(args, groups: list[list[Run]], recorded=lambda run: None) -> None:
     """Run every unfinished run, `args.jobs` at a time. The runs of a group start together
     (the runs of a pair then share the machine's load); a group waits until it fits in the
-    free slots (`group_starts`)."""
+    free slots (`group_starts`). `recorded(run)` is the earlier summary's entry of the run's
+    algorithm: a run it records (recorded_finished) is finished though its dir is gone."""
     total = sum(len(group) for group in groups)
-    todo = [[run for run in group if run_action(args, run)[0] != "finished"]
+    todo = [[run for run in group if run_action(args, run)[0] != "finished"
+             and not recorded_finished(args, run, recorded(run))]
             for group in groups]
     todo = [group for group in todo if group]
     left = sum(len(group) for group in todo)
@@ -352,6 +401,63 @@ def seed_runs(out_dir: Path, task: str, algo: str, partial: bool = False) -> lis
         runs.append({"dir": directory, "info": info, "eval": rows, "rate": learning_rate(rows),
                      "train": read_csv(directory / "train.csv")})
     return runs
+
+
+def table_rows(table: dict) -> list[dict]:
+    """The rows a `columns` table was made from (its values as numbers, not CSV text)."""
+    names = list(table)
+    return [dict(zip(names, values, strict=True))
+            for values in zip(*(table[n] for n in names), strict=True)]
+
+
+def recorded_runs(entry: dict, machine: dict | None, partial: bool = False) -> list[dict]:
+    """An algorithm's seed runs as an earlier summary recorded them (its `entry` in the
+    aggregate), in the form seed_runs reads from run dirs. The run dirs are not committed and a
+    later sitting may be on a fresh machine: the summary is then all that is left of them."""
+    if entry.get("total_steps") is None:
+        return []
+    records = {record.get("seed"): record for record in entry.get("runs", [])}
+    runs = []
+    for seed in entry.get("seeds", []):
+        evals = table_rows(entry["evaluations"][str(seed)])
+        if not evals or (evals[-1]["env_steps"] < entry["total_steps"] and not partial):
+            continue
+        record = records.get(seed, {"seed": seed})
+        info = {"seed": seed, "profile": entry.get("profile"),
+                "total_steps": entry["total_steps"], "overrides": entry.get("overrides", [])}
+        if machine:
+            info["machine"] = machine
+        if record.get("process_wall_s") is not None:
+            info["process_wall_s"] = record["process_wall_s"]
+        runs.append({"dir": None, "info": info, "record": record, "eval": evals,
+                     "rate": learning_rate(evals),
+                     "train": table_rows(entry.get("training_log", {}).get(str(seed), {}))})
+    return runs
+
+
+def with_recorded(runs: list[dict], entry: dict | None, machine: dict | None,
+                  partial: bool = False, name: str = "") -> list[dict]:
+    """`runs` (from run dirs) and the seeds an earlier summary's `entry` recorded that are not
+    among them; a run dir wins over its record. Recorded runs made with other overrides than
+    the run dirs' are left out, with a line that says so: they are not the same experiment."""
+    if not entry:
+        return runs
+    on_disk = {run["info"].get("seed") for run in runs}
+    kept = [run for run in recorded_runs(entry, machine, partial)
+            if run["info"]["seed"] not in on_disk]
+    if runs and kept and (overrides(runs[0]["info"]) != entry.get("overrides", [])):
+        seeds = [run["info"]["seed"] for run in kept]
+        print(f"{name}: the summary's seeds {seeds} were made with overrides "
+              f"{entry.get('overrides')}, the run dirs' with {overrides(runs[0]['info'])}; "
+              f"only the run dirs are aggregated", flush=True)
+        return runs
+    return sorted(runs + kept, key=lambda run: run["info"].get("seed", -1))
+
+
+def overrides(info: dict) -> list[str]:
+    """A run's overrides without those that differ between seeds of one experiment."""
+    return [o for o in info.get("overrides", [])
+            if not o.startswith(("trainer.output_dir", "trainer.seed"))]
 
 
 def add_earlier_sittings(rows: list[dict], resumed: list[dict]) -> None:
@@ -419,6 +525,8 @@ def _portable(arg: str) -> str:
 def run_record(run: dict) -> dict:
     """What a seed's run.json says beyond the algorithm's entry: its exact command (a
     `python -m fpmd_core.cli` line that repeats the run), when it ran and how it ended."""
+    if "record" in run:  # a run an earlier summary recorded: its record as it was
+        return run["record"]
     info = run["info"]
     record = {"seed": info.get("seed")}
     if info.get("command"):
@@ -446,13 +554,19 @@ def curve_record(runs: list[dict], key: str) -> dict | None:
     return {"env_steps": steps.tolist(), "mean": mean.tolist(), "std": std.tolist()}
 
 
-def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool = False) -> dict:
+def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool = False,
+              earlier: dict | None = None) -> dict:
+    """The summary of the runs under `out_dir`, together with the runs that an `earlier`
+    aggregate of the same folder recorded and whose run dirs are gone (with_recorded)."""
     summary: dict = {"tasks": {}, "machine": None, "aggregated_on": machine()}
+    earlier_tasks = (earlier or {}).get("tasks", {})
     recorded = []
     for task in tasks:
         entry, task_runs = {}, {}
         for algo in algos:
-            runs = seed_runs(out_dir, task, algo, partial)
+            runs = with_recorded(seed_runs(out_dir, task, algo, partial),
+                                 earlier_tasks.get(task, {}).get(algo),
+                                 (earlier or {}).get("machine"), partial, f"{task}/{algo}")
             if not runs:
                 continue
             task_runs[algo] = runs
@@ -465,8 +579,9 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
                 "seeds": [run["info"].get("seed") for run in runs],
                 "profile": info.get("profile"), "total_steps": info.get("total_steps"),
                 "env_steps_reached": min(int(run["eval"][-1]["env_steps"]) for run in runs),
-                "overrides": [o for o in info.get("overrides", [])
-                              if not o.startswith(("trainer.output_dir", "trainer.seed"))],
+                "overrides": overrides(info),
+                # Whether a later sitting's profile is this one (recorded_finished).
+                "config": entry_config(runs, earlier_tasks.get(task, {}).get(algo)),
                 "deploy": stats(runs, "return_deploy"),
                 "best_of_n": stats(runs, "return_best_of_n"),
                 "train_wall_s_mean": float(np.mean(walls)),
@@ -491,6 +606,15 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
     if recorded and all(m == recorded[0] for m in recorded):
         summary["machine"] = recorded[0]
     return summary
+
+
+def entry_config(runs: list[dict], earlier_entry: dict | None) -> dict | None:
+    """The experiment's configuration (experiment_config) from the first run dir that has one,
+    else as the earlier summary kept it."""
+    for run in runs:
+        if run["dir"] is not None and (config := experiment_config(run["dir"])):
+            return config
+    return (earlier_entry or {}).get("config")
 
 
 def add_equal_budget(entry: dict, runs: dict[str, list[dict]]) -> None:
@@ -601,7 +725,7 @@ def write_outputs(out_dir: Path, summary: dict) -> None:
 def write_aggregate(out_dir: Path, tasks: list[str], algos: list[str],
                     partial: bool = False) -> None:
     previous = read_summary(out_dir)
-    summary = aggregate(out_dir, tasks, algos, partial)
+    summary = aggregate(out_dir, tasks, algos, partial, earlier=previous)
     summary["unfinished_runs_included"] = partial
     # Every command that made the runs and this summary, oldest first (the runs' own commands
     # are in each algorithm's "runs"), and notes written about them, are kept from an earlier
@@ -672,7 +796,9 @@ def main() -> None:
         runs = [Run(task, algo, seed, args.total_steps, args.out_dir) for task in tasks
                 for algo in args.algos for seed in range(args.seeds)]
         runs.sort(key=lambda r: (COST_ORDER.get(r.algo, 9), r.seed, r.task))
-        run_all(args, [[run] for run in runs])
+        earlier = read_summary(args.out_dir).get("tasks", {})
+        run_all(args, [[run] for run in runs],
+                lambda run: earlier.get(run.task, {}).get(run.algo))
         print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     write_aggregate(args.out_dir, tasks, args.algos, args.include_unfinished)
 

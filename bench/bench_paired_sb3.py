@@ -13,7 +13,9 @@ slot is free).
 Each budget is its own set of runs (a schedule may depend on the run's length), under
 ``<out-dir>/steps_<budget>/<task>/<algo>/seed_<s>/``.
 
-Resumable over sittings: run the same command again. A finished run is skipped, an unfinished
+Resumable over sittings: run the same command again. A finished run is skipped (one whose dir
+is gone too, where summary.json records it with the same overrides and configuration: the run
+dirs are not committed, so a sitting on a fresh machine has only the summary), an unfinished
 run of ours resumes from its newest checkpoint (every ``--checkpoint-interval`` env steps, 5000
 here; the trainer's resume is exact), an unfinished SB3 run starts over (SB3 cannot resume
 exactly, see bench/sb3_run.py).
@@ -31,8 +33,9 @@ evaluations, training logs, commands; the random returns; the scores), ``summary
 normalised table with the verdicts and the goal's checks, then each budget's raw table) and one
 PNG per task and budget, ``<task>_<budget>.png``: deploy return, alpha and the one-step error
 (||a(NFE=1) - a(NFE=20)||, FPMD only) against env steps, from train.csv as the trainer logs it.
-These cover every finished run under <out-dir>, whichever sitting's --tasks, --algos and
---total-steps started it (those only choose the runs to start); ``--aggregate-only`` re-makes
+These cover every finished run under <out-dir> and every run the summary already records
+(a run dir wins over its record), whichever sitting's --tasks, --algos and --total-steps
+started it (those only choose the runs to start); ``--aggregate-only`` re-makes
 them without running anything. ``--from-summary`` re-makes summary.md and the plots from
 summary.json alone.
 """
@@ -321,10 +324,12 @@ def write_outputs(out_dir: Path, summary: dict) -> None:
           f"{', '.join(str(p) for p in pngs)}")
 
 
+KNOWN_ALGOS = (*OURS, *(algo for algo in learning.ALGOS if algo not in OURS), SB3_SAC)
+
+
 def runs_on_disk(out_dir: Path) -> dict[int, tuple[list[str], list[str]]]:
     """Budget -> (tasks, algorithms) with a run directory under `out_dir`, whichever sitting
     started them: the summary is the folder's, not one invocation's."""
-    known = [*OURS, *(algo for algo in learning.ALGOS if algo not in OURS), SB3_SAC]
     found = {}
     for directory in out_dir.glob("steps_*"):
         budget = directory.name.removeprefix("steps_")
@@ -332,15 +337,29 @@ def runs_on_disk(out_dir: Path) -> dict[int, tuple[list[str], list[str]]]:
             continue
         tasks = sorted(p.name for p in directory.iterdir() if p.is_dir())
         present = {p.name for task in tasks for p in (directory / task).iterdir() if p.is_dir()}
-        found[int(budget)] = (tasks, [algo for algo in known if algo in present])
+        found[int(budget)] = (tasks, [algo for algo in KNOWN_ALGOS if algo in present])
     return dict(sorted(found.items()))
+
+
+def runs_to_aggregate(out_dir: Path, previous: dict) -> dict[int, tuple[list[str], list[str]]]:
+    """runs_on_disk and every budget, task and algorithm the summary already holds: the run
+    dirs are not committed, so a sitting on a fresh machine has only the summary's records of
+    the earlier sittings' runs, and they stay in (learning.with_recorded)."""
+    found = {b: (set(tasks), set(algos)) for b, (tasks, algos) in runs_on_disk(out_dir).items()}
+    for budget, agg in previous.get("budgets", {}).items():
+        tasks, algos = found.setdefault(int(budget), (set(), set()))
+        tasks.update(agg["tasks"])
+        algos.update(algo for entry in agg["tasks"].values() for algo in entry)
+    return {b: (sorted(tasks), [a for a in KNOWN_ALGOS if a in algos])
+            for b, (tasks, algos) in sorted(found.items())}
 
 
 def write_aggregate(args) -> None:
     previous = learning.read_summary(args.out_dir)
+    earlier = previous.get("budgets", {})
     budgets = {str(b): learning.aggregate(budget_dir(args.out_dir, b), tasks, algos,
-                                          args.include_unfinished)
-               for b, (tasks, algos) in runs_on_disk(args.out_dir).items()}
+                                          args.include_unfinished, earlier.get(str(b)))
+               for b, (tasks, algos) in runs_to_aggregate(args.out_dir, previous).items()}
     budgets = {b: agg for b, agg in budgets.items() if agg["tasks"]}
     if not budgets:
         raise SystemExit(f"no finished runs under {args.out_dir}/steps_*/<task>/<algo>/seed_*")
@@ -397,9 +416,12 @@ def main() -> None:
     else:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        earlier = learning.read_summary(args.out_dir).get("budgets", {})
         learning.run_all(args, paired_groups(args.tasks or list(TASKS), args.algos or list(OURS),
                                              args.seeds, args.total_steps or list(BUDGETS),
-                                             args.out_dir))
+                                             args.out_dir),
+                         lambda run: earlier.get(str(run.total_steps), {}).get(
+                             "tasks", {}).get(run.task, {}).get(run.algo))
         print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     write_aggregate(args)
 

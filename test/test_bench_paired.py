@@ -317,3 +317,81 @@ def test_the_summary_covers_every_run_on_disk_whichever_sitting_started_it(tmp_p
     with pytest.raises(SystemExit):
         bench_paired_sb3.main()
     assert '--total-steps only choose the runs to start' in capsys.readouterr().err
+
+
+def aggregate_only(out_dir, monkeypatch):
+    monkeypatch.setattr(sys, 'argv', ['bench_paired_sb3', '--aggregate-only', '--seeds', '3',
+                                      '--out-dir', str(out_dir)])
+    bench_paired_sb3.main()
+    return json.loads((out_dir / 'summary.json').read_text())['budgets']
+
+
+def test_a_fresh_machine_keeps_the_runs_the_summary_records(tmp_path, monkeypatch, capsys):
+    """The run dirs are not committed: a sitting on a fresh clone has only summary.json of
+    the earlier sittings. Its runs stay in the summary next to the new sitting's, and a run
+    dir wins over the record of the same seed."""
+    out_dir = tmp_path / 'paired'
+    budget = out_dir / 'steps_300'
+    for seed in range(2):
+        make_run(budget, 'fpmd_m', seed, [5.0, 8.0, 10.0 + seed], alpha=5.0)
+        make_run(budget, SB3_SAC, seed, [5.0, 8.0, 20.0 + seed], alpha=1.0)
+    before = aggregate_only(out_dir, monkeypatch)['300']['tasks'][TASK]
+    table = (out_dir / 'summary.md').read_text()
+
+    import shutil
+
+    shutil.rmtree(budget)  # a fresh clone
+    assert aggregate_only(out_dir, monkeypatch)['300']['tasks'][TASK] == before
+    assert (out_dir / 'summary.md').read_text() == table
+
+    make_run(budget, 'fpmd_m', 2, [5.0, 8.0, 30.0], alpha=5.0)  # the new sitting's seed
+    (budget / TASK / 'fpmd_m' / 'seed_1').mkdir(parents=True)   # and one it ran again
+    make_run(budget / 'again', 'fpmd_m', 1, [5.0, 8.0, 40.0], alpha=5.0)
+    (budget / TASK / 'fpmd_m' / 'seed_1').rmdir()
+    (budget / 'again' / TASK / 'fpmd_m' / 'seed_1').rename(budget / TASK / 'fpmd_m' / 'seed_1')
+    shutil.rmtree(budget / 'again')
+    after = aggregate_only(out_dir, monkeypatch)['300']['tasks'][TASK]
+    assert after['fpmd_m']['seeds'] == [0, 1, 2]
+    assert after['fpmd_m']['deploy']['final_per_seed'] == [10.0, 40.0, 30.0]
+    assert after['fpmd_m']['evaluations']['0'] == before['fpmd_m']['evaluations']['0']
+    assert after['fpmd_m']['training_log']['0'] == before['fpmd_m']['training_log']['0']
+    assert after['fpmd_m']['runs'][0] == before['fpmd_m']['runs'][0]
+    assert after[SB3_SAC] == before[SB3_SAC]
+
+    # Records of another experiment (other overrides) are not mixed in; that is said.
+    for seed in (1, 2):
+        info_path = budget / TASK / 'fpmd_m' / f'seed_{seed}' / 'run.json'
+        info = json.loads(info_path.read_text())
+        info_path.write_text(json.dumps(info | {'overrides': ['agent.hidden=64']}))
+    capsys.readouterr()
+    other = aggregate_only(out_dir, monkeypatch)['300']['tasks'][TASK]
+    assert other['fpmd_m']['seeds'] == [1, 2]
+    assert "the summary's seeds [0]" in capsys.readouterr().out
+
+
+def test_a_run_the_summary_records_is_not_run_again(tmp_path):
+    """run_all skips a run without a dir that the summary records with this invocation's
+    overrides and configuration; another seed, other overrides, a changed profile or a run dir
+    of its own (which next_action judges) make it run."""
+    parser = bench_learning.argparse.ArgumentParser()
+    bench_learning.add_run_arguments(parser)
+    args = parser.parse_args(['--checkpoint-interval', '5000'])
+    run = bench_learning.Run(TASK, 'fpmd_m', 0, 600, tmp_path)
+    sets = bench_learning.run_overrides(args, run)
+    config = make_config('cpu', overrides=sets).to_dict()
+    ran = {section: {k: v for k, v in fields.items()
+                     if (section, k) not in bench_learning.PER_SEED_FIELDS}
+           for section, fields in config.items()}
+    entry = {'seeds': [0, 1], 'total_steps': 600,
+             'overrides': bench_learning.overrides({'overrides': sets}), 'config': ran}
+    finished = bench_learning.recorded_finished
+    assert 'with this configuration' in finished(args, run, entry)
+    assert 'with these overrides' in finished(args, run, {**entry, 'config': None})
+    assert finished(args, run, None) is None
+    assert finished(args, bench_learning.Run(TASK, 'fpmd_m', 2, 600, tmp_path), entry) is None
+    assert finished(args, run, {**entry, 'total_steps': 300}) is None
+    assert finished(args, run, {**entry, 'overrides': entry['overrides'][:-1]}) is None
+    warm = {**ran, 'trainer': {**ran['trainer'], 'warmup_steps': 123}}
+    assert finished(args, run, {**entry, 'config': warm}) is None
+    run.directory.mkdir(parents=True)
+    assert finished(args, run, entry) is None
