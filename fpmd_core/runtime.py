@@ -6,6 +6,7 @@ and expose the same interface: `metadata`, `model_hash`, `__call__(observation)`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .export import METADATA_FORMAT, METADATA_KEY, file_hash, graph_digest
+from .files import error_summary
 
 REQUIRED_METADATA = {
     "format": str, "algorithm": str, "task": str, "obs_dim": int, "obs_terms": list,
@@ -234,11 +236,17 @@ class OnnxPolicy(_Policy):
         self.path = Path(path)
         if not self.path.is_file():
             raise PolicyError(f"policy {self.path}: file not found")
+        # Read once: the session, the digest check and model_hash then describe the same bytes,
+        # even if the file is replaced meanwhile.
+        try:
+            model = self.path.read_bytes()
+        except OSError as err:
+            raise PolicyError(f"policy {self.path}: {error_summary(err)}") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), options,
+            self.session = ort.InferenceSession(model, options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as err:
             raise PolicyError(f"policy {self.path}: not a loadable ONNX model "
@@ -252,19 +260,19 @@ class OnnxPolicy(_Policy):
         except json.JSONDecodeError:
             raise PolicyError(f"policy {self.path}: metadata is not valid JSON") from None
         self.metadata = validate_metadata(meta, f"policy {self.path}")
-        self._check_digest()
+        self._check_digest(model)
         self._check_graph()
         check_expected(self.metadata, f"policy {self.path}", expected or {})
-        self.model_hash = file_hash(self.path)
+        self.model_hash = hashlib.sha256(model).hexdigest()
 
-    def _check_digest(self) -> None:
+    def _check_digest(self, model: bytes) -> None:
         """The graph as exported (policies exported before the digest existed carry none)."""
         recorded = self.metadata.get("graph_sha256")
         if recorded is None:
             return
         import onnx
 
-        digest = graph_digest(onnx.load(str(self.path), load_external_data=False).graph)
+        digest = graph_digest(onnx.load_from_string(model).graph)
         if digest != recorded:
             raise PolicyError(f"policy {self.path}: corrupt: its graph (operators and weights) "
                               f"has sha256 {digest[:12]}..., its metadata graph_sha256 says "
