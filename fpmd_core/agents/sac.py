@@ -22,13 +22,15 @@ class SACAgent(Agent):
         super().__init__(obs_shape, act_dim, cfg, device)
         self.policy = GaussianPolicy(self.obs_dim, act_dim, cfg.hidden, cfg.layers,
                                      self.activation)
-        self.policy_optimizer = adam(self.policy.parameters(), lr=cfg.actor_lr)
+        rates = self.learning_rates()
+        self.policy_optimizer = adam(self.policy.parameters(), lr=rates["policy"])
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.sac_alpha_init)))
-        self.alpha_optimizer = adam([self.log_alpha], lr=self.learning_rates()["alpha"])
+        self.alpha_optimizer = adam([self.log_alpha], lr=rates["alpha"])
         self.target_entropy = -cfg.sac_target_entropy_scale * act_dim
         self.to(device)
 
     def learning_rates(self) -> dict[str, float]:
+        """The temperature learns at the actor's rate, as in stable-baselines3."""
         return super().learning_rates() | {"alpha": self.cfg.actor_lr}
 
     def explore(self, obs):
