@@ -422,11 +422,14 @@ def recorded_runs(entry: dict, machine: dict | None, partial: bool = False) -> l
         evals = table_rows(entry["evaluations"][str(seed)])
         if not evals or (evals[-1]["env_steps"] < entry["total_steps"] and not partial):
             continue
-        record = records.get(seed, {"seed": seed})
+        record = dict(records.get(seed, {"seed": seed}))
+        if machine and "machine" not in record:
+            # Records before runs kept their own: the aggregate's, where every run agreed.
+            record["machine"] = machine
         info = {"seed": seed, "profile": entry.get("profile"),
                 "total_steps": entry["total_steps"], "overrides": entry.get("overrides", [])}
-        if machine:
-            info["machine"] = machine
+        if record.get("machine"):
+            info["machine"] = record["machine"]
         if record.get("process_wall_s") is not None:
             info["process_wall_s"] = record["process_wall_s"]
         runs.append({"dir": None, "info": info, "record": record, "eval": evals,
@@ -531,7 +534,7 @@ def run_record(run: dict) -> dict:
     record = {"seed": info.get("seed")}
     if info.get("command"):
         record["command"] = " ".join(["python"] + [_portable(a) for a in info["command"][1:]])
-    for key in ("started", "returncode", "stopped", "process_wall_s", "note"):
+    for key in ("started", "returncode", "stopped", "process_wall_s", "machine", "note"):
         if key in info:
             record[key] = info[key]
     return record

@@ -395,3 +395,22 @@ def test_a_run_the_summary_records_is_not_run_again(tmp_path):
     assert finished(args, run, {**entry, 'config': warm}) is None
     run.directory.mkdir(parents=True)
     assert finished(args, run, entry) is None
+
+
+def test_recorded_runs_name_their_machine():
+    """Sittings run on different machines: a record keeps its own, and a record from before
+    records kept one takes its aggregate's (set only where every run agreed)."""
+    table = {'env_steps': [100, 200, 300], 'updates': [0, 100, 200],
+             'wall_time_s': [1.0, 3.0, 5.0], 'return_deploy': [1.0, 2.0, 3.0]}
+    entry = {'seeds': [0, 1], 'total_steps': 300, 'overrides': [],
+             'runs': [{'seed': 0}, {'seed': 1, 'machine': {'cpu': 'B'}}],
+             'evaluations': {'0': table, '1': table}}
+    runs = bench_learning.recorded_runs(entry, {'cpu': 'A'})
+    assert [bench_learning.run_record(run)['machine'] for run in runs] == [{'cpu': 'A'},
+                                                                          {'cpu': 'B'}]
+    assert [run['info']['machine'] for run in runs] == [{'cpu': 'A'}, {'cpu': 'B'}]
+    assert runs[0]['rate'] == 50.0  # 100 env steps in the 2 s between the updating rows
+    assert runs[0]['eval'][-1] == {'env_steps': 300, 'updates': 200, 'wall_time_s': 5.0,
+                                   'return_deploy': 3.0}
+    assert entry['runs'][0] == {'seed': 0}  # the earlier summary is not changed
+    assert bench_learning.recorded_runs({**entry, 'total_steps': 400}, None) == []
