@@ -23,7 +23,10 @@ Evaluation protocol (the trainer's): every ``trainer.eval_interval`` env steps a
 network call from x0 = 0, no critic: what is exported) and, for FPMD-R/FPMD-M/DPMD, best-of-N
 (the training sampler without exploration noise, N = ``agent.particles`` scored by the critic).
 
-Aggregate (also alone with ``--aggregate-only``, from the run dirs on disk): per task and
+Aggregate (also alone with ``--aggregate-only``), over every task and algorithm of the folder:
+its run dirs on disk, and the runs its summary.json already records where their dirs are gone
+(a fresh clone has none; a run dir wins over its record, and a recorded run is not run again
+when it has this invocation's overrides and configuration). Per task and
 algorithm over the finished seeds, the final deploy-mode return (mean ± sample std over seeds),
 the best deploy-mode return (maximum over evaluations of the seed-mean curve), the same two for
 best-of-N, the wall time and the env steps/s after the warm-up (updates and evaluations
@@ -787,11 +790,10 @@ def main() -> None:
         write_outputs(args.out_dir, summary)
         return
     if args.aggregate_only:
-        on_disk = sorted(p.name for p in args.out_dir.iterdir() if p.is_dir()) \
-            if args.out_dir.is_dir() else []
-        if not (args.tasks or on_disk):
-            parser.error(f"--aggregate-only: no task directories under {args.out_dir}")
-        tasks = args.tasks or on_disk
+        tasks, _ = folder_contents(args.out_dir, args.tasks or [], [])
+        if not tasks:
+            parser.error(f"--aggregate-only: no task directories under {args.out_dir} and no "
+                         f"task in its summary.json")
     else:
         tasks = args.tasks = args.tasks or list(TASKS)
         args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -803,7 +805,20 @@ def main() -> None:
         run_all(args, [[run] for run in runs],
                 lambda run: earlier.get(run.task, {}).get(run.algo))
         print(f"all runs ended after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    write_aggregate(args.out_dir, tasks, args.algos, args.include_unfinished)
+    write_aggregate(args.out_dir, *folder_contents(args.out_dir, tasks, args.algos),
+                    args.include_unfinished)
+
+
+def folder_contents(out_dir: Path, tasks: list[str], algos: list[str]) -> tuple[list, list]:
+    """The tasks and algorithms a folder's summary covers: those of this invocation, those with
+    run dirs under `out_dir` and those its summary.json records (the run dirs are not
+    committed, and a sitting may choose fewer tasks than the earlier ones ran)."""
+    recorded = read_summary(out_dir).get("tasks", {})
+    on_disk = {p.name: {a.name for a in p.iterdir() if a.is_dir()}
+               for p in (out_dir.iterdir() if out_dir.is_dir() else []) if p.is_dir()}
+    present = set(algos).union(*on_disk.values(), *(set(e) for e in recorded.values()))
+    others = sorted((set(on_disk) | set(recorded)) - set(tasks))
+    return [*tasks, *others], [a for a in (*ALGOS, SB3_SAC) if a in present]
 
 
 if __name__ == "__main__":

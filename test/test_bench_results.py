@@ -102,3 +102,19 @@ def test_learning_summary_holds_what_the_table_and_plots_show(tmp_path):
     bench_learning.write_outputs(out_dir, bench_learning.read_summary(out_dir))
     assert (out_dir / 'summary.md').read_text() == table
     assert (out_dir / f'{TASK}.png').stat().st_size > 0
+
+
+def test_a_learning_summary_keeps_what_an_earlier_sitting_ran(tmp_path, monkeypatch):
+    """A sitting that runs other tasks or algorithms into a study folder, or one on a fresh
+    clone without the run dirs, keeps the runs the folder's summary.json records."""
+    out_dir = tmp_path / 'learning'
+    make_run(out_dir, 'fpmd_m', 0, [5.0, 15.0, 25.0])
+    bench_learning.write_aggregate(out_dir, [TASK], ['fpmd_m'])
+    shutil.rmtree(out_dir / TASK)  # a fresh clone: only the summary
+    assert bench_learning.folder_contents(out_dir, ['Hopper-v5'], ['sac']) == (
+        ['Hopper-v5', TASK], ['fpmd_m', 'sac'])
+    monkeypatch.setattr(sys, 'argv', ['bench_learning', '--aggregate-only',
+                                      '--out-dir', str(out_dir)])
+    bench_learning.main()
+    summary = json.loads((out_dir / 'summary.json').read_text())
+    assert summary['tasks'][TASK]['fpmd_m']['deploy']['final_per_seed'] == [25.0]
