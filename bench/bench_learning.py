@@ -139,6 +139,17 @@ run equals an uninterrupted one): a finished run moved to another dir, or made b
 that checkpoints more often, counts."""
 
 
+PER_SEED_FIELDS = {("trainer", "seed"), ("trainer", "output_dir")}
+"""Fields that differ between the seeds of one experiment: left out where runs are compared."""
+
+
+def without_per_seed_fields(config: dict) -> dict:
+    """A resolved configuration (as a dict) without PER_SEED_FIELDS."""
+    return {section: {name: value for name, value in fields.items()
+                      if (section, name) not in PER_SEED_FIELDS}
+            for section, fields in config.items()}
+
+
 def changed_fields(directory: Path, config: Config) -> str | None:
     """The fields whose value in the run's resolved configuration (config.yaml) differs from
     `config` (a profile changed since it ran), as text; None when they agree or it has none."""
@@ -163,9 +174,6 @@ def config_changes(ran: dict, config: Config) -> str | None:
     return "; ".join(changed) or None
 
 
-PER_SEED_FIELDS = {("trainer", "seed"), ("trainer", "output_dir")}
-
-
 def experiment_config(directory: Path) -> dict | None:
     """A run's resolved configuration without the fields that differ between its seeds: what
     the summary keeps, so that a later sitting can tell whether the profile changed since."""
@@ -173,12 +181,9 @@ def experiment_config(directory: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        ran = load_file(path)
+        return without_per_seed_fields(load_file(path))
     except ConfigError:
         return None
-    return {section: {name: value for name, value in fields.items()
-                      if (section, name) not in PER_SEED_FIELDS}
-            for section, fields in ran.items()}
 
 
 def recorded_finished(args, run: Run, entry: dict | None) -> str | None:
@@ -462,8 +467,8 @@ def with_recorded(runs: list[dict], entry: dict | None, machine: dict | None,
 
 def overrides(info: dict) -> list[str]:
     """A run's overrides without those that differ between seeds of one experiment."""
-    return [o for o in info.get("overrides", [])
-            if not o.startswith(("trainer.output_dir", "trainer.seed"))]
+    per_seed = tuple(f"{section}.{name}" for section, name in PER_SEED_FIELDS)
+    return [o for o in info.get("overrides", []) if not o.startswith(per_seed)]
 
 
 def add_earlier_sittings(rows: list[dict], resumed: list[dict]) -> None:

@@ -130,4 +130,9 @@ def graph_digest(graph) -> str:
 
 
 def file_hash(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return content_hash(Path(path).read_bytes())
+
+
+def content_hash(data: bytes) -> str:
+    """A policy's model_hash: the sha256 of its file's bytes."""
+    return hashlib.sha256(data).hexdigest()

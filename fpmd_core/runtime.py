@@ -6,14 +6,13 @@ and expose the same interface: `metadata`, `model_hash`, `__call__(observation)`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from .export import METADATA_FORMAT, METADATA_KEY, file_hash, graph_digest
+from .export import METADATA_FORMAT, METADATA_KEY, content_hash, file_hash, graph_digest
 from .files import error_summary
 
 REQUIRED_METADATA = {
@@ -263,7 +262,7 @@ class OnnxPolicy(_Policy):
         self._check_digest(model)
         self._check_graph()
         check_expected(self.metadata, f"policy {self.path}", expected or {})
-        self.model_hash = hashlib.sha256(model).hexdigest()
+        self.model_hash = content_hash(model)
 
     def _check_digest(self, model: bytes) -> None:
         """The graph as exported (policies exported before the digest existed carry none)."""

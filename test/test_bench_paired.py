@@ -378,10 +378,7 @@ def test_a_run_the_summary_records_is_not_run_again(tmp_path):
     args = parser.parse_args(['--checkpoint-interval', '5000'])
     run = bench_learning.Run(TASK, 'fpmd_m', 0, 600, tmp_path)
     sets = bench_learning.run_overrides(args, run)
-    config = make_config('cpu', overrides=sets).to_dict()
-    ran = {section: {k: v for k, v in fields.items()
-                     if (section, k) not in bench_learning.PER_SEED_FIELDS}
-           for section, fields in config.items()}
+    ran = bench_learning.without_per_seed_fields(make_config('cpu', overrides=sets).to_dict())
     entry = {'seeds': [0, 1], 'total_steps': 600,
              'overrides': bench_learning.overrides({'overrides': sets}), 'config': ran}
     finished = bench_learning.recorded_finished
