@@ -23,19 +23,19 @@ Evaluation protocol (the trainer's): every ``trainer.eval_interval`` env steps a
 network call from x0 = 0, no critic: what is exported) and, for FPMD-R/FPMD-M/DPMD, best-of-N
 (the training sampler without exploration noise, N = ``agent.particles`` scored by the critic).
 
-Aggregate (also alone with ``--aggregate-only``), over every task and algorithm of the folder:
-its run dirs on disk, and the runs its summary.json already records where their dirs are gone
-(a fresh clone has none; a run dir wins over its record, and a recorded run is not run again
-when it has this invocation's overrides and configuration). Per task and
-algorithm over the finished seeds, the final deploy-mode return (mean ± sample std over seeds),
-the best deploy-mode return (maximum over evaluations of the seed-mean curve), the same two for
-best-of-N, the wall time and the env steps/s after the warm-up (updates and evaluations
-included, mean over seeds); written to ``<out-dir>/summary.md`` and ``summary.json``, and one
-learning-curve PNG per task, ``<out-dir>/<task>.png`` (seed mean, shaded ± std, deploy mode
-solid and best-of-N dashed). summary.json is what is committed of a benchmark, so it also holds
-everything read from the run dirs that a reader may need: per algorithm the plotted curves
-(``curves``), every seed's evaluations (``evaluations``: eval.csv's columns), its training log
-(``training_log``: every column of train.csv, 4 significant digits) and its exact
+Aggregate (also alone with ``--aggregate-only``), over every task and algorithm of the folder: its
+run dirs on disk, and the runs its summary.json already records where their dirs are gone (a fresh
+clone has none; a run dir wins over its record, and a recorded run is not run again when it is of
+this invocation's experiment: the same resolved configuration where the summary kept it, else the
+same overrides). Per task and algorithm over the finished seeds, the final deploy-mode return (mean
+± sample std over seeds), the best deploy-mode return (maximum over evaluations of the seed-mean
+curve), the same two for best-of-N, the wall time and the env steps/s after the warm-up (updates
+and evaluations included, mean over seeds); written to ``<out-dir>/summary.md`` and
+``summary.json``, and one learning-curve PNG per task, ``<out-dir>/<task>.png`` (seed mean, shaded
+± std, deploy mode solid and best-of-N dashed). summary.json is what is committed of a benchmark,
+so it also holds everything read from the run dirs that a reader may need: per algorithm the
+plotted curves (``curves``), every seed's evaluations (``evaluations``: eval.csv's columns), its
+training log (``training_log``: every column of train.csv, 4 significant digits) and its exact
 ``python -m fpmd_core.cli`` command (``runs``); and at the top every bench command that made the
 runs and the summary (``commands``). ``--from-summary`` re-makes summary.md and the plots from
 summary.json alone.
@@ -189,15 +189,15 @@ def experiment_config(directory: Path) -> dict | None:
 def recorded_finished(args, run: Run, entry: dict | None) -> str | None:
     """Why `run`, which has no run dir, counts as finished because an earlier summary records it
     (`entry`: its algorithm's entry, or None); None when it must run. The record must be of the
-    same experiment: the same overrides, and where it kept the resolved configuration, the
-    same configuration as this invocation's (a profile may have changed since)."""
+    same experiment: where it kept the resolved configuration, the same configuration as this
+    invocation's (a profile may have changed since; RESULT_NEUTRAL_FIELDS aside), whichever
+    overrides gave it (a study's --set that the profile has adopted since); else the same
+    overrides."""
     if not entry or run.seed not in entry.get("seeds", []) or run.directory.exists():
         return None
     if entry.get("total_steps") != run.total_steps:
         return None
     run_sets = run_overrides(args, run)
-    if entry.get("overrides") != overrides({"overrides": run_sets}):
-        return None
     if entry.get("config") and run.algo != SB3_SAC:
         changed = config_changes(entry["config"], make_config(args.profile, overrides=run_sets))
         if changed:
@@ -205,6 +205,8 @@ def recorded_finished(args, run: Run, entry: dict | None) -> str | None:
                   f"({changed}); it runs again", flush=True)
             return None
         return "the summary records it, with this configuration"
+    if entry.get("overrides") != overrides({"overrides": run_sets}):
+        return None
     return "the summary records it, with these overrides"
 
 
@@ -449,20 +451,31 @@ def recorded_runs(entry: dict, machine: dict | None, partial: bool = False) -> l
 def with_recorded(runs: list[dict], entry: dict | None, machine: dict | None,
                   partial: bool = False, name: str = "") -> list[dict]:
     """`runs` (from run dirs) and the seeds an earlier summary's `entry` recorded that are not
-    among them; a run dir wins over its record. Recorded runs made with other overrides than
-    the run dirs' are left out, with a line that says so: they are not the same experiment."""
+    among them; a run dir wins over its record. Recorded runs of another experiment than the
+    run dirs' (experiment_difference) are left out, with a line that says so."""
     if not entry:
         return runs
     on_disk = {run["info"].get("seed") for run in runs}
     kept = [run for run in recorded_runs(entry, machine, partial)
             if run["info"]["seed"] not in on_disk]
-    if runs and kept and (overrides(runs[0]["info"]) != entry.get("overrides", [])):
+    if runs and kept and (difference := experiment_difference(runs[0], entry)):
         seeds = [run["info"]["seed"] for run in kept]
-        print(f"{name}: the summary's seeds {seeds} were made with overrides "
-              f"{entry.get('overrides')}, the run dirs' with {overrides(runs[0]['info'])}; "
-              f"only the run dirs are aggregated", flush=True)
+        print(f"{name}: the summary's seeds {seeds} are of another experiment than the run "
+              f"dirs' ({difference}); only the run dirs are aggregated", flush=True)
         return runs
     return sorted(runs + kept, key=lambda run: run["info"].get("seed", -1))
+
+
+def experiment_difference(run: dict, entry: dict) -> str | None:
+    """How a run dir's `run` and an earlier summary's `entry` are not one experiment, or None:
+    by their resolved configurations where both kept one (recorded_finished's rule), else by
+    their overrides."""
+    ran = experiment_config(run["dir"]) if run["dir"] is not None else None
+    if ran and entry.get("config"):
+        return config_changes(entry["config"], config_from_dict(ran))
+    if overrides(run["info"]) != entry.get("overrides", []):
+        return f"overrides {entry.get('overrides')} -> {overrides(run['info'])}"
+    return None
 
 
 def overrides(info: dict) -> list[str]:

@@ -371,8 +371,8 @@ def test_a_fresh_machine_keeps_the_runs_the_summary_records(tmp_path, monkeypatc
 
 def test_a_run_the_summary_records_is_not_run_again(tmp_path):
     """run_all skips a run without a dir that the summary records with this invocation's
-    overrides and configuration; another seed, other overrides, a changed profile or a run dir
-    of its own (which next_action judges) make it run."""
+    configuration (or, where it kept none, overrides); another seed, a changed profile or a run
+    dir of its own (which next_action judges) make it run."""
     parser = bench_learning.argparse.ArgumentParser()
     bench_learning.add_run_arguments(parser)
     args = parser.parse_args(['--checkpoint-interval', '5000'])
@@ -387,11 +387,39 @@ def test_a_run_the_summary_records_is_not_run_again(tmp_path):
     assert finished(args, run, None) is None
     assert finished(args, bench_learning.Run(TASK, 'fpmd_m', 2, 600, tmp_path), entry) is None
     assert finished(args, run, {**entry, 'total_steps': 300}) is None
-    assert finished(args, run, {**entry, 'overrides': entry['overrides'][:-1]}) is None
+    # The configuration decides where it was kept: a study's --set the profile has adopted
+    # since is the same experiment; without it the overrides must be the same.
+    assert 'with this configuration' in finished(
+        args, run, {**entry, 'overrides': entry['overrides'][:-1]})
+    assert finished(args, run, {**entry, 'overrides': entry['overrides'][:-1],
+                                'config': None}) is None
     warm = {**ran, 'trainer': {**ran['trainer'], 'warmup_steps': 123}}
     assert finished(args, run, {**entry, 'config': warm}) is None
     run.directory.mkdir(parents=True)
     assert finished(args, run, entry) is None
+
+
+def test_a_record_and_a_run_dir_are_one_experiment_by_their_configuration(tmp_path):
+    """A run dir and a record with the same resolved configuration are one experiment though
+    their overrides differ (a study's run copied in once the profile adopted its --set; a
+    benchmark that checkpoints more often); a changed field that changes results is another.
+    Without a kept configuration the overrides decide."""
+    sets = [f'task.id={TASK}', 'agent.algo=fpmd_m']
+    cfg = make_config('cpu', overrides=sets)
+    directory = tmp_path / 'seed_0'
+    directory.mkdir()
+    save_config(cfg, directory / 'config.yaml')
+    run = {'dir': directory, 'info': {'seed': 0, 'overrides': [*sets, 'agent.layers=2']}}
+    kept = bench_learning.without_per_seed_fields(cfg.to_dict())
+    entry = {'overrides': [*sets, 'trainer.checkpoint_interval=5000'],
+             'config': {**kept, 'trainer': {**kept['trainer'], 'checkpoint_interval': 5000}}}
+    difference = bench_learning.experiment_difference
+    assert difference(run, entry) is None
+    other = {**kept, 'agent': {**kept['agent'], 'target_entropy_scale': 1.0}}
+    assert 'agent.target_entropy_scale: 1.0 -> 1.5' in difference(run, {**entry, 'config': other})
+    assert 'overrides' in difference({**run, 'dir': None}, entry)
+    same_sets = {**entry, 'overrides': run['info']['overrides']}
+    assert difference({**run, 'dir': None}, same_sets) is None
 
 
 def test_recorded_runs_name_their_machine():
