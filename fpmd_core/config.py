@@ -258,10 +258,14 @@ PROFILES: dict[str, dict[str, Any]] = {
 # FPMD-M starts learning after 500 random env steps, not 2,000 (2% of a 25k budget; the paper's
 # 30k is 3% of 1M): at 25k env steps Hopper reached 336.0 ± 88.6 against 266.3 ± 49.6, behind
 # SB3 SAC's 325.4 ± 40.2 beyond seed noise before (docs/benchmarks.md, "FPMD-M's warm-up").
+# FPMD-M's target entropy is -1.0 d, not -1.5 d: `budget` then anneals to alpha 0.89, not 0.54
+# (exploration noise std 0.089, not 0.054). At 0.54 two of three Reacher seeds fell over the last
+# 20k of 50k env steps (-6.05, -7.17); at 0.89 they did not (docs/benchmarks.md, "FPMD-M's
+# temperature floor").
 ALGORITHM_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {"fpmd_m": {"agent.alpha_schedule": "budget", "agent.noise_scale_init": 1.0,
                        "agent.weight_form": "advantage", "agent.actor_interval": 1,
-                       "trainer.warmup_steps": 500}},
+                       "agent.target_entropy_scale": 1.0, "trainer.warmup_steps": 500}},
 }
 
 

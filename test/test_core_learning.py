@@ -9,14 +9,13 @@ policy scores -13.4, holding still -6.6, the untrained flow policies about -7 (D
 and heading for the origin at full speed about -0.6.
 
 Settings (CPU profile, 2x64 nets, 4 envs, 400 random warm-up steps, then one update per vector
-step: 1400 updates in 6000 env steps): the temperature steps every 5 gradient steps instead of
-250 (FPMD-M: the profile's `budget` schedule over those 1400 steps, its training noise
-scale 1.0, advantage weights and actor every gradient step) and the policy learning rate is
-1e-3, so that alpha anneals and the policy moves within such a short run; DPMD uses 10
-diffusion steps instead of 20 for time. Measured with seeds 0, 1, 2:
-FPMD-R -1.39 / -1.49 / -1.11, FPMD-M -1.97 / -1.62 / -1.65, DPMD -2.00 / -2.14 / -2.05; the
-threshold -3.0 is half way from holding still to that. CPU time per run: about 9 s (FPMD-R),
-10 s (FPMD-M), 14 s (DPMD).
+step: 1400 updates in 6000 env steps): the temperature steps every 5 gradient steps instead of 250
+(FPMD-M: the profile's `budget` schedule over those 1400 steps, its training noise scale 1.0,
+advantage weights, actor every gradient step and target entropy -1.0 d) and the policy learning
+rate is 1e-3, so that alpha anneals and the policy moves within such a short run; DPMD uses 10
+diffusion steps instead of 20 for time. Measured with seeds 0, 1, 2: FPMD-R -1.39 / -1.49 / -1.11,
+FPMD-M -2.01 / -1.61 / -1.71, DPMD -2.00 / -2.14 / -2.05; the threshold -3.0 is half way from
+holding still to that. CPU time per run: about 9 s (FPMD-R), 10 s (FPMD-M), 14 s (DPMD).
 """
 
 from __future__ import annotations
