@@ -53,6 +53,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -579,18 +580,24 @@ def curve_record(runs: list[dict], key: str) -> dict | None:
 
 
 def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool = False,
-              earlier: dict | None = None) -> dict:
+              earlier: dict | None = None,
+              configs: Callable[[str, str], Config | None] | None = None) -> dict:
     """The summary of the runs under `out_dir`, together with the runs that an `earlier`
-    aggregate of the same folder recorded and whose run dirs are gone (with_recorded)."""
+    aggregate of the same folder recorded and whose run dirs are gone (with_recorded).
+    `configs(task, algo)`: the configuration its runs must have been made with, or None for
+    any (of_configuration)."""
     summary: dict = {"tasks": {}, "machine": None, "aggregated_on": machine()}
     earlier_tasks = (earlier or {}).get("tasks", {})
     recorded = []
     for task in tasks:
         entry, task_runs = {}, {}
         for algo in algos:
-            runs = with_recorded(seed_runs(out_dir, task, algo, partial),
-                                 earlier_tasks.get(task, {}).get(algo),
+            earlier_entry = earlier_tasks.get(task, {}).get(algo)
+            runs = with_recorded(seed_runs(out_dir, task, algo, partial), earlier_entry,
                                  (earlier or {}).get("machine"), partial, f"{task}/{algo}")
+            if configs is not None:
+                runs = of_configuration(runs, earlier_entry, configs(task, algo),
+                                        f"{task}/{algo}")
             if not runs:
                 continue
             task_runs[algo] = runs
@@ -605,7 +612,7 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
                 "env_steps_reached": min(int(run["eval"][-1]["env_steps"]) for run in runs),
                 "overrides": overrides(info),
                 # Whether a later sitting's profile is this one (recorded_finished).
-                "config": entry_config(runs, earlier_tasks.get(task, {}).get(algo)),
+                "config": entry_config(runs, earlier_entry),
                 "deploy": stats(runs, "return_deploy"),
                 "best_of_n": stats(runs, "return_best_of_n"),
                 "train_wall_s_mean": float(np.mean(walls)),
@@ -630,6 +637,27 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
     if recorded and all(m == recorded[0] for m in recorded):
         summary["machine"] = recorded[0]
     return summary
+
+
+def of_configuration(runs: list[dict], entry: dict | None, config: Config | None,
+                     name: str) -> list[dict]:
+    """The runs (run dirs and `entry`'s records, as with_recorded gives them) made with
+    `config` (config_changes), all of them when it is None. A profile that changed since makes
+    the others another experiment: they are left out, with a line (the next sitting runs them
+    again); runs that kept no configuration stay."""
+    if config is None:
+        return runs
+    kept = []
+    for run in runs:
+        ran = (experiment_config(run["dir"]) if run["dir"] is not None
+               else (entry or {}).get("config"))
+        changed = config_changes(ran, config) if ran else None
+        if changed:
+            print(f"{name}: seed {run['info'].get('seed')} left out: it ran with another "
+                  f"configuration ({changed})", flush=True)
+        else:
+            kept.append(run)
+    return kept
 
 
 def entry_config(runs: list[dict], earlier_entry: dict | None) -> dict | None:

@@ -52,7 +52,7 @@ import numpy as np
 from bench import bench_learning as learning
 from bench.bench_learning import LABELS, SB3_SAC, Run
 from bench.common import REPO, command_line, json_text
-from fpmd_core.config import make_config
+from fpmd_core.config import ConfigError, make_config
 
 TASKS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5", "Reacher-v5",
          "InvertedDoublePendulum-v5")
@@ -354,11 +354,27 @@ def runs_to_aggregate(out_dir: Path, previous: dict) -> dict[int, tuple[list[str
             for b, (tasks, algos) in sorted(found.items())}
 
 
+def protocol_configs(args, budget: int):
+    """(task, algo) -> the configuration this invocation runs ours with at `budget`: the summary
+    holds runs of the profile as it is now, not as it was. None (any) for SB3 SAC, and where no
+    run of ours could be made at that budget (one that ends within the warm-up)."""
+    def config(task: str, algo: str):
+        if algo == SB3_SAC:
+            return None
+        run = Run(task, algo, 0, budget, budget_dir(args.out_dir, budget))
+        try:
+            return make_config(args.profile, overrides=learning.run_overrides(args, run))
+        except ConfigError:
+            return None
+    return config
+
+
 def write_aggregate(args) -> None:
     previous = learning.read_summary(args.out_dir)
     earlier = previous.get("budgets", {})
     budgets = {str(b): learning.aggregate(budget_dir(args.out_dir, b), tasks, algos,
-                                          args.include_unfinished, earlier.get(str(b)))
+                                          args.include_unfinished, earlier.get(str(b)),
+                                          protocol_configs(args, b))
                for b, (tasks, algos) in runs_to_aggregate(args.out_dir, previous).items()}
     budgets = {b: agg for b, agg in budgets.items() if agg["tasks"]}
     if not budgets:

@@ -15,7 +15,7 @@ from bench import bench_learning, bench_paired_sb3
 from bench.bench_learning import SB3_SAC, group_starts, next_action
 from bench.bench_paired_sb3 import normalised, scores, seed_noise
 from bench.common import REPO, child_env
-from fpmd_core.config import make_config, parse_override, save_config
+from fpmd_core.config import config_from_dict, make_config, parse_override, save_config
 from fpmd_core.trainer import evaluation_seeds
 
 TASK = 'InvertedPendulum-v5'
@@ -236,9 +236,11 @@ def test_sb3_run_evaluates_with_our_protocol_into_our_eval_csv(tmp_path):
         float(rows[-1]['return_deploy'])]
 
 
-def make_run(out_dir, algo, seed, returns, alpha):
+def make_run(out_dir, algo, seed, returns, alpha, config=None):
     directory = out_dir / TASK / algo / f'seed_{seed}'
     directory.mkdir(parents=True)
+    if config is not None:
+        save_config(config, directory / 'config.yaml')
     steps = [100 * (i + 1) for i in range(len(returns))]
     evals = ['env_steps,updates,wall_time_s,return_deploy,return_best_of_n']
     evals += [f'{s},{s},{s / 10},{r},' for s, r in zip(steps, returns, strict=True)]
@@ -369,6 +371,45 @@ def test_a_fresh_machine_keeps_the_runs_the_summary_records(tmp_path, monkeypatc
     assert "the summary's seeds [0]" in capsys.readouterr().out
 
 
+def test_the_summary_holds_runs_of_the_profile_as_it_is_now(tmp_path, monkeypatch, capsys):
+    """A run, or a record, made before the profile changed is another experiment: the paired
+    summary leaves it out, with a line, and keeps the runs of the profile as it is now (and SB3
+    SAC's, which have no configuration of ours)."""
+    out_dir = tmp_path / 'paired'
+    budget = out_dir / 'steps_300'
+    parser = bench_learning.argparse.ArgumentParser()
+    bench_learning.add_run_arguments(parser)
+    parser.set_defaults(checkpoint_interval=bench_paired_sb3.CHECKPOINT_INTERVAL)
+    args = parser.parse_args(['--warmup-steps', '100'])
+    args.out_dir = out_dir
+    now = bench_paired_sb3.protocol_configs(args, 300)(TASK, 'fpmd_m')
+    assert bench_paired_sb3.protocol_configs(args, 300)(TASK, SB3_SAC) is None
+    fields = now.to_dict()
+    before = config_from_dict({**fields, 'agent': {**fields['agent'], 'target_entropy_scale': 1.5}})
+    for seed, config in enumerate((now, before)):
+        make_run(budget, 'fpmd_m', seed, [5.0, 8.0, 10.0 + seed], alpha=5.0, config=config)
+        make_run(budget, SB3_SAC, seed, [5.0, 8.0, 20.0 + seed], alpha=1.0)
+    argv = ['bench_paired_sb3', '--aggregate-only', '--seeds', '3', '--out-dir', str(out_dir),
+            '--warmup-steps', '100']
+    monkeypatch.setattr(sys, 'argv', argv)
+    capsys.readouterr()
+    bench_paired_sb3.main()
+    tasks = json.loads((out_dir / 'summary.json').read_text())['budgets']['300']['tasks'][TASK]
+    assert tasks['fpmd_m']['seeds'] == [0] and tasks[SB3_SAC]['seeds'] == [0, 1]
+    assert ('fpmd_m: seed 1 left out: it ran with another configuration '
+            '(agent.target_entropy_scale: 1.5 -> 1.0)') in capsys.readouterr().out
+
+    # On a fresh clone only the records are left; they are judged alike.
+    import shutil
+
+    shutil.rmtree(budget)
+    monkeypatch.setattr(sys, 'argv', [*argv, '--set', 'agent.target_entropy_scale=2.0'])
+    bench_paired_sb3.main()
+    tasks = json.loads((out_dir / 'summary.json').read_text())['budgets']['300']['tasks'][TASK]
+    assert list(tasks) == [SB3_SAC]
+    assert 'seed 0 left out' in capsys.readouterr().out
+
+
 def test_a_run_the_summary_records_is_not_run_again(tmp_path):
     """run_all skips a run without a dir that the summary records with this invocation's
     configuration (or, where it kept none, overrides); another seed, a changed profile or a run
@@ -415,8 +456,8 @@ def test_a_record_and_a_run_dir_are_one_experiment_by_their_configuration(tmp_pa
              'config': {**kept, 'trainer': {**kept['trainer'], 'checkpoint_interval': 5000}}}
     difference = bench_learning.experiment_difference
     assert difference(run, entry) is None
-    other = {**kept, 'agent': {**kept['agent'], 'target_entropy_scale': 1.0}}
-    assert 'agent.target_entropy_scale: 1.0 -> 1.5' in difference(run, {**entry, 'config': other})
+    other = {**kept, 'agent': {**kept['agent'], 'target_entropy_scale': 2.0}}
+    assert 'agent.target_entropy_scale: 2.0 -> 1.0' in difference(run, {**entry, 'config': other})
     assert 'overrides' in difference({**run, 'dir': None}, entry)
     same_sets = {**entry, 'overrides': run['info']['overrides']}
     assert difference({**run, 'dir': None}, same_sets) is None
