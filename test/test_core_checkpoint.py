@@ -119,13 +119,14 @@ def test_budget_temperature_spans_the_run_and_resumes_on_its_schedule(tmp_path):
     full = Trainer(tiny_config(tmp_path / 'full', 'fpmd_m', **budget))
     full_result = full.run()
     assert full.agent.gradient_steps == gradient_steps_of_run(full.cfg)
-    assert full.agent.alpha.item() == pytest.approx(target_entropy_alpha(1.5, 0.1), rel=1e-6)
+    floor = target_entropy_alpha(full.cfg.agent.target_entropy_scale, full.cfg.agent.explore_noise)
+    assert full.agent.alpha.item() == pytest.approx(floor, rel=1e-6)
     half = load_checkpoint(full_result.output_dir / 'checkpoints' / f'step_{HALF}.pt')
     half_steps = half['agent']['counters']['gradient_steps']
     half_alpha = math.exp(half['agent']['modules']['log_alpha'].item())
     assert 0 < half_steps < full.agent.gradient_steps
     assert half_alpha == pytest.approx(budget_alpha(half_steps, full.agent.gradient_steps, 3.0,
-                                                    target_entropy_alpha(1.5, 0.1)), rel=1e-6)
+                                                    floor), rel=1e-6)
     resumed = Trainer(tiny_config(tmp_path / 'resumed', 'fpmd_m', **budget),
                       resume=full_result.output_dir / 'checkpoints' / f'step_{HALF}.pt')
     resumed.run()
