@@ -18,8 +18,8 @@ strings quoted, string arrays as ``['a','b']``).
   ``/<namespace>/<name>/change_state`` service once, at start-up (later transitions, e.g.
   ``ros2 lifecycle set``, are the user's); a refused transition stops the graph (exit code 1),
   as ``deploy.launch.py`` does. A transition left unanswered for ``REPLY_GRACE_S`` is checked
-  with the node's ``get_state`` (a lost request is sent once more, a lost reply of a done
-  transition counts as done).
+  with the node's ``get_state``, again every ``REPLY_GRACE_S`` until the deadline (a lost
+  request is sent once more, a lost reply of a done transition counts as done).
 * When a node marked ``ends_launch`` (the trainer, the policy_controller) exits, everything
   stops and the runner exits with that node's exit code (0 also after Ctrl-C once the trainer
   wrote its checkpoint). Ctrl-C / SIGTERM stop everything too.
@@ -173,7 +173,9 @@ class _LifecycleDriver(PrivateParticipant):
     lost message (Fast DDS can match a service's request side before its reply side), so the
     driver asks the node's ``get_state``: in the transition's goal state it has done it; back in
     its start state it never got the request, or refused it unheard, so the request goes once
-    more; in between it is still at work and the driver waits on."""
+    more; in between it is still at work, and with no answer to ``get_state`` either nothing is
+    known. In those two cases the driver waits another ``reply_grace_s`` and asks again, so that
+    a lost reply costs one grace more, not the whole deadline."""
 
     def __init__(self, reply_grace_s: float = REPLY_GRACE_S, log=None):
         super().__init__(f'fpmd_runner_{os.getpid()}')
@@ -232,23 +234,26 @@ class _LifecycleDriver(PrivateParticipant):
                 return f'service {service} did not appear in time'
             self.executor.spin_once(timeout_sec=POLL_S)
         request = ChangeState.Request(transition=Transition(id=transition_id))
+        start, goal = TRANSITION_STATES[transition_id]
         future = self._call(client, request)
-        reason = self._spin_until_done(
-            future, min(deadline, time.monotonic() + self.reply_grace_s), keep_going)
-        if not future.done() and not reason:
-            start, goal = TRANSITION_STATES[transition_id]
+        asked_again = False
+        while True:
+            reason = self._spin_until_done(
+                future, min(deadline, time.monotonic() + self.reply_grace_s), keep_going)
+            if future.done() or reason or time.monotonic() >= deadline:
+                break
             state = self._state_id(node_name, deadline, keep_going)
             if state == goal:
                 future.cancel()
                 self.log(f'{service} ({label}): no reply, but {node_name} is in the state it '
                          'leads to')
                 return None
-            if state == start:
+            if state == start and not asked_again:
                 future.cancel()
                 self.log(f'{service} ({label}): no reply, {node_name} still in the state it '
                          'starts from; asking once more')
                 future = self._call(client, request)
-            reason = self._spin_until_done(future, deadline, keep_going)
+                asked_again = True
         if not future.done():
             future.cancel()
             return reason or f'{service} ({label}) not answered in time'
