@@ -15,25 +15,28 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import NodeNameNonExistentError
-from sim_helpers import RunningSim, SeedPerEpisode
+from sim_helpers import RunningSim, SeedPerEpisode, fresh_name
 
 from fpmd_core.tasks import PixelOptions, make_env
 from fpmd_ros.ros_env import RosVectorEnv, SimError, SimTimeoutError
 
 TASK = 'InvertedPendulum-v5'
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Unique per run: another test run that happens to share the DDS domain cannot answer for them.
-NAMES = [f'env_{i}_p{os.getpid()}' for i in range(2)]
 EPISODE_STEPS = 6  # short, so that 25 steps cross several terminations and truncations
 
 
 @pytest.fixture
 def sims():
-    running = [RunningSim(NAMES[i], task=TASK, max_episode_steps=EPISODE_STEPS)
+    running = [RunningSim(fresh_name(f'env_{i}'), task=TASK, max_episode_steps=EPISODE_STEPS)
                for i in range(2)]
     yield running
     for sim in running:
         sim.stop()
+
+
+@pytest.fixture
+def names(sims):
+    return [sim.namespace for sim in sims]
 
 
 def _reference(seeds):
@@ -43,8 +46,8 @@ def _reference(seeds):
     return envs
 
 
-def test_matches_sync_vector_env(sims):
-    env = RosVectorEnv(TASK, namespaces=NAMES, max_episode_steps=EPISODE_STEPS,
+def test_matches_sync_vector_env(names):
+    env = RosVectorEnv(TASK, namespaces=names, max_episode_steps=EPISODE_STEPS,
                        step_timeout_s=5.0)
     try:
         assert env.metadata['autoreset_mode'] == gym.vector.AutoresetMode.SAME_STEP
@@ -118,7 +121,7 @@ def _graph_of(node_name: str, ready, timeout_s: float = 30.0) -> dict:
         rclpy.shutdown(context=context)
 
 
-def test_on_a_node_spun_elsewhere_the_sims_endpoints_are_that_nodes(sims):
+def test_on_a_node_spun_elsewhere_the_sims_endpoints_are_that_nodes(names):
     """The trainer's way: the env's publishers, subscriptions and clients belong to the given
     node (spun by another thread), so the ROS graph shows them as that node's; close() removes
     them and leaves the node running."""
@@ -132,7 +135,7 @@ def test_on_a_node_spun_elsewhere_the_sims_endpoints_are_that_nodes(sims):
     thread.start()
     env = reference = None
     try:
-        env = RosVectorEnv(TASK, namespaces=NAMES, max_episode_steps=EPISODE_STEPS,
+        env = RosVectorEnv(TASK, namespaces=names, max_episode_steps=EPISODE_STEPS,
                            step_timeout_s=5.0, node=node)
         seeds = [3, 3 + env.seed_stride]
         reference = _reference(seeds)
@@ -144,11 +147,11 @@ def test_on_a_node_spun_elsewhere_the_sims_endpoints_are_that_nodes(sims):
                                     strict=True):
                 np.testing.assert_array_equal(ours, theirs)
 
-        wanted = {f'/{ns}/transition' for ns in NAMES}
+        wanted = {f'/{ns}/transition' for ns in names}
         graph = _graph_of(name, lambda g: wanted <= set(g['subscriptions']))
         assert wanted <= set(graph['subscriptions']), graph
-        assert {f'/{ns}/commands' for ns in NAMES} <= set(graph['publishers']), graph
-        assert f'/{NAMES[0]}/mujoco_sim/reset' in graph['clients'], graph
+        assert {f'/{ns}/commands' for ns in names} <= set(graph['publishers']), graph
+        assert f'/{names[0]}/mujoco_sim/reset' in graph['clients'], graph
         env.close()
         env = None
         assert not list(node.subscriptions) and not list(node.clients)
@@ -163,9 +166,9 @@ def test_on_a_node_spun_elsewhere_the_sims_endpoints_are_that_nodes(sims):
         rclpy.shutdown(context=context)
 
 
-def test_single_env_action_actually_reaches_the_sim(sims):
+def test_single_env_action_actually_reaches_the_sim(sims, names):
     """Scaled commands arrive in env units: the sim applied scale_action(a) (gear 100 motor)."""
-    env = RosVectorEnv(TASK, namespaces=NAMES[1:], step_timeout_s=5.0)
+    env = RosVectorEnv(TASK, namespaces=names[1:], step_timeout_s=5.0)
     try:
         env.reset()
         env.step(np.array([[0.5]]))
@@ -174,9 +177,9 @@ def test_single_env_action_actually_reaches_the_sim(sims):
         env.close()
 
 
-def test_killed_sim_is_named_not_a_hang(sims):
+def test_killed_sim_is_named_not_a_hang(sims, names):
     timeout_s = 1.0
-    env = RosVectorEnv(TASK, namespaces=NAMES, step_timeout_s=timeout_s)
+    env = RosVectorEnv(TASK, namespaces=names, step_timeout_s=timeout_s)
     try:
         env.reset(seed=0)
         for _ in range(3):
@@ -184,32 +187,32 @@ def test_killed_sim_is_named_not_a_hang(sims):
         episode, step = env._sims[1].episode, env._sims[1].step
         sims[1].stop()
         start = time.monotonic()
-        with pytest.raises(SimTimeoutError, match=NAMES[1]) as caught:
+        with pytest.raises(SimTimeoutError, match=names[1]) as caught:
             env.step(np.zeros((2, 1)))
         assert time.monotonic() - start < timeout_s + 1.0
-        assert caught.value.namespace == NAMES[1]
+        assert caught.value.namespace == names[1]
         assert caught.value.awaited == (episode, step + 1)
         assert f'episode {episode}, step {step + 1}' in str(caught.value)
         with pytest.raises(RuntimeError, match='reset'):
             env.step(np.zeros((2, 1)))
-        with pytest.raises(SimTimeoutError, match=NAMES[1]):  # and reset names it too
+        with pytest.raises(SimTimeoutError, match=names[1]):  # and reset names it too
             env.reset()
     finally:
         env.close()
 
 
-def test_missing_and_mismatched_sims_are_named(sims):
+def test_missing_and_mismatched_sims_are_named(names):
     start = time.monotonic()
     with pytest.raises(SimTimeoutError, match='ghost'):
-        RosVectorEnv(TASK, namespaces=[NAMES[0], 'ghost'], connect_timeout_s=1.5)
+        RosVectorEnv(TASK, namespaces=[names[0], 'ghost'], connect_timeout_s=1.5)
     assert time.monotonic() - start < 5.0
-    with pytest.raises(SimError, match=f"{NAMES[0]}: has task = 'InvertedPendulum-v5', "
+    with pytest.raises(SimError, match=f"{names[0]}: has task = 'InvertedPendulum-v5', "
                        "expected 'Hopper-v5'"):
-        RosVectorEnv('Hopper-v5', namespaces=NAMES[:1], connect_timeout_s=10.0)
+        RosVectorEnv('Hopper-v5', namespaces=names[:1], connect_timeout_s=10.0)
 
 
-def test_bad_actions_are_refused(sims):
-    env = RosVectorEnv(TASK, namespaces=NAMES, step_timeout_s=5.0)
+def test_bad_actions_are_refused(names):
+    env = RosVectorEnv(TASK, namespaces=names, step_timeout_s=5.0)
     try:
         with pytest.raises(RuntimeError, match='reset'):
             env.step(np.zeros((2, 1)))
@@ -307,8 +310,8 @@ def test_pixel_observations_equal_the_in_process_pixel_env():
         sim.stop()
 
 
-def test_a_sim_without_the_expected_camera_is_refused_by_name(sims):
-    with pytest.raises(SimError, match=f'{NAMES[0]}: has action_repeat = 1, expected 2'):
-        RosVectorEnv(TASK, namespaces=NAMES[:1], action_repeat=2, connect_timeout_s=10.0)
+def test_a_sim_without_the_expected_camera_is_refused_by_name(names):
+    with pytest.raises(SimError, match=f'{names[0]}: has action_repeat = 1, expected 2'):
+        RosVectorEnv(TASK, namespaces=names[:1], action_repeat=2, connect_timeout_s=10.0)
     with pytest.raises(SimTimeoutError, match='no publisher on .*camera/image_raw'):
-        RosVectorEnv(TASK, namespaces=NAMES[:1], pixels=PIXELS, connect_timeout_s=1.5)
+        RosVectorEnv(TASK, namespaces=names[:1], pixels=PIXELS, connect_timeout_s=1.5)

@@ -3,8 +3,6 @@ reply is lost neither stalls the start-up until the deadline nor hides a refusal
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
 import time
 
@@ -12,14 +10,12 @@ import pytest
 from lifecycle_msgs.msg import State, Transition
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.task import Future
+from sim_helpers import fresh_name
 
 from fpmd_ros.runner import TRANSITION_STATES, _LifecycleDriver
 
 GRACE_S = 1.0
 DEADLINE_S = 30.0
-# A name no earlier test used: Fast DDS's graph can still list a destroyed node of this process
-# for a while, and a new node of the same name was then seen not to be discovered in 30 s.
-NODE_NUMBERS = itertools.count()
 
 
 class CountingNode(LifecycleNode):
@@ -79,7 +75,7 @@ def lifecycle_node(ros_context, ros_executor):
     nodes = []
 
     def make(accept: bool) -> CountingNode:
-        node = CountingNode(f'counting_{os.getpid()}_{next(NODE_NUMBERS)}', ros_context, accept)
+        node = CountingNode(fresh_name('counting'), ros_context, accept)
         ros_executor.add_node(node)
         nodes.append(node)
         return node
