@@ -409,7 +409,8 @@ def seed_runs(out_dir: Path, task: str, algo: str, partial: bool = False) -> lis
         if not rows or total is None or (int(rows[-1]["env_steps"]) < total and not partial):
             continue  # unfinished: left out of the aggregate
         add_earlier_sittings(rows, info.get("resumed", []))
-        runs.append({"dir": directory, "info": info, "eval": rows, "rate": learning_rate(rows),
+        runs.append({"dir": directory, "info": info, "config": experiment_config(directory),
+                     "eval": rows, "rate": learning_rate(rows),
                      "train": read_csv(directory / "train.csv")})
     return runs
 
@@ -443,7 +444,8 @@ def recorded_runs(entry: dict, machine: dict | None, partial: bool = False) -> l
             info["machine"] = record["machine"]
         if record.get("process_wall_s") is not None:
             info["process_wall_s"] = record["process_wall_s"]
-        runs.append({"dir": None, "info": info, "record": record, "eval": evals,
+        runs.append({"dir": None, "info": info, "config": entry.get("config"),
+                     "record": record, "eval": evals,
                      "rate": learning_rate(evals),
                      "train": table_rows(entry.get("training_log", {}).get(str(seed), {}))})
     return runs
@@ -471,9 +473,8 @@ def experiment_difference(run: dict, entry: dict) -> str | None:
     """How a run dir's `run` and an earlier summary's `entry` are not one experiment, or None:
     by their resolved configurations where both kept one (recorded_finished's rule), else by
     their overrides."""
-    ran = experiment_config(run["dir"]) if run["dir"] is not None else None
-    if ran and entry.get("config"):
-        return config_changes(entry["config"], config_from_dict(ran))
+    if run["config"] and entry.get("config"):
+        return config_changes(entry["config"], config_from_dict(run["config"]))
     if overrides(run["info"]) != entry.get("overrides", []):
         return f"overrides {entry.get('overrides')} -> {overrides(run['info'])}"
     return None
@@ -596,8 +597,7 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
             runs = with_recorded(seed_runs(out_dir, task, algo, partial), earlier_entry,
                                  (earlier or {}).get("machine"), partial, f"{task}/{algo}")
             if configs is not None:
-                runs = of_configuration(runs, earlier_entry, configs(task, algo),
-                                        f"{task}/{algo}")
+                runs = of_configuration(runs, configs(task, algo), f"{task}/{algo}")
             if not runs:
                 continue
             task_runs[algo] = runs
@@ -639,9 +639,8 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
     return summary
 
 
-def of_configuration(runs: list[dict], entry: dict | None, config: Config | None,
-                     name: str) -> list[dict]:
-    """The runs (run dirs and `entry`'s records, as with_recorded gives them) made with
+def of_configuration(runs: list[dict], config: Config | None, name: str) -> list[dict]:
+    """The runs (run dirs and an earlier summary's records, as with_recorded gives them) made with
     `config` (config_changes), all of them when it is None. A profile that changed since makes
     the others another experiment: they are left out, with a line (the next sitting runs them
     again); runs that kept no configuration stay."""
@@ -649,9 +648,7 @@ def of_configuration(runs: list[dict], entry: dict | None, config: Config | None
         return runs
     kept = []
     for run in runs:
-        ran = (experiment_config(run["dir"]) if run["dir"] is not None
-               else (entry or {}).get("config"))
-        changed = config_changes(ran, config) if ran else None
+        changed = config_changes(run["config"], config) if run["config"] else None
         if changed:
             print(f"{name}: seed {run['info'].get('seed')} left out: it ran with another "
                   f"configuration ({changed})", flush=True)
@@ -663,10 +660,8 @@ def of_configuration(runs: list[dict], entry: dict | None, config: Config | None
 def entry_config(runs: list[dict], earlier_entry: dict | None) -> dict | None:
     """The experiment's configuration (experiment_config) from the first run dir that has one,
     else as the earlier summary kept it."""
-    for run in runs:
-        if run["dir"] is not None and (config := experiment_config(run["dir"])):
-            return config
-    return (earlier_entry or {}).get("config")
+    from_dirs = [run["config"] for run in runs if run["dir"] is not None and run["config"]]
+    return from_dirs[0] if from_dirs else (earlier_entry or {}).get("config")
 
 
 def add_equal_budget(entry: dict, runs: dict[str, list[dict]]) -> None:

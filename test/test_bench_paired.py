@@ -450,7 +450,8 @@ def test_a_record_and_a_run_dir_are_one_experiment_by_their_configuration(tmp_pa
     directory = tmp_path / 'seed_0'
     directory.mkdir()
     save_config(cfg, directory / 'config.yaml')
-    run = {'dir': directory, 'info': {'seed': 0, 'overrides': [*sets, 'agent.layers=2']}}
+    run = {'dir': directory, 'config': bench_learning.experiment_config(directory),
+           'info': {'seed': 0, 'overrides': [*sets, 'agent.layers=2']}}
     kept = bench_learning.without_per_seed_fields(cfg.to_dict())
     entry = {'overrides': [*sets, 'trainer.checkpoint_interval=5000'],
              'config': {**kept, 'trainer': {**kept['trainer'], 'checkpoint_interval': 5000}}}
@@ -458,9 +459,10 @@ def test_a_record_and_a_run_dir_are_one_experiment_by_their_configuration(tmp_pa
     assert difference(run, entry) is None
     other = {**kept, 'agent': {**kept['agent'], 'target_entropy_scale': 2.0}}
     assert 'agent.target_entropy_scale: 2.0 -> 1.0' in difference(run, {**entry, 'config': other})
-    assert 'overrides' in difference({**run, 'dir': None}, entry)
+    unkept = {**run, 'config': None}
+    assert 'overrides' in difference(unkept, entry)
     same_sets = {**entry, 'overrides': run['info']['overrides']}
-    assert difference({**run, 'dir': None}, same_sets) is None
+    assert difference(unkept, same_sets) is None
 
 
 def test_recorded_runs_name_their_machine():
