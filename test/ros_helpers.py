@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Callable
 
 DEFAULT_TIMEOUT_S = 10.0
+_NAME_NUMBERS = itertools.count()
+
+
+def fresh_name(prefix: str) -> str:
+    """A node or namespace name that no other test run and no earlier test of this process used.
+
+    Fast DDS's graph can list a destroyed node of this process for a while, and a new node of the
+    same name in the next test was then seen not to be discovered within 30 s."""
+    return f'{prefix}_p{os.getpid()}_{next(_NAME_NUMBERS)}'
 
 
 def spin_until(executor, predicate: Callable[[], bool], timeout_s: float = DEFAULT_TIMEOUT_S,

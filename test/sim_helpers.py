@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
 
 import gymnasium as gym
@@ -13,16 +11,6 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from fpmd_ros.sim.node import MujocoSimNode
-
-_NAME_NUMBERS = itertools.count()
-
-
-def fresh_name(prefix: str) -> str:
-    """A node or namespace name that no other test run and no earlier test of this process used.
-
-    Fast DDS's graph can list a destroyed node of this process for a while, and a new node of the
-    same name in the next test was then seen not to be discovered within 30 s."""
-    return f'{prefix}_p{os.getpid()}_{next(_NAME_NUMBERS)}'
 
 
 class RunningSim:

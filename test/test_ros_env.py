@@ -15,7 +15,8 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import NodeNameNonExistentError
-from sim_helpers import RunningSim, SeedPerEpisode, fresh_name
+from ros_helpers import fresh_name
+from sim_helpers import RunningSim, SeedPerEpisode
 
 from fpmd_core.tasks import PixelOptions, make_env
 from fpmd_ros.ros_env import RosVectorEnv, SimError, SimTimeoutError
