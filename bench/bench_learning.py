@@ -586,7 +586,8 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
     """The summary of the runs under `out_dir`, together with the runs that an `earlier`
     aggregate of the same folder recorded and whose run dirs are gone (with_recorded).
     `configs(task, algo)`: the configuration its runs must have been made with, or None for
-    any (of_configuration)."""
+    any (of_configuration); without `configs` (a study), that of its newest run
+    (study_configuration)."""
     summary: dict = {"tasks": {}, "machine": None, "aggregated_on": machine()}
     earlier_tasks = (earlier or {}).get("tasks", {})
     recorded = []
@@ -596,8 +597,8 @@ def aggregate(out_dir: Path, tasks: list[str], algos: list[str], partial: bool =
             earlier_entry = earlier_tasks.get(task, {}).get(algo)
             runs = with_recorded(seed_runs(out_dir, task, algo, partial), earlier_entry,
                                  (earlier or {}).get("machine"), partial, f"{task}/{algo}")
-            if configs is not None:
-                runs = of_configuration(runs, configs(task, algo), f"{task}/{algo}")
+            wanted = configs(task, algo) if configs is not None else study_configuration(runs)
+            runs = of_configuration(runs, wanted, f"{task}/{algo}")
             if not runs:
                 continue
             task_runs[algo] = runs
@@ -655,6 +656,22 @@ def of_configuration(runs: list[dict], config: Config | None, name: str) -> list
         else:
             kept.append(run)
     return kept
+
+
+def study_configuration(runs: list[dict]) -> Config | None:
+    """The configuration a study's seeds of one task and algorithm must share, where no profile
+    says which (bench_learning's own sittings): that of the newest run dir, else the one the
+    summary kept; None when no run kept one that still reads. A seed left in the folder from
+    before a change is then left out (of_configuration), not averaged with the others."""
+    on_disk = sorted((run for run in runs if run["dir"] is not None and run["config"]),
+                     key=lambda run: (run["dir"] / RESOLVED_CONFIG_NAME).stat().st_mtime)
+    recorded = [run for run in runs if run["dir"] is None and run["config"]]
+    for run in [*reversed(on_disk), *recorded]:
+        try:
+            return config_from_dict(run["config"])
+        except ConfigError:
+            continue
+    return None
 
 
 def entry_config(runs: list[dict], earlier_entry: dict | None) -> dict | None:

@@ -14,6 +14,7 @@ import pytest
 from bench import bench_learning
 from bench.bench_multi_host import POOL, pick_subnet
 from bench.common import json_text
+from fpmd_core.config import RESOLVED_CONFIG_NAME, make_config, save_config
 
 TASK = 'InvertedPendulum-v5'
 
@@ -25,9 +26,11 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
-def make_run(out_dir, algo, seed, returns, best_of_n=None):
+def make_run(out_dir, algo, seed, returns, best_of_n=None, config=None):
     directory = out_dir / TASK / algo / f'seed_{seed}'
     directory.mkdir(parents=True)
+    if config is not None:
+        save_config(config, directory / RESOLVED_CONFIG_NAME)
     steps = [1000 * (i + 1) for i in range(len(returns))]
     write_csv(directory / 'eval.csv', [
         {'env_steps': s, 'updates': s - 500, 'wall_time_s': s / 100, 'return_deploy': r,
@@ -118,3 +121,23 @@ def test_a_learning_summary_keeps_what_an_earlier_sitting_ran(tmp_path, monkeypa
     bench_learning.main()
     summary = json.loads((out_dir / 'summary.json').read_text())
     assert summary['tasks'][TASK]['fpmd_m']['deploy']['final_per_seed'] == [25.0]
+
+
+def test_a_study_averages_the_seeds_of_its_newest_configuration_only(tmp_path, capsys):
+    """A study folder where one seed is left from before a change of configuration (the
+    seeds' own fields aside) aggregates the newest configuration's seeds and says which seed
+    it left out; seeds of one configuration are all kept."""
+    out_dir = tmp_path / 'learning'
+    overrides = [f'task.id={TASK}', 'agent.algo=sac']
+    before = make_config('cpu', overrides=[*overrides, 'agent.batch_size=64'])
+    make_run(out_dir, 'sac', 0, [10.0, 30.0, 50.0], config=before)
+    for seed in (1, 2):
+        now = make_config('cpu', overrides=[*overrides, f'trainer.seed={seed}'])
+        make_run(out_dir, 'sac', seed, [20.0, 50.0, 60.0 + seed], config=now)
+    bench_learning.write_aggregate(out_dir, [TASK], ['sac'])
+    sac = json.loads((out_dir / 'summary.json').read_text())['tasks'][TASK]['sac']
+    assert sac['seeds'] == [1, 2]
+    assert sac['deploy']['final_per_seed'] == [61.0, 62.0]
+    assert sac['config']['agent']['batch_size'] == now.agent.batch_size != 64
+    assert (f'{TASK}/sac: seed 0 left out: it ran with another configuration '
+            f'(agent.batch_size: 64 -> {now.agent.batch_size})') in capsys.readouterr().out
