@@ -27,7 +27,9 @@ Aggregate (also alone with ``--aggregate-only``), over every task and algorithm 
 run dirs on disk, and the runs its summary.json already records where their dirs are gone (a fresh
 clone has none; a run dir wins over its record, and a recorded run is not run again when it is of
 this invocation's experiment: the same resolved configuration where the summary kept it, else the
-same overrides). Per task and algorithm over the finished seeds, the final deploy-mode return (mean
+same overrides). The seeds of a task and algorithm are one experiment: a seed whose resolved
+configuration is not the newest run dir's is left out, with a line (study_configuration). Per task
+and algorithm over the finished seeds, the final deploy-mode return (mean
 ± sample std over seeds), the best deploy-mode return (maximum over evaluations of the seed-mean
 curve), the same two for best-of-N, the wall time and the env steps/s after the warm-up (updates
 and evaluations included, mean over seeds); written to ``<out-dir>/summary.md`` and
