@@ -457,13 +457,14 @@ def with_recorded(runs: list[dict], entry: dict | None, machine: dict | None,
                   partial: bool = False, name: str = "") -> list[dict]:
     """`runs` (from run dirs) and the seeds an earlier summary's `entry` recorded that are not
     among them; a run dir wins over its record. Recorded runs of another experiment than the
-    run dirs' (experiment_difference) are left out, with a line that says so."""
+    newest run dir's (experiment_difference; the run dir study_configuration also goes by) are
+    left out, with a line that says so."""
     if not entry:
         return runs
     on_disk = {run["info"].get("seed") for run in runs}
     kept = [run for run in recorded_runs(entry, machine, partial)
             if run["info"]["seed"] not in on_disk]
-    if runs and kept and (difference := experiment_difference(runs[0], entry)):
+    if runs and kept and (difference := experiment_difference(newest_first(runs)[0], entry)):
         seeds = [run["info"]["seed"] for run in kept]
         print(f"{name}: the summary's seeds {seeds} are of another experiment than the run "
               f"dirs' ({difference}); only the run dirs are aggregated", flush=True)
@@ -665,15 +666,26 @@ def study_configuration(runs: list[dict]) -> Config | None:
     says which (bench_learning's own sittings): that of the newest run dir, else the one the
     summary kept; None when no run kept one that still reads. A seed left in the folder from
     before a change is then left out (of_configuration), not averaged with the others."""
-    on_disk = sorted((run for run in runs if run["dir"] is not None and run["config"]),
-                     key=lambda run: (run["dir"] / RESOLVED_CONFIG_NAME).stat().st_mtime)
-    recorded = [run for run in runs if run["dir"] is None and run["config"]]
-    for run in [*reversed(on_disk), *recorded]:
+    for run in (run for run in newest_first(runs) if run["config"]):
         try:
             return config_from_dict(run["config"])
         except ConfigError:
             continue
     return None
+
+
+def newest_first(runs: list[dict]) -> list[dict]:
+    """The run dirs among `runs`, the newest first (by when their resolved configuration, else
+    their run.json, was last written), then the runs an earlier summary recorded: the order in
+    which the configuration a study's seeds must share is looked for."""
+    def written(run: dict) -> float:
+        for name in (RESOLVED_CONFIG_NAME, "run.json"):
+            if (run["dir"] / name).is_file():
+                return (run["dir"] / name).stat().st_mtime
+        return 0.0
+
+    on_disk = sorted((run for run in runs if run["dir"] is not None), key=written, reverse=True)
+    return on_disk + [run for run in runs if run["dir"] is None]
 
 
 def entry_config(runs: list[dict], earlier_entry: dict | None) -> dict | None:

@@ -5,9 +5,11 @@ addresses no network of the machine uses. No ROS, no training: synthetic run dir
 import csv
 import ipaddress
 import json
+import os
 import random
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -141,3 +143,33 @@ def test_a_study_averages_the_seeds_of_its_newest_configuration_only(tmp_path, c
     assert sac['config']['agent']['batch_size'] == now.agent.batch_size != 64
     assert (f'{TASK}/sac: seed 0 left out: it ran with another configuration '
             f'(agent.batch_size: 64 -> {now.agent.batch_size})') in capsys.readouterr().out
+
+
+def test_a_study_keeps_the_recorded_seeds_of_its_newest_run_dirs_configuration(tmp_path, capsys):
+    """On a fresh machine a study's summary is all that is left of its seeds. A new sitting
+    that re-runs seed 1 as it was, beside a trial of another configuration written before it,
+    aggregates seed 1 with the recorded seed 2 (one configuration, the newest run dir's) and
+    leaves the trial out: the records are judged by the newest run dir, not the first."""
+    out_dir = tmp_path / 'learning'
+    overrides = [f'task.id={TASK}', 'agent.algo=sac']
+    seeded = {seed: make_config('cpu', overrides=[*overrides, f'trainer.seed={seed}'])
+              for seed in range(3)}
+    for seed, config in seeded.items():
+        make_run(out_dir, 'sac', seed, [20.0, 50.0, 60.0 + seed], config=config)
+    bench_learning.write_aggregate(out_dir, [TASK], ['sac'])
+    shutil.rmtree(out_dir / TASK)  # a fresh clone: summary.json only
+
+    trial = make_config('cpu', overrides=[*overrides, 'agent.batch_size=64'])
+    make_run(out_dir, 'sac', 0, [10.0, 30.0, 40.0], config=trial)
+    an_hour_ago = time.time() - 3600
+    os.utime(out_dir / TASK / 'sac' / 'seed_0' / RESOLVED_CONFIG_NAME,
+             (an_hour_ago, an_hour_ago))
+    make_run(out_dir, 'sac', 1, [20.0, 50.0, 71.0], config=seeded[1])
+    capsys.readouterr()
+    bench_learning.write_aggregate(out_dir, [TASK], ['sac'])
+    sac = json.loads((out_dir / 'summary.json').read_text())['tasks'][TASK]['sac']
+    assert sac['seeds'] == [1, 2]
+    assert sac['deploy']['final_per_seed'] == [71.0, 62.0]
+    out = capsys.readouterr().out
+    assert f'{TASK}/sac: seed 0 left out: it ran with another configuration' in out
+    assert "of another experiment" not in out
