@@ -15,7 +15,7 @@ from pathlib import Path
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
-from ros_helpers import reliable_qos, spin_until
+from ros_helpers import fresh_name, reliable_qos, spin_until
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The runner's nodes have fixed names (env_0, /trainer, ...). Their own domain, apart from the
@@ -100,7 +100,7 @@ class Listener:
     def __init__(self):
         self.context = Context()
         rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node(f'test_listener_{os.getpid()}', context=self.context)
+        self.node = rclpy.create_node(fresh_name('test_listener'), context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.messages: dict[str, list] = {}
