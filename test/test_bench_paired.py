@@ -77,10 +77,11 @@ def test_scores_normalise_per_task_by_the_best_run_of_any_budget_and_compare_wit
     a = small['tasks']['A-v5']['fpmd_m']
     assert a['per_seed'] == pytest.approx([0.4, 0.5, 0.6])
     assert a['mean'] == pytest.approx(0.5) and a['std'] == pytest.approx(0.1)
-    # Mean over the tasks every algorithm has (A and B, not C).
-    assert small['tasks_in_mean'] == ['A-v5', 'B-v5']
-    assert small['mean_over_tasks']['fpmd_m'] == pytest.approx((0.5 + 0.24) / 2)
-    assert small['mean_over_tasks'][SB3_SAC] == pytest.approx((0.5 + 0.62) / 2)
+    # Means over the tasks ours shares with SB3 SAC (A and B, not C).
+    [row] = small['means']
+    assert row['tasks'] == ['A-v5', 'B-v5']
+    assert row['mean']['fpmd_m'] == pytest.approx((0.5 + 0.24) / 2)
+    assert row['mean'][SB3_SAC] == pytest.approx((0.5 + 0.62) / 2)
     assert small['versus_sb3']['A-v5']['fpmd_m']['verdict'] == 'within noise'
     assert small['versus_sb3']['B-v5']['fpmd_m']['verdict'] == 'behind'
     large = result['budgets']['50000']
@@ -89,8 +90,31 @@ def test_scores_normalise_per_task_by_the_best_run_of_any_budget_and_compare_wit
 
     checks = bench_paired_sb3.goal_checks(small)
     assert checks == [f"- FPMD-M: mean {(0.5 + 0.24) / 2:.3f} against SB3 SAC's "
-                      f"{(0.5 + 0.62) / 2:.3f}, at least as high: no; tasks behind beyond seed "
-                      "noise: B-v5"]
+                      f"{(0.5 + 0.62) / 2:.3f} over 2 tasks (A-v5, B-v5), at least as high: no; "
+                      "tasks behind beyond seed noise: B-v5"]
+
+
+def test_one_of_ours_on_fewer_tasks_gets_its_own_mean_and_leaves_the_others_whole():
+    """A sitting in progress: FPMD-R has run one of three tasks. FPMD-M and SB3 SAC keep their
+    means over all three; FPMD-R is compared with SB3 SAC over its one task, in a row of its
+    own that every algorithm with that task is in too."""
+    budgets = {'50000': aggregate({
+        'A-v5': {'fpmd_m': [50.0, 100.0], 'fpmd_r': [10.0, 20.0], SB3_SAC: [40.0, 50.0]},
+        'B-v5': {'fpmd_m': [80.0, 100.0], SB3_SAC: [60.0, 70.0]},
+        'C-v5': {'fpmd_m': [60.0, 80.0], SB3_SAC: [30.0, 100.0]}})}
+    randoms = {task: {'mean': 0.0} for task in ('A-v5', 'B-v5', 'C-v5')}  # best 100 on each
+    result = scores(budgets, randoms)['budgets']['50000']
+    everything, only_a = result['means']
+    assert everything['tasks'] == ['A-v5', 'B-v5', 'C-v5']
+    assert set(everything['mean']) == {'fpmd_m', SB3_SAC}
+    assert everything['mean']['fpmd_m'] == pytest.approx((0.75 + 0.9 + 0.7) / 3)
+    assert only_a['tasks'] == ['A-v5']
+    assert only_a['mean'] == pytest.approx({'fpmd_m': 0.75, 'fpmd_r': 0.15, SB3_SAC: 0.45})
+    checks = bench_paired_sb3.goal_checks(result)
+    assert checks[0].startswith(f"- FPMD-M: mean {(0.75 + 0.9 + 0.7) / 3:.3f} against SB3 "
+                                f"SAC's {(0.45 + 0.65 + 0.65) / 3:.3f} over 3 tasks, ")
+    assert checks[1].startswith("- FPMD-R: mean 0.150 against SB3 SAC's 0.450 over 1 tasks "
+                                "(A-v5), at least as high: no")
 
 
 def test_paired_groups_put_every_algorithm_and_sb3_of_a_task_budget_and_seed_together(tmp_path):
