@@ -250,6 +250,16 @@ def steps_text(budget: str | int) -> str:
     return f"{int(budget) / 1000:g}k"
 
 
+def score_cell(score: dict, full: int) -> str:
+    """'0.38 ± 0.18'; with fewer seeds than the table's most (`full`) it says how many, and one
+    seed has no std to show."""
+    seeds = len(score["per_seed"])
+    if seeds == 1:
+        return f"{score['mean']:.2f} (1 seed)"
+    cell = f"{score['mean']:.2f} ± {score['std']:.2f}"
+    return cell if seeds >= full else f"{cell} ({seeds} seeds)"
+
+
 def markdown(summary: dict) -> str:
     result = summary["scores"]
     lines = ["Normalised final deploy return (NFE = 1), mean ± std over seeds: "
@@ -263,10 +273,11 @@ def markdown(summary: dict) -> str:
                   "| task | random | best | " + " | ".join(LABELS.get(a, a) for a in algos)
                   + "".join(f" | {LABELS.get(a, a)} − SB3" for a in ours) + " |",
                   "|---" * (3 + len(algos) + len(ours)) + "|"]
+        full = max((len(v["per_seed"]) for values in per_task.values() for v in values.values()),
+                   default=0)
         for task, values in per_task.items():
             scale = result["scale"][task]
-            cells = [f"{values[a]['mean']:.2f} ± {values[a]['std']:.2f}" if a in values
-                     else "n/a" for a in algos]
+            cells = [score_cell(values[a], full) if a in values else "n/a" for a in algos]
             versus = budget_scores["versus_sb3"].get(task, {})
             for algo in ours:
                 v = versus.get(algo)

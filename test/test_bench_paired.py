@@ -117,6 +117,21 @@ def test_one_of_ours_on_fewer_tasks_gets_its_own_mean_and_leaves_the_others_whol
                                 "(A-v5), at least as high: no")
 
 
+def test_a_score_with_fewer_seeds_than_the_table_says_how_many_and_one_seed_shows_no_std():
+    """A sitting in progress leaves some entries with fewer seeds: '± 0.00' for one seed would
+    read as no seed noise at all."""
+    budgets = {'50000': aggregate({
+        'A-v5': {'fpmd_m': [50.0, 100.0, 75.0], 'fpmd_r': [10.0], SB3_SAC: [40.0, 50.0, 60.0]},
+        'B-v5': {'fpmd_m': [80.0, 100.0, 90.0], 'fpmd_r': [20.0, 40.0],
+                 SB3_SAC: [60.0, 70.0, 80.0]}})}
+    result = scores(budgets, {task: {'mean': 0.0} for task in ('A-v5', 'B-v5')})
+    cells = {task: {algo: bench_paired_sb3.score_cell(score, 3) for algo, score in algos.items()}
+             for task, algos in result['budgets']['50000']['tasks'].items()}
+    assert cells['A-v5'] == {'fpmd_m': '0.75 ± 0.25', 'fpmd_r': '0.10 (1 seed)',
+                             SB3_SAC: '0.50 ± 0.10'}
+    assert cells['B-v5']['fpmd_r'] == '0.30 ± 0.14 (2 seeds)'
+
+
 def test_paired_groups_put_every_algorithm_and_sb3_of_a_task_budget_and_seed_together(tmp_path):
     groups = bench_paired_sb3.paired_groups(['A-v5', 'B-v5'], ['fpmd_m', 'sac'], 2,
                                             [25_000, 50_000], tmp_path)
