@@ -193,6 +193,15 @@ def test_cpu_fpmd_m_anneals_to_a_higher_temperature_floor():
     assert round(target_entropy_alpha(1.5, 0.1), 2) == 0.54
 
 
+def test_the_default_run_updates_on_two_threads_and_the_cpu_profile_on_one():
+    """config/train_sim.yaml (./fpmd train: its lockstep sims wait while the trainer updates)
+    gives the update both cores of a 2-core machine; the `cpu` profile keeps one thread, for
+    benchmark lanes that share the cores; the paper keeps torch's default (0)."""
+    assert make_config(file=REPO / 'config' / 'train_sim.yaml').trainer.torch_threads == 2
+    assert make_config('cpu').trainer.torch_threads == 1
+    assert make_config('paper').trainer.torch_threads == 0
+
+
 def test_ints_are_accepted_for_floats_and_become_floats():
     cfg = make_config(overrides={'agent.gamma': 1, 'agent.alpha_init': 2})
     assert cfg.agent.gamma == 1.0 and type(cfg.agent.gamma) is float

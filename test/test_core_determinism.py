@@ -25,22 +25,25 @@ def _restore_torch_globals():
     torch.use_deterministic_algorithms(deterministic)
 
 
-def agent_after_updates(algo: str, seed: int, updates: int = 4):
+def agent_after_updates(algo: str, seed: int, updates: int = 4, hidden: int = 32,
+                        batch_size: int = 16, particles: int = 3):
     cfg = make_config('cpu', overrides={
-        'agent.algo': algo, 'agent.hidden': 32, 'agent.layers': 2, 'agent.particles': 3,
-        'agent.flow_steps': 2, 'agent.diffusion_steps': 3, 'agent.alpha_interval': 2,
-        'agent.batch_size': 16})
+        'agent.algo': algo, 'agent.hidden': hidden, 'agent.layers': 2,
+        'agent.particles': particles, 'agent.flow_steps': 2, 'agent.diffusion_steps': 3,
+        'agent.alpha_interval': 2, 'agent.batch_size': batch_size})
     torch.manual_seed(seed)
     agent = make_agent(OBS_DIM, ACT_DIM, cfg.agent, torch.device('cpu'), gradient_budget=updates)
     initial = {k: v.clone() for k, v in agent.state_dict().items()}
     data = np.random.default_rng(seed)
     for _ in range(updates):
+        rows = batch_size
         batch = {
-            'obs': torch.as_tensor(data.normal(size=(16, OBS_DIM)), dtype=torch.float32),
-            'actions': torch.as_tensor(data.uniform(-1, 1, (16, ACT_DIM)), dtype=torch.float32),
-            'rewards': torch.as_tensor(data.normal(size=16), dtype=torch.float32),
-            'next_obs': torch.as_tensor(data.normal(size=(16, OBS_DIM)), dtype=torch.float32),
-            'terminated': torch.zeros(16),
+            'obs': torch.as_tensor(data.normal(size=(rows, OBS_DIM)), dtype=torch.float32),
+            'actions': torch.as_tensor(data.uniform(-1, 1, (rows, ACT_DIM)),
+                                       dtype=torch.float32),
+            'rewards': torch.as_tensor(data.normal(size=rows), dtype=torch.float32),
+            'next_obs': torch.as_tensor(data.normal(size=(rows, OBS_DIM)), dtype=torch.float32),
+            'terminated': torch.zeros(rows),
         }
         agent.update(batch)
     return initial, agent
@@ -70,6 +73,23 @@ def test_same_seed_same_first_updates(algo):
         for index, state in sa['state'].items():
             for key, value in state.items():
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb['state'][index][key]))
+
+
+def test_two_threads_same_seed_identical_and_one_thread_equal_to_float_rounding():
+    """config/train_sim.yaml (./fpmd train) updates on 2 threads. At its sizes (2x256, batch
+    256, 4 particles: 262k-element tensors, which torch splits over its threads) the same seed
+    still gives the same updates, and 1 thread the same ones up to float rounding."""
+    sizes = {'hidden': 256, 'batch_size': 256, 'particles': 4}
+    torch.set_num_threads(2)
+    assert torch.get_num_threads() == 2
+    _, a = agent_after_updates('fpmd_m', seed=11, **sizes)
+    _, b = agent_after_updates('fpmd_m', seed=11, **sizes)
+    torch.set_num_threads(1)
+    _, one = agent_after_updates('fpmd_m', seed=11, **sizes)
+    assert differing(a.state_dict(), b.state_dict()) == []
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(value, one.state_dict()[key], rtol=1e-4, atol=1e-5,
+                                   msg=key)
 
 
 @pytest.mark.parametrize('algo', ['fpmd_r', 'sac'])
