@@ -1,0 +1,222 @@
+"""Where one gradient update spends its time, and how torch's thread count and products move it.
+
+    python -m bench.bench_update_parts                     # config/train_sim.yaml, 1 and 2 threads
+    python -m bench.bench_update_parts --variants threads1 threads1_torch_linear --sizes 2x256
+
+One process, the agent of a config file (default: `config/train_sim.yaml`, the default
+`./fpmd train`) at each size, trained on a replay of the task's transitions under uniform random
+actions. Each variant is a torch thread count, optionally with the large products on torch's own
+linear (MKL) instead of oneDNN (`fpmd_core.linear`). Rounds alternate over (size, variant), in
+reverse order every other round, so drift in the machine's load hits all alike. Per variant: the
+median time of one update and of each of its parts (an average per update: the actor part runs
+every `actor_interval` updates), and the median over rounds of its speed relative to the first
+variant of the same size in the same round. The parts are the mirror-descent agent's update
+(FPMD-R, FPMD-M, DPMD) in the released code's order: replay sample, best-of-N actions at s', TD
+target, critic step, mirror-descent weights, actor step, Polyak averaging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from bench.bench_updates_vs_sb3 import parse_size, random_transitions
+from bench.common import REPO, RESULTS, command_line, json_text
+from bench.machine import machine
+from fpmd_core import linear as linear_module
+from fpmd_core.agents import fpmd as fpmd_module
+from fpmd_core.agents import make_agent
+from fpmd_core.config import gradient_steps_of_run, make_config
+from fpmd_core.memory import retain_freed_memory
+from fpmd_core.replay import ReplayBuffer
+
+VARIANT = re.compile(r"threads([1-9][0-9]*)(_torch_linear)?")
+AGENT_PARTS = {"training_samples": "best_of_n_next_actions",
+               "weights_and_q_statistics": "weights", "update_actor": "actor"}
+MODULE_PARTS = {"td_target": "td_target", "update_critic": "critic", "polyak": "polyak"}
+
+
+def parse_variant(text: str) -> tuple[int, bool]:
+    """'threads2' -> (2 threads, oneDNN products); 'threads1_torch_linear' -> (1, torch's)."""
+    match = VARIANT.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"variant: expected threadsN or threadsN_torch_linear (N >= 1), got {text!r}")
+    return int(match.group(1)), match.group(2) is None
+
+
+class PartTimer:
+    """Wall time per part of `agent.update`: the agent's own steps and the update's module-level
+    functions wrapped while it is installed (`with PartTimer(agent) as timer`)."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._restore: list = []
+
+    def _wrap(self, owner, attribute: str, part: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+
+        setattr(owner, attribute, timed)
+        self._restore.append((owner, attribute, original))
+
+    def __enter__(self) -> PartTimer:
+        for attribute, part in AGENT_PARTS.items():
+            self._wrap(self.agent, attribute, part)
+        for attribute, part in MODULE_PARTS.items():
+            self._wrap(fpmd_module, attribute, part)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, attribute, original in reversed(self._restore):
+            if owner is self.agent:
+                delattr(owner, attribute)  # back to the class's method
+            else:
+                setattr(owner, attribute, original)
+        self._restore.clear()
+
+
+class Runner:
+    """One agent of the config at one size, training on a filled replay."""
+
+    def __init__(self, cfg, transitions: dict, seed: int):
+        obs_dim, act_dim = transitions["obs"].shape[1], transitions["actions"].shape[1]
+        torch.manual_seed(seed)
+        self.agent = make_agent(obs_dim, act_dim, cfg.agent, torch.device("cpu"),
+                                gradient_steps_of_run(cfg))
+        if not hasattr(self.agent, "weights_and_q_statistics"):
+            raise SystemExit(f"agent.algo {cfg.agent.algo!r}: the parts are those of the "
+                             "mirror-descent agents (fpmd_r, fpmd_m, dpmd)")
+        count = len(transitions["rewards"])
+        self.replay = ReplayBuffer(count, obs_dim, act_dim, seed)
+        self.replay.add(transitions["obs"], transitions["actions"], transitions["rewards"],
+                        transitions["next_obs"], transitions["terminated"])
+        self.batch_size = cfg.agent.batch_size
+
+    def timed_round(self, seconds: float) -> dict[str, float]:
+        """Milliseconds per update over `seconds`: 'update' and each part ('replay_sample'
+        included)."""
+        self.agent.update(self.replay.sample(self.batch_size, self.agent.device))
+        updates, sampling = 0, 0.0
+        with PartTimer(self.agent) as timer:
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                before = time.perf_counter()
+                batch = self.replay.sample(self.batch_size, self.agent.device)
+                sampling += time.perf_counter() - before
+                self.agent.update(batch)
+                updates += 1
+            wall = time.perf_counter() - start
+        parts = {"replay_sample": sampling, **timer.seconds}
+        return {"update": wall / updates * 1e3,
+                **{k: v / updates * 1e3 for k, v in parts.items()}}
+
+
+def apply_variant(threads: int, onednn: bool) -> None:
+    torch.set_num_threads(threads)
+    # The module-level switch `fpmd_core.linear.linear` reads on every call.
+    linear_module._onednn_works = onednn and linear_module.onednn_available()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "config" / "train_sim.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE", help="config override (repeatable)")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=None,
+                        help="hidden layers x width, e.g. 2x256 (default: the config's)")
+    parser.add_argument("--variants", nargs="+", type=parse_variant,
+                        default=[(1, True), (2, True)],
+                        help="threadsN or threadsN_torch_linear; the first is the baseline")
+    parser.add_argument("--transitions", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=1.5, help="per variant per round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS / "update_parts.json"))
+    args = parser.parse_args()
+    cfg = make_config(file=args.config, overrides=args.overrides)
+    variant_names = [f"threads{t}" + ("" if onednn else "_torch_linear")
+                     for t, onednn in args.variants]
+    if len(set(variant_names)) != len(variant_names):
+        parser.error(f"--variants: each once, got {' '.join(variant_names)}")
+    sizes = args.sizes or [(cfg.agent.layers, cfg.agent.hidden)]
+    retain_freed_memory()  # as the trainer does
+    transitions = random_transitions(cfg.task.id, args.transitions, args.seed)
+    runners = {}
+    for layers, hidden in sizes:
+        sized = make_config(file=args.config, overrides=[
+            *args.overrides, f"agent.layers={layers}", f"agent.hidden={hidden}"])
+        runners[f"{layers}x{hidden}"] = Runner(sized, transitions, args.seed)
+    keys = [(size, name, variant) for size in runners
+            for name, variant in zip(variant_names, args.variants, strict=True)]
+    for size, _, variant in keys:  # first calls pay one-off costs
+        apply_variant(*variant)
+        runners[size].timed_round(0.5)
+    rounds: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    for index in range(args.rounds):
+        for size, name, variant in (keys if index % 2 == 0 else keys[::-1]):
+            apply_variant(*variant)
+            rounds[(size, name)].append(runners[size].timed_round(args.seconds))
+        print(f"round {index + 1}/{args.rounds} done", file=sys.stderr)
+    result = {"command": command_line(), "config": str(Path(args.config)),
+              "overrides": args.overrides, "task": cfg.task.id, "algo": cfg.agent.algo,
+              "batch_size": cfg.agent.batch_size, "particles": cfg.agent.particles,
+              "actor_interval": cfg.agent.actor_interval, "rounds": args.rounds,
+              "seconds": args.seconds, "machine": machine(), "torch": torch.__version__,
+              "sizes": summarise(rounds, runners, variant_names)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json_text(result) + "\n")
+    print(table(result["sizes"]))
+    print(f"written: {out}")
+
+
+def summarise(rounds, runners, variant_names) -> dict:
+    """Per size and variant: medians over rounds, and the speed relative to the first variant
+    (its update time over this one's, round by round)."""
+    sizes = {}
+    for size in runners:
+        base = [r["update"] for r in rounds[(size, variant_names[0])]]
+        sizes[size] = {}
+        for name in variant_names:
+            measured = rounds[(size, name)]
+            parts = {part: statistics.median(r[part] for r in measured)
+                     for part in measured[0] if part != "update"}
+            sizes[size][name] = {
+                "update_ms": statistics.median(r["update"] for r in measured),
+                "speed_vs_first": statistics.median(
+                    b / r["update"] for b, r in zip(base, measured, strict=True)),
+                "parts_ms": parts,
+                "rounds_update_ms": [r["update"] for r in measured]}
+    return sizes
+
+
+def table(sizes: dict) -> str:
+    lines = []
+    for size, variants in sizes.items():
+        parts = list(next(iter(variants.values()))["parts_ms"])
+        lines.append(f"{size}: ms per update (parts: an average per update)")
+        lines.append(f"{'variant':24} {'update':>7} {'speed':>6} "
+                     + " ".join(f"{p[:12]:>12}" for p in parts))
+        for name, v in variants.items():
+            lines.append(f"{name:24} {v['update_ms']:7.2f} {v['speed_vs_first']:5.2f}x "
+                         + " ".join(f"{v['parts_ms'][p]:12.2f}" for p in parts))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""bench/bench_update_parts.py: the part timer times every part of a real update and leaves the
+agent and the update's module as they were; variants are parsed or named; a short run writes one
+entry per size and variant, the first at speed 1 against itself."""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bench import bench_update_parts
+from bench.bench_update_parts import MODULE_PARTS, PartTimer, parse_variant
+from fpmd_core import linear as linear_module
+from fpmd_core.agents import fpmd as fpmd_module
+from fpmd_core.agents import make_agent
+from fpmd_core.config import make_config
+
+
+def tiny_batch(rows=16, obs_dim=4, act_dim=1):
+    data = np.random.default_rng(0)
+    return {'obs': torch.as_tensor(data.normal(size=(rows, obs_dim)), dtype=torch.float32),
+            'actions': torch.as_tensor(data.uniform(-1, 1, (rows, act_dim)), dtype=torch.float32),
+            'rewards': torch.as_tensor(data.normal(size=rows), dtype=torch.float32),
+            'next_obs': torch.as_tensor(data.normal(size=(rows, obs_dim)), dtype=torch.float32),
+            'terminated': torch.zeros(rows)}
+
+
+def test_part_timer_times_each_part_and_restores_what_it_wrapped(one_thread_torch):
+    cfg = make_config('cpu', overrides={'agent.algo': 'fpmd_m', 'agent.hidden': 32,
+                                        'agent.batch_size': 16, 'agent.actor_interval': 2})
+    agent = make_agent(4, 1, cfg.agent, torch.device('cpu'), gradient_budget=10)
+    originals = {name: getattr(fpmd_module, name) for name in MODULE_PARTS}
+    with PartTimer(agent) as timer:
+        agent.update(tiny_batch())
+        assert 'actor' not in timer.seconds  # every second update
+        agent.update(tiny_batch())
+    assert set(timer.seconds) == {'best_of_n_next_actions', 'td_target', 'critic', 'weights',
+                                  'actor', 'polyak'}
+    assert all(seconds > 0 for seconds in timer.seconds.values())
+    assert agent.actor_updates == 1
+    for name in ('training_samples', 'weights_and_q_statistics', 'update_actor'):
+        assert name not in vars(agent), name  # the class's methods again
+    assert {name: getattr(fpmd_module, name) for name in MODULE_PARTS} == originals
+
+
+def test_variants_are_parsed_and_bad_ones_named():
+    assert parse_variant('threads2') == (2, True)
+    assert parse_variant('threads1_torch_linear') == (1, False)
+    for bad in ('threads0', 'two', 'threads2_mkl'):
+        with pytest.raises(argparse.ArgumentTypeError, match='threadsN or threadsN_torch_linear'):
+            parse_variant(bad)
+
+
+def test_a_short_run_writes_every_size_and_variant(tmp_path, monkeypatch, one_thread_torch):
+    onednn = linear_module._onednn_works
+    out = tmp_path / 'parts.json'
+    monkeypatch.setattr(sys, 'argv', [
+        'bench_update_parts', '--sizes', '2x32', '--variants', 'threads1',
+        'threads1_torch_linear', '--set', 'agent.batch_size=16', '--transitions', '200',
+        '--rounds', '2', '--seconds', '0.05', '--out', str(out)])
+    try:
+        bench_update_parts.main()
+    finally:
+        linear_module._onednn_works = onednn
+    result = json.loads(out.read_text())
+    assert result['task'] == 'InvertedPendulum-v5' and result['algo'] == 'fpmd_m'
+    variants = result['sizes']['2x32']
+    assert list(variants) == ['threads1', 'threads1_torch_linear']
+    assert variants['threads1']['speed_vs_first'] == 1.0
+    for entry in variants.values():
+        assert len(entry['rounds_update_ms']) == 2
+        assert entry['update_ms'] > 0
+        assert set(entry['parts_ms']) >= {'replay_sample', 'best_of_n_next_actions', 'critic'}
