@@ -1,13 +1,15 @@
-"""Linear layers whose large CPU products run on oneDNN's float32 GEMM instead of MKL's.
+"""Linear layers whose large CPU products run on oneDNN's float32 GEMM instead of MKL's, on AMD.
 
 torch's CPU `addmm`/`mm` call MKL's sgemm, which on AMD processors runs its AVX2 code: about
-110 GFLOP/s on one thread of the AMD EPYC this project measures on, at every FPMD size.
+110 GFLOP/s on one thread of the AMD EPYC this project measured on, at every FPMD size.
 oneDNN, also inside torch, picks its kernels from the processor's features (AVX-512 there) and
 reached 190-245 GFLOP/s on the same products (256 x 128 x 128: 45 us instead of 80; 1024 x 256
-x 256: 0.55 ms instead of 1.2). The result is the same product in float32, summed in another
-order. torch reaches oneDNN's linear on ordinary tensors only through
-`torch.ops.mkldnn._linear_pointwise`, the operator its own CPU compiler backend emits; it is
-checked once against torch's linear and left alone if it is missing or disagrees.
+x 256: 0.55 ms instead of 1.2). On an Intel Xeon MKL runs its AVX-512 kernels and was the faster
+one (`ONEDNN_VENDORS`), so only AMD processors send their products to oneDNN. The result is the
+same product in float32, summed in another order. torch reaches oneDNN's linear on ordinary
+tensors only through `torch.ops.mkldnn._linear_pointwise`, the operator its own CPU compiler
+backend emits; it is checked once against torch's linear and left alone if it is missing or
+disagrees.
 
 oneDNN costs about 10 us more per call, so products under `ONEDNN_MIN_MACS` multiply-adds, a
 non-CPU device, another dtype, and ONNX export (the exported graph keeps torch's Gemm) use
@@ -29,7 +31,14 @@ ONEDNN_MIN_MACS = 1 << 20
 256 x 14 x 256 (about 1M) were ties, 256 x 46 x 128 (1.5M) took 24 us instead of 30,
 1024 x 14 x 128 (1.8M) 28 instead of 39; 256 x 14 x 128 (0.5M) 16 instead of 11."""
 
+ONEDNN_VENDORS = ("AuthenticAMD",)
+"""CPU vendors whose large products go to oneDNN. An FPMD-M update at 2x256 on one thread took
+13.0 ms with MKL and 9.5 with oneDNN on an AMD EPYC (docs/benchmarks.md, the speed work); on an
+Intel Xeon torch's linear (MKL) ran it 1.10x as fast as oneDNN on one thread and 1.18x on two
+(bench/bench_update_parts.py). Other processors were not measured and keep torch's linear."""
+
 _onednn_works: bool | None = None
+_use_onednn: bool | None = None
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -67,6 +76,28 @@ def onednn_available() -> bool:
                 _onednn_works = (torch.allclose(got, expected, rtol=1e-5, atol=1e-5) and
                                  torch.allclose(got_t, expected - bias, rtol=1e-5, atol=1e-5))
     return _onednn_works
+
+
+def cpu_vendor() -> str:
+    """The processor's vendor id ('AuthenticAMD', 'GenuineIntel', ...) from /proc/cpuinfo; ''
+    where there is none (other systems, other architectures)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def onednn_chosen() -> bool:
+    """Whether large products go to oneDNN on this machine: a processor of `ONEDNN_VENDORS`
+    and oneDNN's linear available (decided once)."""
+    global _use_onednn
+    if _use_onednn is None:
+        _use_onednn = cpu_vendor() in ONEDNN_VENDORS and onednn_available()
+    return _use_onednn
 
 
 def _large(rows: int, inner: int, out: int) -> bool:
@@ -124,13 +155,13 @@ _EagerOneDnnLinear = eager_form(_OneDnnLinear)
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
            ) -> torch.Tensor:
-    """torch.nn.functional.linear(x, weight, bias), on oneDNN where that is faster (module
-    docstring)."""
+    """torch.nn.functional.linear(x, weight, bias), on oneDNN where that is faster
+    (`onednn_chosen`, module docstring)."""
     # The tracing check comes first (under the ONNX exporter's tracer shapes are traced
     # values); torch.onnx.is_in_onnx_export() costs about 1 us, so it is asked last.
     if (torch.jit.is_tracing() or x.device.type != "cpu" or x.dim() != 2
             or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or not _large(x.shape[0], x.shape[1], weight.shape[0]) or not onednn_available()
+            or not _large(x.shape[0], x.shape[1], weight.shape[0]) or not onednn_chosen()
             or torch.onnx.is_in_onnx_export()):
         return functional.linear(x, weight, bias)
     if _forward_ad_active() or functorch_transforms_active() or (torch.is_grad_enabled() and (

@@ -1,7 +1,11 @@
 """fpmd_core.linear: large CPU products on oneDNN give torch's linear (values, gradients,
-forward-mode derivatives), small ones and ONNX export use torch's own."""
+forward-mode derivatives), small ones and ONNX export use torch's own; only AMD processors
+choose oneDNN. The tests of the oneDNN path turn it on whatever this machine's processor."""
 
 from __future__ import annotations
+
+import platform
+from pathlib import Path
 
 import onnx
 import pytest
@@ -11,9 +15,23 @@ from torch.autograd import forward_ad
 from torch.nn import functional
 
 from fpmd_core import linear as linear_module
-from fpmd_core.linear import ONEDNN_MIN_MACS, Linear, linear, onednn_available
+from fpmd_core.linear import (
+    ONEDNN_MIN_MACS,
+    Linear,
+    cpu_vendor,
+    linear,
+    onednn_available,
+    onednn_chosen,
+)
 
 ROWS, IN, OUT = 256, 128, 96  # 3.1M multiply-adds: above ONEDNN_MIN_MACS
+
+
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch):
+    """oneDNN's products chosen, as on an AMD processor (torch's CPU wheel ships oneDNN)."""
+    assert onednn_available()
+    monkeypatch.setattr(linear_module, '_use_onednn', True)
 
 
 def problem(rows=ROWS, inner=IN, out=OUT, dtype=torch.float32):
@@ -22,9 +40,31 @@ def problem(rows=ROWS, inner=IN, out=OUT, dtype=torch.float32):
                  for shape in ((rows, inner), (out, inner), (out,)))
 
 
-def test_onednn_is_used_here_and_agrees_with_torch():
+@pytest.mark.parametrize('vendor, chosen', [('AuthenticAMD', True), ('GenuineIntel', False),
+                                            ('', False)])
+def test_only_amd_processors_choose_onednn(monkeypatch, vendor, chosen):
+    """MKL runs its AVX2 code on AMD (oneDNN faster there), its AVX-512 code on Intel (MKL
+    faster there); other processors were not measured."""
+    monkeypatch.setattr(linear_module, 'cpu_vendor', lambda: vendor)
+    monkeypatch.setattr(linear_module, '_use_onednn', None)
+    assert onednn_chosen() is chosen
+    x, weight, bias = problem()
+    with torch.no_grad():
+        same = torch.equal(linear(x, weight, bias), functional.linear(x, weight, bias))
+    assert same or chosen  # not chosen: torch's linear itself, bit for bit
+    monkeypatch.setattr(linear_module, '_onednn_works', False)  # chosen only where it works
+    monkeypatch.setattr(linear_module, '_use_onednn', None)
+    assert onednn_chosen() is False
+
+
+def test_cpu_vendor_reads_this_machine():
+    if not Path('/proc/cpuinfo').is_file() or platform.machine() != 'x86_64':
+        pytest.skip('vendor ids are read from /proc/cpuinfo on x86-64')
+    assert cpu_vendor() in {'AuthenticAMD', 'GenuineIntel', 'HygonGenuine'}
+
+
+def test_onednn_agrees_with_torch():
     assert ROWS * IN * OUT >= ONEDNN_MIN_MACS
-    assert onednn_available()  # torch's CPU wheel ships oneDNN; the fallback is tested below
     x, weight, bias = problem()
     exact = functional.linear(*(t.double() for t in (x, weight, bias)))
     with torch.no_grad():
@@ -88,7 +128,7 @@ def test_small_products_and_other_dtypes_use_torchs_linear_bit_for_bit():
 
 
 def test_without_onednn_every_product_is_torchs(monkeypatch):
-    monkeypatch.setattr(linear_module, '_onednn_works', False)
+    monkeypatch.setattr(linear_module, '_use_onednn', False)
     x, weight, bias = problem()
     assert torch.equal(linear(x, weight, bias), functional.linear(x, weight, bias))
 
