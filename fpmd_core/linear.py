@@ -34,7 +34,7 @@ ONEDNN_MIN_MACS = 1 << 20
 ONEDNN_VENDORS = ("AuthenticAMD",)
 """CPU vendors whose large products go to oneDNN. An FPMD-M update at 2x256 on one thread took
 13.0 ms with MKL and 9.5 with oneDNN on an AMD EPYC (docs/benchmarks.md, the speed work); on an
-Intel Xeon torch's linear (MKL) ran it 1.10x as fast as oneDNN on one thread and 1.18x on two
+Intel Xeon torch's linear (MKL) ran it 1.06x as fast as oneDNN on one thread and 1.17x on two
 (bench/bench_update_parts.py). Other processors were not measured and keep torch's linear."""
 
 _onednn_works: bool | None = None
