@@ -30,15 +30,13 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_updates_vs_sb3 import parse_size, random_transitions
+from bench.bench_updates_vs_sb3 import agent_on_replay, parse_size, random_transitions
 from bench.common import REPO, RESULTS, command_line, json_text
 from bench.machine import machine
 from fpmd_core import linear as linear_module
 from fpmd_core.agents import fpmd as fpmd_module
-from fpmd_core.agents import make_agent
-from fpmd_core.config import gradient_steps_of_run, make_config
+from fpmd_core.config import make_config
 from fpmd_core.memory import retain_freed_memory
-from fpmd_core.replay import ReplayBuffer
 
 VARIANT = re.compile(r"threads([1-9][0-9]*)(?:_(onednn|torch_linear))?")
 AGENT_PARTS = {"training_samples": "best_of_n_next_actions",
@@ -103,23 +101,20 @@ class Runner:
     """One agent of the config at one size, training on a filled replay."""
 
     def __init__(self, cfg, transitions: dict, seed: int):
-        obs_dim, act_dim = transitions["obs"].shape[1], transitions["actions"].shape[1]
-        torch.manual_seed(seed)
-        self.agent = make_agent(obs_dim, act_dim, cfg.agent, torch.device("cpu"),
-                                gradient_steps_of_run(cfg))
+        self.agent, self.replay = agent_on_replay(cfg, transitions, seed)
         if not hasattr(self.agent, "weights_and_q_statistics"):
             raise SystemExit(f"agent.algo {cfg.agent.algo!r}: the parts are those of the "
                              "mirror-descent agents (fpmd_r, fpmd_m, dpmd)")
-        count = len(transitions["rewards"])
-        self.replay = ReplayBuffer(count, obs_dim, act_dim, seed)
-        self.replay.add(transitions["obs"], transitions["actions"], transitions["rewards"],
-                        transitions["next_obs"], transitions["terminated"])
         self.batch_size = cfg.agent.batch_size
+
+    def run(self) -> None:
+        """One update on a replay batch, untimed."""
+        self.agent.update(self.replay.sample(self.batch_size, self.agent.device))
 
     def timed_round(self, seconds: float) -> dict[str, float]:
         """Milliseconds per update over `seconds`: 'update' and each part ('replay_sample'
         included)."""
-        self.agent.update(self.replay.sample(self.batch_size, self.agent.device))
+        self.run()
         updates, sampling = 0, 0.0
         with PartTimer(self.agent) as timer:
             start = time.perf_counter()
@@ -142,7 +137,7 @@ def operator_shares(runner: Runner, updates: int, top: int = 12) -> list[dict]:
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(updates):
-            runner.agent.update(runner.replay.sample(runner.batch_size, runner.agent.device))
+            runner.run()
     events = profiler.key_averages()
     total = sum(event.self_cpu_time_total for event in events)
     ranked = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:top]

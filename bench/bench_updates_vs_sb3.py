@@ -95,6 +95,19 @@ class Sb3Runner:
         self.model.train(gradient_steps=self.steps_per_call, batch_size=self.batch_size)
 
 
+def agent_on_replay(cfg, transitions: dict[str, np.ndarray], seed: int
+                    ) -> tuple[torch.nn.Module, ReplayBuffer]:
+    """The config's agent (CPU, seeded with `seed`) and a replay holding `transitions`."""
+    obs_dim, act_dim = transitions["obs"].shape[1], transitions["actions"].shape[1]
+    torch.manual_seed(seed)
+    agent = make_agent(obs_dim, act_dim, cfg.agent, torch.device("cpu"),
+                       gradient_steps_of_run(cfg))
+    replay = ReplayBuffer(len(transitions["rewards"]), obs_dim, act_dim, seed)
+    replay.add(transitions["obs"], transitions["actions"], transitions["rewards"],
+               transitions["next_obs"], transitions["terminated"])
+    return agent, replay
+
+
 class OursRunner:
     """One of our agents (`cpu` profile at the given size) training on a filled buffer."""
 
@@ -105,14 +118,7 @@ class OursRunner:
         cfg = make_config("cpu", overrides={
             "task.id": task, "agent.algo": algo, "agent.hidden": hidden, "agent.layers": layers,
             "agent.batch_size": batch_size, "trainer.seed": seed})
-        obs_dim, act_dim = transitions["obs"].shape[1], transitions["actions"].shape[1]
-        torch.manual_seed(seed)
-        self.agent = make_agent(obs_dim, act_dim, cfg.agent, torch.device("cpu"),
-                                gradient_steps_of_run(cfg))
-        count = len(transitions["rewards"])
-        self.replay = ReplayBuffer(count, obs_dim, act_dim, seed)
-        self.replay.add(transitions["obs"], transitions["actions"], transitions["rewards"],
-                        transitions["next_obs"], transitions["terminated"])
+        self.agent, self.replay = agent_on_replay(cfg, transitions, seed)
         self.batch_size = batch_size
         fields = ("hidden", "layers", "batch_size", "actor_interval", "particles", "flow_steps",
                   "meanflow_steps")

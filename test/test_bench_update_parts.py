@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-import numpy as np
 import pytest
 import torch
+from test_core_weights import OBS_DIM, make_batch
 
 from bench import bench_update_parts
 from bench.bench_update_parts import MODULE_PARTS, PartTimer, parse_variant
@@ -19,24 +19,15 @@ from fpmd_core.config import make_config
 from fpmd_core.linear import onednn_available
 
 
-def tiny_batch(rows=16, obs_dim=4, act_dim=1):
-    data = np.random.default_rng(0)
-    return {'obs': torch.as_tensor(data.normal(size=(rows, obs_dim)), dtype=torch.float32),
-            'actions': torch.as_tensor(data.uniform(-1, 1, (rows, act_dim)), dtype=torch.float32),
-            'rewards': torch.as_tensor(data.normal(size=rows), dtype=torch.float32),
-            'next_obs': torch.as_tensor(data.normal(size=(rows, obs_dim)), dtype=torch.float32),
-            'terminated': torch.zeros(rows)}
-
-
 def test_part_timer_times_each_part_and_restores_what_it_wrapped(one_thread_torch):
     cfg = make_config('cpu', overrides={'agent.algo': 'fpmd_m', 'agent.hidden': 32,
                                         'agent.batch_size': 16, 'agent.actor_interval': 2})
-    agent = make_agent(4, 1, cfg.agent, torch.device('cpu'), gradient_budget=10)
+    agent = make_agent(OBS_DIM, 1, cfg.agent, torch.device('cpu'), gradient_budget=10)
     originals = {name: getattr(fpmd_module, name) for name in MODULE_PARTS}
     with PartTimer(agent) as timer:
-        agent.update(tiny_batch())
+        agent.update(make_batch(act_dim=1))
         assert 'actor' not in timer.seconds  # every second update
-        agent.update(tiny_batch())
+        agent.update(make_batch(act_dim=1))
     assert set(timer.seconds) == {'best_of_n_next_actions', 'td_target', 'critic', 'weights',
                                   'actor', 'polyak'}
     assert all(seconds > 0 for seconds in timer.seconds.values())

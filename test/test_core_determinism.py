@@ -36,14 +36,15 @@ def agent_after_updates(algo: str, seed: int, updates: int = 4, hidden: int = 32
     initial = {k: v.clone() for k, v in agent.state_dict().items()}
     data = np.random.default_rng(seed)
     for _ in range(updates):
-        rows = batch_size
         batch = {
-            'obs': torch.as_tensor(data.normal(size=(rows, OBS_DIM)), dtype=torch.float32),
-            'actions': torch.as_tensor(data.uniform(-1, 1, (rows, ACT_DIM)),
+            'obs': torch.as_tensor(data.normal(size=(batch_size, OBS_DIM)),
+                                   dtype=torch.float32),
+            'actions': torch.as_tensor(data.uniform(-1, 1, (batch_size, ACT_DIM)),
                                        dtype=torch.float32),
-            'rewards': torch.as_tensor(data.normal(size=rows), dtype=torch.float32),
-            'next_obs': torch.as_tensor(data.normal(size=(rows, OBS_DIM)), dtype=torch.float32),
-            'terminated': torch.zeros(rows),
+            'rewards': torch.as_tensor(data.normal(size=batch_size), dtype=torch.float32),
+            'next_obs': torch.as_tensor(data.normal(size=(batch_size, OBS_DIM)),
+                                        dtype=torch.float32),
+            'terminated': torch.zeros(batch_size),
         }
         agent.update(batch)
     return initial, agent
